@@ -1,0 +1,129 @@
+/**
+ * Every error this library throws on purpose. Each has a stable `name`, an optional
+ * `cause`, and a message that says what to do about it.
+ */
+
+/** Base class: `err instanceof MailOutboxError` catches everything thrown on purpose here. */
+export class MailOutboxError extends Error {
+  override name = "MailOutboxError";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/**
+ * The mail given to `enqueue()` cannot be sent as it is. Nothing was written.
+ * `problems` lists every problem found, one sentence each, naming the field.
+ */
+export class InvalidMailError extends MailOutboxError {
+  override name = "InvalidMailError";
+  readonly problems: readonly string[];
+  constructor(problems: readonly string[], options?: { cause?: unknown }) {
+    super(
+      `Mail refused, nothing was written (${problems.length} problem${problems.length === 1 ? "" : "s"}):\n` +
+        problems.map((p) => `  - ${p}`).join("\n"),
+      options,
+    );
+    this.problems = problems;
+  }
+}
+
+/** The composed message is larger than `maxMessageBytes`. Nothing was written. */
+export class MailTooLargeError extends InvalidMailError {
+  override name = "MailTooLargeError";
+  readonly size: number;
+  readonly limit: number;
+  constructor(size: number, limit: number) {
+    super([
+      `the composed message is ${size} bytes, over the limit of ${limit} bytes (raise maxMessageBytes, or link to large files instead of attaching them)`,
+    ]);
+    this.size = size;
+    this.limit = limit;
+  }
+}
+
+/**
+ * A mail with this idempotency key is already in the outbox. Nothing was written;
+ * `existingId` and `existingMessageId` name the row that holds the key.
+ *
+ * On PostgreSQL a failed statement aborts the surrounding transaction; to keep it usable,
+ * `enqueue()` looks the key up first, so this error is thrown before any INSERT.
+ */
+export class DuplicateIdempotencyKeyError extends MailOutboxError {
+  override name = "DuplicateIdempotencyKeyError";
+  readonly idempotencyKey: string;
+  readonly existingId: string;
+  readonly existingMessageId: string;
+  constructor(idempotencyKey: string, existingId: string, existingMessageId: string) {
+    super(
+      `A mail with idempotency key ${JSON.stringify(idempotencyKey)} is already in the outbox (id ${existingId}, Message-ID ${existingMessageId}); nothing was written. Treat the operation as done, or use a new key.`,
+    );
+    this.idempotencyKey = idempotencyKey;
+    this.existingId = existingId;
+    this.existingMessageId = existingMessageId;
+  }
+}
+
+/** An option passed to one of this library's functions is invalid. */
+export class OptionsError extends MailOutboxError {
+  override name = "OptionsError";
+}
+
+/** The transport URL or transport options cannot be used. */
+export class TransportConfigError extends OptionsError {
+  override name = "TransportConfigError";
+}
+
+/** The database URL is missing, malformed, or names an unsupported database. */
+export class DatabaseConfigError extends OptionsError {
+  override name = "DatabaseConfigError";
+}
+
+/** The outbox table is missing or does not have the expected shape. */
+export class SchemaError extends MailOutboxError {
+  override name = "SchemaError";
+}
+
+/** No row matches the id or Message-ID given to a CLI or admin function. */
+export class NotFoundError extends MailOutboxError {
+  override name = "NotFoundError";
+}
+
+/** A state change that the state machine does not allow (for example cancelling a sent mail). */
+export class InvalidTransitionError extends MailOutboxError {
+  override name = "InvalidTransitionError";
+}
+
+/** A bulk operation whose filter matches everything was refused without an explicit `all`/`yes`. */
+export class UnsafeOperationError extends MailOutboxError {
+  override name = "UnsafeOperationError";
+}
+
+/** The relay was asked to start twice, or used after it stopped. */
+export class RelayStateError extends MailOutboxError {
+  override name = "RelayStateError";
+}
+
+/** The hand-off to the MTA did not finish within `timeoutMs` (for example `sendmail -bs` while Postfix is down). */
+export class HandoffTimeoutError extends MailOutboxError {
+  override name = "HandoffTimeoutError";
+  readonly code = "ETIMEDOUT";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** The sendmail program exited non-zero or was killed by a signal: the mail was not handed over. */
+export class SendmailExitError extends MailOutboxError {
+  override name = "SendmailExitError";
+  readonly code = "ESENDMAIL";
+  readonly exitCode: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stderr: string;
+  constructor(message: string, exitCode: number | null, signal: NodeJS.Signals | null, stderr: string) {
+    super(message);
+    this.exitCode = exitCode;
+    this.signal = signal;
+    this.stderr = stderr;
+  }
+}
