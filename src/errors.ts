@@ -52,11 +52,15 @@ export class MailTooLargeError extends InvalidMailError {
 export class DuplicateIdempotencyKeyError extends MailOutboxError {
   override name = "DuplicateIdempotencyKeyError";
   readonly idempotencyKey: string;
-  readonly existingId: string;
-  readonly existingMessageId: string;
-  constructor(idempotencyKey: string, existingId: string, existingMessageId: string) {
+  /** The row holding the key; null when a concurrent transaction holds it and it is not yet visible. */
+  readonly existingId: string | null;
+  readonly existingMessageId: string | null;
+  constructor(idempotencyKey: string, existingId: string | null, existingMessageId: string | null, options?: { cause?: unknown }) {
     super(
-      `A mail with idempotency key ${JSON.stringify(idempotencyKey)} is already in the outbox (id ${existingId}, Message-ID ${existingMessageId}); nothing was written. Treat the operation as done, or use a new key.`,
+      existingId === null
+        ? `A mail with idempotency key ${JSON.stringify(idempotencyKey)} was written by a concurrent transaction; nothing was written here. Treat the operation as done, or use a new key.`
+        : `A mail with idempotency key ${JSON.stringify(idempotencyKey)} is already in the outbox (id ${existingId}, Message-ID ${existingMessageId}); nothing was written. Treat the operation as done, or use a new key.`,
+      options,
     );
     this.idempotencyKey = idempotencyKey;
     this.existingId = existingId;

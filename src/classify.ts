@@ -1,0 +1,160 @@
+/**
+ * What a hand-off to the MTA ended with: the reply and queue id of a success, or whether a
+ * failure is worth retrying.
+ *
+ * Failures are classified by `err.code` and `err.responseCode` (the fields nodemailer and this
+ * library's own errors carry), never by matching message text.
+ */
+
+export type HandoffFailureKind = "transient" | "permanent";
+
+export interface ClassifiedFailure {
+  /** `transient`: retry later. `permanent`: the MTA refused this mail for good; park it. */
+  readonly kind: HandoffFailureKind;
+  /** nodemailer's or this library's error code (`ECONNECTION`, `ETIMEDOUT`, `EENVELOPE`, `ESENDMAIL`...). */
+  readonly code: string | null;
+  /** The SMTP reply code that decided, when the MTA answered (`451`, `550`...). */
+  readonly responseCode: number | null;
+  /** The SMTP reply text, when the MTA answered. */
+  readonly response: string | null;
+  /** One line for logs and the outbox row; never contains a password. */
+  readonly message: string;
+}
+
+/** A successful hand-off: what the MTA answered and which recipients it took. */
+export interface HandoffResult {
+  /** The MTA's final reply (`250 2.0.0 Ok: queued as 8CCD166093`), or `sendmail exited 0` for the sendmail pipe. */
+  readonly response: string;
+  /** The MTA's queue id parsed from `response`; null when the reply carries none (the sendmail pipe, smtp-server). */
+  readonly queueId: string | null;
+  readonly accepted: string[];
+  /** Recipients the MTA refused while taking the mail for the others (RCPT TO answered 4xx/5xx). */
+  readonly rejected: { recipient: string; response: string | null }[];
+}
+
+/** The fields of nodemailer's `SentMessageInfo` that `toHandoffResult` reads. */
+export interface SentMessageInfoLike {
+  readonly response?: unknown;
+  readonly accepted?: readonly unknown[] | undefined;
+  readonly rejected?: readonly unknown[] | undefined;
+  readonly rejectedErrors?: readonly unknown[] | undefined;
+}
+
+/**
+ * Error codes that mean the mail itself cannot be sent as it is, even without an SMTP reply:
+ * nodemailer refused the envelope before talking to the server.
+ */
+const PERMANENT_LOCAL_CODES = new Set(["EENVELOPE", "EMAXRECIPIENTS"]);
+
+/**
+ * Codes whose reply code says something about the configuration, not about the mail: a wrong
+ * password must not park every mail in the outbox as dead. Retried until the operator fixes it.
+ */
+const CONFIGURATION_CODES = new Set(["EAUTH", "ENOAUTH", "EOAUTH2", "ETLS", "EREQUIRETLS", "ECONFIG", "EPROXY"]);
+
+function field(err: unknown, key: string): unknown {
+  return typeof err === "object" && err !== null ? (err as Record<string, unknown>)[key] : undefined;
+}
+
+/** Remove credentials that may appear in a message: `scheme://user:pass@`, `pass=...`. */
+export function redactSecrets(text: string): string {
+  return text
+    .replace(/([a-z][a-z0-9+.-]*:\/\/[^\s:/@]*):[^\s@/]*@/gi, "$1:***@")
+    .replace(/\b(pass(?:word)?|secret|token)=([^\s&]+)/gi, "$1=***");
+}
+
+function responseCodeOf(err: unknown): number | null {
+  const rc = field(err, "responseCode");
+  if (typeof rc === "number" && Number.isInteger(rc) && rc >= 200 && rc <= 599) return rc;
+  return null;
+}
+
+/**
+ * Classify a failed hand-off.
+ *
+ * - A reply code decides when there is one: 4xx is transient, 5xx permanent (503 "bad sequence
+ *   of commands" is transient: it is about the session, not the mail, as nodemailer's own
+ *   `err.permanent` says). When every recipient was refused, nodemailer's `EENVELOPE` error
+ *   carries a 4xx if any recipient was only deferred, else the 5xx.
+ * - Authentication, TLS and proxy failures are transient whatever the reply: they are fixed in
+ *   the configuration, and the mail should go out once they are.
+ * - `EENVELOPE` / `EMAXRECIPIENTS` without a reply (nodemailer refused the addresses itself) are
+ *   permanent.
+ * - Everything else is transient: connection errors (`ECONNECTION`, `ETIMEDOUT`, `ESOCKET`,
+ *   `ECONNREFUSED`, `EDNS`, `EPROTOCOL`...), a sendmail program that failed (`ESENDMAIL`, see
+ *   `SendmailExitError`), a hand-off that timed out (`HandoffTimeoutError`), and anything unknown.
+ *
+ * @example
+ * ```ts
+ * try { info = await transporter.sendMail(...) }
+ * catch (err) { const f = classifyError(err); if (f.kind === "permanent") park(f.message) else retryLater() }
+ * ```
+ */
+export function classifyError(err: unknown): ClassifiedFailure {
+  const rawCode = field(err, "code");
+  const code = typeof rawCode === "string" && rawCode !== "" ? rawCode : null;
+  const responseCode = responseCodeOf(err);
+  const rawResponse = field(err, "response");
+  const response = typeof rawResponse === "string" && rawResponse !== "" ? redactSecrets(rawResponse) : null;
+
+  let text: string;
+  if (err instanceof Error) text = err.message;
+  else if (typeof field(err, "message") === "string") text = field(err, "message") as string;
+  else text = String(err);
+  text = redactSecrets(text.replace(/\s*[\r\n]+\s*/g, " ").trim()) || "unknown error";
+  const message = code !== null && !text.startsWith(code) ? `${code}: ${text}` : text;
+
+  let kind: HandoffFailureKind = "transient";
+  if (code !== null && CONFIGURATION_CODES.has(code)) {
+    kind = "transient";
+  } else if (responseCode !== null) {
+    kind = responseCode >= 500 && responseCode !== 503 ? "permanent" : "transient";
+  } else if (code !== null && PERMANENT_LOCAL_CODES.has(code)) {
+    kind = "permanent";
+  }
+  return { kind, code, responseCode, response, message };
+}
+
+/**
+ * The MTA's queue id in a final reply to DATA, or null when the reply names none.
+ *
+ * - Postfix: `250 2.0.0 Ok: queued as 8CCD166093` (also long ids such as `4Xyz1k2Lm3z9abc`)
+ * - Exim: `250 OK id=1abcDE-000123-AB`
+ * - Sendmail: `250 2.0.0 x8J3Z4aB012345 Message accepted for delivery`
+ * - `250 OK: message queued` (smtp-server's default): null
+ */
+export function parseQueueId(response: string | null | undefined): string | null {
+  if (typeof response !== "string" || response === "") return null;
+  const postfix = /\bqueued as ([0-9A-Za-z]+)/i.exec(response);
+  if (postfix?.[1]) return postfix[1];
+  const exim = /\bid=([0-9A-Za-z]+(?:-[0-9A-Za-z]+)+)/.exec(response);
+  if (exim?.[1]) return exim[1];
+  const sendmail = /^2\d\d[ -](?:\d\.\d{1,3}\.\d{1,3} +)?([0-9A-Za-z]{8,}) +Message accepted for delivery/im.exec(response);
+  if (sendmail?.[1]) return sendmail[1];
+  return null;
+}
+
+function addressOf(value: unknown): string | null {
+  if (typeof value === "string") return value;
+  const address = field(value, "address");
+  return typeof address === "string" ? address : null;
+}
+
+/**
+ * Turn nodemailer's `info` from `sendMail()` into what the outbox records.
+ * Recipients in `info.rejected` get the reply that refused them from `info.rejectedErrors`.
+ */
+export function toHandoffResult(info: SentMessageInfoLike): HandoffResult {
+  const response = typeof info.response === "string" ? info.response : info.response == null ? "" : String(info.response);
+  const accepted = (info.accepted ?? []).map(addressOf).filter((a): a is string => a !== null);
+  const errors = info.rejectedErrors ?? [];
+  const rejected = (info.rejected ?? [])
+    .map(addressOf)
+    .filter((a): a is string => a !== null)
+    .map((recipient) => {
+      const match = errors.find((e) => field(e, "recipient") === recipient);
+      const r = field(match, "response");
+      return { recipient, response: typeof r === "string" ? r : null };
+    });
+  return { response, queueId: parseQueueId(response), accepted, rejected };
+}

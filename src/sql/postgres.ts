@@ -1,0 +1,193 @@
+/**
+ * The relay's hot path on PostgreSQL: claim, complete, renew, rescue. One statement each,
+ * every value a bound parameter, batches passed as arrays and expanded with unnest().
+ * Time comes from the database clock (now()), so relays on hosts with skewed clocks agree.
+ */
+import type pg from "pg";
+import type { ClaimedMail, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
+import { LEASE_EXPIRED_MESSAGE } from "./types.js";
+
+/** Claim due rows. SKIP LOCKED lets several relays claim side by side without waiting on each other. */
+export const CLAIM = `
+WITH due AS (
+  SELECT id FROM mail_outbox
+  WHERE status = 'pending' AND next_attempt_at <= now()
+  ORDER BY priority DESC, next_attempt_at, id
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE mail_outbox m
+SET status = 'sending',
+    lease_owner = $1,
+    lease_expires_at = now() + $3 * interval '1 millisecond',
+    attempts = m.attempts + 1,
+    updated_at = now()
+FROM due
+WHERE m.id = due.id
+RETURNING m.id, m.message_id, m.envelope_from, m.envelope_to, m.raw, m.priority,
+          m.attempts, m.max_attempts, m.uncertain_handoffs`;
+
+/**
+ * Record a batch of outcomes and their attempts in one statement.
+ * An "accepted" outcome is recorded even if the lease was lost meanwhile (the MTA has the mail:
+ * marking it sent prevents another resend); every other outcome only applies while this relay
+ * still holds the lease.
+ */
+export const COMPLETE = `
+WITH v AS (
+  SELECT * FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[], $9::text[])
+    AS v(id, kind, delay_ms, response, queue_id, accepted, rejected, error)
+), upd AS (
+  UPDATE mail_outbox m
+  SET status = CASE v.kind WHEN 'accepted' THEN 'sent' WHEN 'dead' THEN 'dead' ELSE 'pending' END,
+      attempts = CASE WHEN v.kind = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END,
+      next_attempt_at = CASE WHEN v.kind = 'retry' THEN now() + v.delay_ms * interval '1 millisecond' ELSE m.next_attempt_at END,
+      sent_at = CASE WHEN v.kind = 'accepted' THEN now() ELSE m.sent_at END,
+      mta_response = coalesce(v.response, m.mta_response),
+      mta_queue_id = CASE WHEN v.kind = 'accepted' THEN v.queue_id ELSE m.mta_queue_id END,
+      accepted = CASE WHEN v.kind = 'accepted' THEN v.accepted ELSE m.accepted END,
+      rejected = coalesce(v.rejected, m.rejected),
+      last_error = CASE WHEN v.kind IN ('retry', 'dead') THEN v.error ELSE m.last_error END,
+      lease_owner = NULL,
+      lease_expires_at = NULL,
+      updated_at = now()
+  FROM v
+  WHERE m.id = v.id
+    AND ((v.kind = 'accepted' AND m.status IN ('sending', 'pending', 'held'))
+      OR (m.status = 'sending' AND m.lease_owner = $1))
+  RETURNING m.id
+), ins AS (
+  INSERT INTO mail_outbox_attempt
+    (id, email_id, attempt, relay, started_at, duration_ms, outcome, response, response_code, error_code, error, queue_id)
+  SELECT * FROM unnest($10::uuid[], $11::uuid[], $12::int[], $13::text[], $14::timestamptz[], $15::int[], $16::text[],
+                       $17::text[], $18::int[], $19::text[], $20::text[], $21::text[])
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM upd)::int AS changed, (SELECT count(*) FROM ins)::int AS attempts`;
+
+/** Extend the lease of rows still held by this relay. */
+export const RENEW = `
+UPDATE mail_outbox
+SET lease_expires_at = now() + $3 * interval '1 millisecond'
+WHERE id = ANY($1::uuid[]) AND status = 'sending' AND lease_owner = $2
+RETURNING id`;
+
+/**
+ * Rows whose relay died: the lease ran out while they were being handed over. They go back to
+ * pending (policy "resend", the default) or to held (policy "hold", for an operator to decide),
+ * or to dead when their attempts are used up, and are marked as an uncertain hand-off.
+ */
+export const RESCUE = `
+WITH expired AS (
+  SELECT id, lease_owner FROM mail_outbox
+  WHERE status = 'sending' AND lease_expires_at < now()
+  ORDER BY lease_expires_at
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+), upd AS (
+  UPDATE mail_outbox m
+  SET status = CASE WHEN m.attempts >= m.max_attempts THEN 'dead' ELSE $1 END,
+      uncertain_handoffs = m.uncertain_handoffs + 1,
+      last_error = $3,
+      lease_owner = NULL,
+      lease_expires_at = NULL,
+      next_attempt_at = now(),
+      updated_at = now()
+  FROM expired
+  WHERE m.id = expired.id
+  RETURNING m.id, m.message_id, m.status, m.attempts, expired.lease_owner AS previous_owner
+), ins AS (
+  INSERT INTO mail_outbox_attempt (id, email_id, attempt, relay, started_at, duration_ms, outcome, error_code, error)
+  SELECT gen_random_uuid(), upd.id, upd.attempts, coalesce(upd.previous_owner, 'unknown'), now(), 0, 'lease_expired', 'ELEASE', $3
+  FROM upd
+)
+SELECT id, message_id, status, previous_owner FROM upd`;
+
+interface ClaimRow {
+  id: string;
+  message_id: string;
+  envelope_from: string;
+  envelope_to: string[];
+  raw: Buffer;
+  priority: number;
+  attempts: number;
+  max_attempts: number;
+  uncertain_handoffs: number;
+}
+
+export function postgresRelayStore(pool: pg.Pool): RelayStore {
+  return {
+    dialect: "postgresql",
+
+    async claim(owner, limit, leaseMs) {
+      const { rows } = await pool.query<ClaimRow>({ name: "mail_outbox_claim", text: CLAIM, values: [owner, limit, leaseMs] });
+      return rows.map(
+        (r): ClaimedMail => ({
+          id: r.id,
+          messageId: r.message_id,
+          envelopeFrom: r.envelope_from,
+          envelopeTo: r.envelope_to,
+          raw: r.raw,
+          priority: r.priority,
+          attempts: r.attempts,
+          maxAttempts: r.max_attempts,
+          uncertainHandoffs: r.uncertain_handoffs,
+        }),
+      ).sort((a, b) => b.priority - a.priority);
+    },
+
+    async complete(owner, relayName, outcomes) {
+      if (outcomes.length === 0) return 0;
+      const ids: string[] = [], kinds: string[] = [], delays: (number | null)[] = [], responses: (string | null)[] = [];
+      const queueIds: (string | null)[] = [], accepted: (string | null)[] = [], rejected: (string | null)[] = [], errors: (string | null)[] = [];
+      const aIds: string[] = [], aEmail: string[] = [], aNo: number[] = [], aRelay: string[] = [], aStart: Date[] = [], aDur: number[] = [];
+      const aOutcome: string[] = [], aResp: (string | null)[] = [], aCode: (number | null)[] = [], aErrCode: (string | null)[] = [];
+      const aErr: (string | null)[] = [], aQueue: (string | null)[] = [];
+      for (const o of outcomes) {
+        ids.push(o.id);
+        kinds.push(o.kind);
+        delays.push(o.kind === "retry" ? Math.round(o.delayMs) : null);
+        responses.push(o.kind === "release" ? null : o.response);
+        queueIds.push(o.kind === "accepted" ? o.queueId : null);
+        accepted.push(o.kind === "accepted" ? JSON.stringify(o.accepted) : null);
+        rejected.push((o.kind === "accepted" || o.kind === "dead") && o.rejected && o.rejected.length > 0 ? JSON.stringify(o.rejected) : null);
+        errors.push(o.kind === "retry" || o.kind === "dead" ? o.error : null);
+        if (o.kind === "release") continue;
+        aIds.push(o.attemptId);
+        aEmail.push(o.id);
+        aNo.push(o.attempt);
+        aRelay.push(relayName);
+        aStart.push(o.startedAt);
+        aDur.push(Math.round(o.durationMs));
+        aOutcome.push(o.kind === "accepted" ? (o.rejected.length > 0 ? "partial" : "accepted") : o.kind === "retry" ? "transient" : "permanent");
+        aResp.push(o.response);
+        aCode.push(o.kind === "accepted" ? 250 : o.responseCode);
+        aErrCode.push(o.kind === "accepted" ? null : o.errorCode);
+        aErr.push(o.kind === "accepted" ? null : o.error);
+        aQueue.push(o.kind === "accepted" ? o.queueId : null);
+      }
+      const { rows } = await pool.query<{ changed: number }>({
+        name: "mail_outbox_complete",
+        text: COMPLETE,
+        values: [owner, ids, kinds, delays, responses, queueIds, accepted, rejected, errors,
+          aIds, aEmail, aNo, aRelay, aStart, aDur, aOutcome, aResp, aCode, aErrCode, aErr, aQueue],
+      });
+      return rows[0]?.changed ?? 0;
+    },
+
+    async renew(owner, ids, leaseMs) {
+      if (ids.length === 0) return [];
+      const { rows } = await pool.query<{ id: string }>({ name: "mail_outbox_renew", text: RENEW, values: [ids, owner, leaseMs] });
+      return rows.map((r) => r.id);
+    },
+
+    async rescue(policy: LeaseExpiryPolicy, limit) {
+      const { rows } = await pool.query<{ id: string; message_id: string; status: RescuedMail["status"]; previous_owner: string | null }>({
+        name: "mail_outbox_rescue",
+        text: RESCUE,
+        values: [policy === "hold" ? "held" : "pending", limit, LEASE_EXPIRED_MESSAGE],
+      });
+      return rows.map((r) => ({ id: r.id, messageId: r.message_id, status: r.status, previousOwner: r.previous_owner }));
+    },
+  };
+}

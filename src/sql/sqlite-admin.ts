@@ -1,0 +1,265 @@
+/**
+ * The operator statements for SQLite, one statement per function, side by side with
+ * `postgres-admin.ts`. Every value is a bound parameter; lists are bound as JSON text and opened
+ * with `json_each`. DateTime columns hold ISO-8601 text with `+00:00` (Prisma's default), so
+ * times are bound with `toSqliteTime` and compare as text.
+ */
+import type Database from "better-sqlite3";
+import { toSqliteTime } from "../db.js";
+
+type Db = Database.Database;
+
+/** Every column but `raw`, as stored. */
+export interface SqliteMailRow {
+  id: string;
+  message_id: string;
+  status: string;
+  priority: number;
+  idempotency_key: string | null;
+  envelope_from: string;
+  envelope_to: string;
+  subject: string;
+  size: number;
+  metadata: string | null;
+  attempts: number;
+  max_attempts: number;
+  send_at: string | number;
+  next_attempt_at: string | number;
+  lease_owner: string | null;
+  lease_expires_at: string | number | null;
+  last_error: string | null;
+  mta_response: string | null;
+  mta_queue_id: string | null;
+  accepted: string | null;
+  rejected: string | null;
+  uncertain_handoffs: number;
+  created_at: string | number;
+  updated_at: string | number;
+  sent_at: string | number | null;
+  raw?: Buffer | null;
+}
+
+export interface SqliteAttemptRow {
+  id: string;
+  attempt: number;
+  relay: string;
+  started_at: string | number;
+  duration_ms: number;
+  outcome: string;
+  response: string | null;
+  response_code: number | null;
+  error_code: string | null;
+  error: string | null;
+  queue_id: string | null;
+}
+
+export interface SqliteTargetRow {
+  id: string;
+  message_id: string;
+  status: string;
+  attempts: number;
+  last_error: string | null;
+  uncertain_handoffs: number;
+}
+
+const MAIL_COLUMNS = `id, message_id, status, priority, idempotency_key, envelope_from, envelope_to, subject, size,
+  metadata, attempts, max_attempts, send_at, next_attempt_at, lease_owner, lease_expires_at, last_error,
+  mta_response, mta_queue_id, accepted, rejected, uncertain_handoffs, created_at, updated_at, sent_at`;
+
+/** The filter shared by list, replay and cancel; named parameters, NULL means "no constraint". */
+const FILTER = `(@byIds = 0 OR id IN (SELECT value FROM json_each(@ids)) OR message_id IN (SELECT value FROM json_each(@messageIds)))
+  AND (@statuses IS NULL OR status IN (SELECT value FROM json_each(@statuses)))
+  AND (@recipient IS NULL OR EXISTS (
+        SELECT 1 FROM json_each(CASE WHEN json_valid(mail_outbox.envelope_to) THEN mail_outbox.envelope_to ELSE '[]' END) AS r
+        WHERE lower(r.value) = lower(@recipient)))
+  AND (@since IS NULL OR created_at >= @since)
+  AND (@until IS NULL OR created_at < @until)
+  AND (@uncertainOnly = 0 OR uncertain_handoffs > 0)`;
+
+export interface SqliteFilter {
+  readonly byIds: boolean;
+  readonly ids: readonly string[];
+  readonly messageIds: readonly string[];
+  readonly statuses: readonly string[] | null;
+  readonly recipient: string | null;
+  readonly since: Date | null;
+  readonly until: Date | null;
+  readonly uncertainOnly: boolean;
+}
+
+function filterParams(f: SqliteFilter): Record<string, unknown> {
+  return {
+    byIds: f.byIds ? 1 : 0,
+    ids: JSON.stringify(f.ids),
+    messageIds: JSON.stringify(f.messageIds),
+    statuses: f.statuses === null ? null : JSON.stringify(f.statuses),
+    recipient: f.recipient,
+    since: f.since === null ? null : toSqliteTime(f.since),
+    until: f.until === null ? null : toSqliteTime(f.until),
+    uncertainOnly: f.uncertainOnly ? 1 : 0,
+  };
+}
+
+export function ping(db: Db): void {
+  db.prepare("SELECT 1").get();
+}
+
+export interface SqliteStatusRow {
+  status: string;
+  total: number;
+  uncertain: number;
+  due: number;
+  oldest_due_created: string | number | null;
+  oldest_due_at: string | number | null;
+  next_at: string | number | null;
+  expired_leases: number;
+}
+
+/** Per status: rows, uncertain rows, due pending rows and their oldest, next scheduled attempt, expired leases. */
+export function statusCounts(db: Db, now: Date): SqliteStatusRow[] {
+  return db
+    .prepare(
+      `SELECT status,
+         count(*) AS total,
+         count(*) FILTER (WHERE uncertain_handoffs > 0) AS uncertain,
+         count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= @now) AS due,
+         min(created_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= @now) AS oldest_due_created,
+         min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= @now) AS oldest_due_at,
+         min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at > @now) AS next_at,
+         count(*) FILTER (WHERE status = 'sending' AND lease_expires_at < @now) AS expired_leases
+       FROM mail_outbox
+       GROUP BY status`,
+    )
+    .all({ now: toSqliteTime(now) }) as SqliteStatusRow[];
+}
+
+/** Rows matching the filter, newest first. */
+export function listMails(db: Db, f: SqliteFilter, limit: number): SqliteMailRow[] {
+  return db
+    .prepare(
+      `SELECT ${MAIL_COLUMNS} FROM mail_outbox
+       WHERE ${FILTER}
+       ORDER BY created_at DESC, id DESC
+       LIMIT @limit`,
+    )
+    .all({ ...filterParams(f), limit }) as SqliteMailRow[];
+}
+
+/** One row by id or Message-ID, with `raw` only when asked. */
+export function findMail(db: Db, id: string | null, messageId: string | null, withRaw: boolean): SqliteMailRow | undefined {
+  return db
+    .prepare(
+      `SELECT ${MAIL_COLUMNS}, CASE WHEN @withRaw = 1 THEN raw END AS raw
+       FROM mail_outbox
+       WHERE id = @id OR message_id = @messageId
+       LIMIT 1`,
+    )
+    .get({ id, messageId, withRaw: withRaw ? 1 : 0 }) as SqliteMailRow | undefined;
+}
+
+/** The attempts of one mail in the order they happened. */
+export function listAttempts(db: Db, emailId: string): SqliteAttemptRow[] {
+  return db
+    .prepare(
+      `SELECT id, attempt, relay, started_at, duration_ms, outcome, response, response_code, error_code, error, queue_id
+       FROM mail_outbox_attempt
+       WHERE email_id = @emailId
+       ORDER BY started_at, attempt, id`,
+    )
+    .all({ emailId }) as SqliteAttemptRow[];
+}
+
+/** The rows a bulk change (replay, cancel) would touch. Run inside an IMMEDIATE transaction to hold them. */
+export function selectTargets(db: Db, f: SqliteFilter): SqliteTargetRow[] {
+  return db
+    .prepare(
+      `SELECT id, message_id, status, attempts, last_error, uncertain_handoffs
+       FROM mail_outbox
+       WHERE ${FILTER}
+       ORDER BY created_at, id`,
+    )
+    .all(filterParams(f)) as SqliteTargetRow[];
+}
+
+/**
+ * The "replay" transition for a batch: back to pending, due now, attempts and lease reset, the
+ * results of the previous hand-off cleared (they stay in mail_outbox_attempt). Message-ID and raw are kept.
+ */
+export function replayBatch(db: Db, ids: readonly string[], from: readonly string[], to: string, now: Date): string[] {
+  const rows = db
+    .prepare(
+      `UPDATE mail_outbox
+       SET status = @to, attempts = 0, next_attempt_at = @now, lease_owner = NULL, lease_expires_at = NULL,
+           last_error = NULL, mta_response = NULL, mta_queue_id = NULL, accepted = NULL, rejected = NULL,
+           sent_at = NULL, uncertain_handoffs = 0, updated_at = @now
+       WHERE id IN (SELECT value FROM json_each(@ids)) AND status IN (SELECT value FROM json_each(@from))
+       RETURNING id`,
+    )
+    .all({ ids: JSON.stringify(ids), from: JSON.stringify(from), to, now: toSqliteTime(now) }) as { id: string }[];
+  return rows.map((r) => r.id);
+}
+
+/** The "cancel" transition for a batch. */
+export function cancelBatch(db: Db, ids: readonly string[], from: readonly string[], to: string, now: Date): string[] {
+  const rows = db
+    .prepare(
+      `UPDATE mail_outbox
+       SET status = @to, lease_owner = NULL, lease_expires_at = NULL, updated_at = @now
+       WHERE id IN (SELECT value FROM json_each(@ids)) AND status IN (SELECT value FROM json_each(@from))
+       RETURNING id`,
+    )
+    .all({ ids: JSON.stringify(ids), from: JSON.stringify(from), to, now: toSqliteTime(now) }) as { id: string }[];
+  return rows.map((r) => r.id);
+}
+
+/** One operator action per mail in the attempt log (outcome "replayed" or "cancelled"), so `show` tells the story. */
+export function insertAdminAttempts(
+  db: Db,
+  rows: readonly { readonly id: string; readonly emailId: string; readonly response: string }[],
+  actor: string,
+  outcome: string,
+  at: Date,
+): void {
+  db.prepare(
+    `INSERT INTO mail_outbox_attempt (id, email_id, attempt, relay, started_at, duration_ms, outcome, response)
+     SELECT json_extract(t.value, '$.id'), json_extract(t.value, '$.emailId'), 0, @actor, @at, 0, @outcome,
+            json_extract(t.value, '$.response')
+     FROM json_each(@rows) AS t`,
+  ).run({ rows: JSON.stringify(rows), actor, outcome, at: toSqliteTime(at) });
+}
+
+/** How many rows a purge would delete, per status. `cutoff` null: any age. */
+export function countPurgeable(db: Db, statuses: readonly string[], cutoff: Date | null): { status: string; n: number }[] {
+  return db
+    .prepare(
+      `SELECT status, count(*) AS n
+       FROM mail_outbox
+       WHERE status IN (SELECT value FROM json_each(@statuses)) AND (@cutoff IS NULL OR updated_at < @cutoff)
+       GROUP BY status`,
+    )
+    .all({ statuses: JSON.stringify(statuses), cutoff: cutoff === null ? null : toSqliteTime(cutoff) }) as { status: string; n: number }[];
+}
+
+/** The ids of the next batch a purge deletes. */
+export function selectPurgeBatch(db: Db, statuses: readonly string[], cutoff: Date | null, limit: number): string[] {
+  const rows = db
+    .prepare(
+      `SELECT id FROM mail_outbox
+       WHERE status IN (SELECT value FROM json_each(@statuses)) AND (@cutoff IS NULL OR updated_at < @cutoff)
+       LIMIT @limit`,
+    )
+    .all({ statuses: JSON.stringify(statuses), cutoff: cutoff === null ? null : toSqliteTime(cutoff), limit }) as { id: string }[];
+  return rows.map((r) => r.id);
+}
+
+/** Delete the attempts of a batch of mails (before the mails: the foreign key may not cascade). */
+export function deleteAttemptsOf(db: Db, ids: readonly string[]): void {
+  db.prepare(`DELETE FROM mail_outbox_attempt WHERE email_id IN (SELECT value FROM json_each(@ids))`).run({ ids: JSON.stringify(ids) });
+}
+
+/** Delete a batch of mails; returns the status of each deleted row. */
+export function deleteMails(db: Db, ids: readonly string[]): { status: string }[] {
+  return db
+    .prepare(`DELETE FROM mail_outbox WHERE id IN (SELECT value FROM json_each(@ids)) RETURNING status`)
+    .all({ ids: JSON.stringify(ids) }) as { status: string }[];
+}

@@ -1,0 +1,191 @@
+/**
+ * The relay's hot path on SQLite: the same four operations as ./postgres.ts. SQLite has one
+ * writer at a time, so a claim is a single atomic UPDATE ... RETURNING; batches run as one
+ * transaction of prepared statements. Times are ISO-8601 text with +00:00, as Prisma writes them.
+ */
+import type Database from "better-sqlite3";
+import { randomUUID } from "node:crypto";
+import { toSqliteTime } from "../db.js";
+import type { ClaimedMail, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
+import { LEASE_EXPIRED_MESSAGE } from "./types.js";
+
+export const CLAIM = `
+UPDATE mail_outbox
+SET status = 'sending', lease_owner = @owner, lease_expires_at = @leaseExpiresAt,
+    attempts = attempts + 1, updated_at = @now
+WHERE id IN (
+  SELECT id FROM mail_outbox
+  WHERE status = 'pending' AND next_attempt_at <= @now
+  ORDER BY priority DESC, next_attempt_at, id
+  LIMIT @limit
+)
+RETURNING id, message_id, envelope_from, envelope_to, raw, priority, attempts, max_attempts, uncertain_handoffs`;
+
+export const COMPLETE_ACCEPTED = `
+UPDATE mail_outbox
+SET status = 'sent', sent_at = @now, mta_response = @response, mta_queue_id = @queueId,
+    accepted = @accepted, rejected = coalesce(@rejected, rejected),
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = @now
+WHERE id = @id AND status IN ('sending', 'pending', 'held')`;
+
+export const COMPLETE_RETRY = `
+UPDATE mail_outbox
+SET status = 'pending', next_attempt_at = @nextAttemptAt, last_error = @error,
+    mta_response = coalesce(@response, mta_response),
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = @now
+WHERE id = @id AND status = 'sending' AND lease_owner = @owner`;
+
+export const COMPLETE_DEAD = `
+UPDATE mail_outbox
+SET status = 'dead', last_error = @error, mta_response = coalesce(@response, mta_response),
+    rejected = coalesce(@rejected, rejected),
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = @now
+WHERE id = @id AND status = 'sending' AND lease_owner = @owner`;
+
+export const RELEASE = `
+UPDATE mail_outbox
+SET status = 'pending', attempts = max(attempts - 1, 0),
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = @now
+WHERE id = @id AND status = 'sending' AND lease_owner = @owner`;
+
+export const INSERT_ATTEMPT = `
+INSERT INTO mail_outbox_attempt
+  (id, email_id, attempt, relay, started_at, duration_ms, outcome, response, response_code, error_code, error, queue_id)
+VALUES (@attemptId, @id, @attempt, @relay, @startedAt, @durationMs, @outcome, @response, @responseCode, @errorCode, @error, @queueId)`;
+
+export const RENEW = `
+UPDATE mail_outbox SET lease_expires_at = @leaseExpiresAt
+WHERE id = @id AND status = 'sending' AND lease_owner = @owner`;
+
+export const FIND_EXPIRED = `
+SELECT id, message_id, lease_owner, attempts, max_attempts FROM mail_outbox
+WHERE status = 'sending' AND lease_expires_at < @now
+ORDER BY lease_expires_at
+LIMIT @limit`;
+
+export const RESCUE_ONE = `
+UPDATE mail_outbox
+SET status = @status, uncertain_handoffs = uncertain_handoffs + 1, last_error = @error,
+    lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = @now, updated_at = @now
+WHERE id = @id AND status = 'sending' AND lease_expires_at < @now`;
+
+interface ClaimRow {
+  id: string;
+  message_id: string;
+  envelope_from: string;
+  envelope_to: string;
+  raw: Buffer;
+  priority: number;
+  attempts: number;
+  max_attempts: number;
+  uncertain_handoffs: number;
+}
+
+export function sqliteRelayStore(db: Database.Database): RelayStore {
+  const claim = db.prepare<{ owner: string; leaseExpiresAt: string; now: string; limit: number }, ClaimRow>(CLAIM);
+  const accepted = db.prepare(COMPLETE_ACCEPTED);
+  const retry = db.prepare(COMPLETE_RETRY);
+  const dead = db.prepare(COMPLETE_DEAD);
+  const release = db.prepare(RELEASE);
+  const insertAttempt = db.prepare(INSERT_ATTEMPT);
+  const renew = db.prepare(RENEW);
+  const findExpired = db.prepare<{ now: string; limit: number }, { id: string; message_id: string; lease_owner: string | null; attempts: number; max_attempts: number }>(FIND_EXPIRED);
+  const rescueOne = db.prepare(RESCUE_ONE);
+
+  const completeAll = db.transaction((owner: string, relayName: string, outcomes: readonly Outcome[]) => {
+    const now = toSqliteTime(new Date());
+    let changed = 0;
+    for (const o of outcomes) {
+      if (o.kind === "release") {
+        changed += release.run({ id: o.id, owner, now }).changes;
+        continue;
+      }
+      const rejected = (o.kind === "accepted" || o.kind === "dead") && o.rejected && o.rejected.length > 0 ? JSON.stringify(o.rejected) : null;
+      if (o.kind === "accepted") {
+        changed += accepted.run({ id: o.id, now, response: o.response, queueId: o.queueId, accepted: JSON.stringify(o.accepted), rejected }).changes;
+      } else if (o.kind === "retry") {
+        const nextAttemptAt = toSqliteTime(new Date(Date.now() + o.delayMs));
+        changed += retry.run({ id: o.id, owner, now, nextAttemptAt, error: o.error, response: o.response }).changes;
+      } else {
+        changed += dead.run({ id: o.id, owner, now, error: o.error, response: o.response, rejected }).changes;
+      }
+      insertAttempt.run({
+        attemptId: o.attemptId,
+        id: o.id,
+        attempt: o.attempt,
+        relay: relayName,
+        startedAt: toSqliteTime(o.startedAt),
+        durationMs: Math.round(o.durationMs),
+        outcome: o.kind === "accepted" ? (o.rejected.length > 0 ? "partial" : "accepted") : o.kind === "retry" ? "transient" : "permanent",
+        response: o.response,
+        responseCode: o.kind === "accepted" ? 250 : o.responseCode,
+        errorCode: o.kind === "accepted" ? null : o.errorCode,
+        error: o.kind === "accepted" ? null : o.error,
+        queueId: o.kind === "accepted" ? o.queueId : null,
+      });
+    }
+    return changed;
+  });
+
+  const renewAll = db.transaction((owner: string, ids: readonly string[], leaseMs: number) => {
+    const leaseExpiresAt = toSqliteTime(new Date(Date.now() + leaseMs));
+    return ids.filter((id) => renew.run({ id, owner, leaseExpiresAt }).changes === 1);
+  });
+
+  const rescueAll = db.transaction((policy: LeaseExpiryPolicy, limit: number) => {
+    const now = toSqliteTime(new Date());
+    const out: RescuedMail[] = [];
+    for (const row of findExpired.all({ now, limit })) {
+      const status = row.attempts >= row.max_attempts ? "dead" : policy === "hold" ? "held" : "pending";
+      if (rescueOne.run({ id: row.id, status, error: LEASE_EXPIRED_MESSAGE, now }).changes !== 1) continue;
+      insertAttempt.run({
+        attemptId: randomUUID(),
+        id: row.id,
+        attempt: row.attempts,
+        relay: row.lease_owner ?? "unknown",
+        startedAt: now,
+        durationMs: 0,
+        outcome: "lease_expired",
+        response: null,
+        responseCode: null,
+        errorCode: "ELEASE",
+        error: LEASE_EXPIRED_MESSAGE,
+        queueId: null,
+      });
+      out.push({ id: row.id, messageId: row.message_id, previousOwner: row.lease_owner, status });
+    }
+    return out;
+  });
+
+  return {
+    dialect: "sqlite",
+    async claim(owner, limit, leaseMs) {
+      const now = new Date();
+      const rows = claim.all({ owner, limit, now: toSqliteTime(now), leaseExpiresAt: toSqliteTime(new Date(now.getTime() + leaseMs)) });
+      return rows
+        .map(
+          (r): ClaimedMail => ({
+            id: r.id,
+            messageId: r.message_id,
+            envelopeFrom: r.envelope_from,
+            envelopeTo: JSON.parse(r.envelope_to) as string[],
+            raw: r.raw,
+            priority: r.priority,
+            attempts: r.attempts,
+            maxAttempts: r.max_attempts,
+            uncertainHandoffs: r.uncertain_handoffs,
+          }),
+        )
+        .sort((a, b) => b.priority - a.priority);
+    },
+    async complete(owner, relayName, outcomes) {
+      return outcomes.length === 0 ? 0 : completeAll(owner, relayName, outcomes);
+    },
+    async renew(owner, ids, leaseMs) {
+      return ids.length === 0 ? [] : renewAll(owner, ids, leaseMs);
+    },
+    async rescue(policy, limit) {
+      return rescueAll(policy, limit);
+    },
+  };
+}

@@ -1,0 +1,78 @@
+/** What the relay's hot path reads and writes; the SQL for each database lives beside this file. */
+
+/** A row the relay has claimed: everything it needs to hand the mail over, nothing more. */
+export interface ClaimedMail {
+  readonly id: string;
+  readonly messageId: string;
+  readonly envelopeFrom: string;
+  readonly envelopeTo: readonly string[];
+  readonly raw: Buffer;
+  readonly priority: number;
+  /** Attempts including this one (the claim counts it). */
+  readonly attempts: number;
+  readonly maxAttempts: number;
+  readonly uncertainHandoffs: number;
+}
+
+/** The outcome of one claimed row, written back in a batch by `complete`. */
+export type Outcome =
+  | (AttemptRecord & {
+      readonly kind: "accepted";
+      readonly response: string;
+      readonly queueId: string | null;
+      readonly accepted: readonly string[];
+      readonly rejected: readonly { recipient: string; response: string | null }[];
+    })
+  | (AttemptRecord & {
+      readonly kind: "retry";
+      /** Delay from now until the next attempt, computed by the relay's backoff. */
+      readonly delayMs: number;
+      readonly error: string;
+      readonly errorCode: string | null;
+      readonly response: string | null;
+      readonly responseCode: number | null;
+    })
+  | (AttemptRecord & {
+      readonly kind: "dead";
+      readonly error: string;
+      readonly errorCode: string | null;
+      readonly response: string | null;
+      readonly responseCode: number | null;
+      readonly rejected: readonly { recipient: string; response: string | null }[] | null;
+    })
+  /** Claimed but never handed over (graceful stop): back to pending, the claim's attempt not counted. */
+  | { readonly kind: "release"; readonly id: string };
+
+export interface AttemptRecord {
+  readonly id: string;
+  /** Id of the attempt row. */
+  readonly attemptId: string;
+  readonly attempt: number;
+  readonly startedAt: Date;
+  readonly durationMs: number;
+}
+
+export interface RescuedMail {
+  readonly id: string;
+  readonly messageId: string;
+  readonly previousOwner: string | null;
+  readonly status: "pending" | "held" | "dead";
+}
+
+export type LeaseExpiryPolicy = "resend" | "hold";
+
+/** The relay's statements on one database. Every method is one round trip. */
+export interface RelayStore {
+  readonly dialect: "postgresql" | "sqlite";
+  /** Claim up to `limit` due rows for `owner`, leased for `leaseMs`. */
+  claim(owner: string, limit: number, leaseMs: number): Promise<ClaimedMail[]>;
+  /** Write a batch of outcomes and their attempt rows at once. Returns how many rows changed. */
+  complete(owner: string, relayName: string, outcomes: readonly Outcome[]): Promise<number>;
+  /** Extend the lease on rows `owner` still holds; returns the ids still held. */
+  renew(owner: string, ids: readonly string[], leaseMs: number): Promise<string[]>;
+  /** Move rows whose lease expired (their relay died) back to pending, or to held, per policy. */
+  rescue(policy: LeaseExpiryPolicy, limit: number): Promise<RescuedMail[]>;
+}
+
+export const LEASE_EXPIRED_MESSAGE =
+  "the relay holding this mail stopped renewing its lease during the hand-off (it crashed or lost the database); the MTA may or may not have accepted it";

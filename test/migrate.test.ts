@@ -1,0 +1,212 @@
+import { describe, it } from "node:test";
+import type { TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { randomUUID } from "node:crypto";
+import pg from "pg";
+import { openDatabase } from "../src/db.js";
+import type { Db } from "../src/db.js";
+import { SchemaError } from "../src/errors.js";
+import { checkSchema, loadMigrations, migrate, MIGRATIONS_TABLE } from "../src/migrate.js";
+import { needPostgres, PG_ADMIN_URL } from "./support/services.js";
+import { dropSchema, postgresUrl, uniqueSchemaName } from "./support/db.js";
+
+type Dialect = "sqlite" | "postgresql";
+
+/** A URL to a database (SQLite file / PostgreSQL schema) that does not exist yet; removed after the test. */
+function emptyDatabaseUrl(t: TestContext, dialect: Dialect): { url: string; schema: string } {
+  if (dialect === "sqlite") {
+    const file = path.join(tmpdir(), `mail-outbox-migrate-${randomUUID()}.db`);
+    t.after(async () => {
+      for (const s of ["", "-wal", "-shm"]) await rm(file + s, { force: true });
+    });
+    return { url: `file:${file}`, schema: "main" };
+  }
+  const schema = uniqueSchemaName("mig");
+  t.after(() => dropSchema(schema));
+  return { url: postgresUrl(schema), schema };
+}
+
+async function open(t: TestContext, url: string): Promise<Db> {
+  const db = await openDatabase(url);
+  t.after(() => db.close());
+  return db;
+}
+
+async function exec(db: Db, sql: string): Promise<void> {
+  if (db.dialect === "sqlite") db.db.exec(sql);
+  else await db.pool.query(sql);
+}
+
+async function tableExists(db: Db, table: string): Promise<boolean> {
+  if (db.dialect === "sqlite") return db.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(table) !== undefined;
+  const r = await db.pool.query(`SELECT to_regclass(format('%I.%I', $1::text, $2::text)) AS t`, [db.schema, table]);
+  return r.rows[0].t !== null;
+}
+
+async function count(db: Db, sql: string): Promise<number> {
+  if (db.dialect === "sqlite") return Number((db.db.prepare(sql).get() as { n: number }).n);
+  return Number((await db.pool.query(sql)).rows[0].n);
+}
+
+/** Insert one outbox row with plain SQL, as enqueue() would. */
+async function insertMail(db: Db): Promise<void> {
+  const now = new Date().toISOString();
+  const values = [randomUUID(), `<${randomUUID()}@test>`, "a@example.com", JSON.stringify(["b@example.com"]), Buffer.from("raw"), 3, 5, now, now];
+  const cols = "id, message_id, envelope_from, envelope_to, raw, size, max_attempts, send_at, next_attempt_at";
+  if (db.dialect === "sqlite") db.db.prepare(`INSERT INTO mail_outbox (${cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(...values);
+  else await db.pool.query(`INSERT INTO mail_outbox (${cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, values);
+}
+
+for (const dialect of ["sqlite", "postgresql"] as const) {
+  describe(`migrate on ${dialect}`, () => {
+    it("creates the outbox tables on an empty database, and running it again changes nothing", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const all = (await loadMigrations(dialect)).map((m) => m.version);
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      const lines: string[] = [];
+      const first = await migrate(db, { log: (l) => lines.push(l) });
+      assert.deepEqual(first, { applied: all, alreadyApplied: [], baselined: [] });
+      assert.equal(lines.length, all.length);
+      assert.deepEqual(await checkSchema(db), []);
+      await insertMail(db);
+      const second = await migrate(db);
+      assert.deepEqual(second, { applied: [], alreadyApplied: all, baselined: [] });
+      assert.equal(await count(db, `SELECT count(*) AS n FROM ${MIGRATIONS_TABLE}`), all.length);
+      assert.equal(await count(db, `SELECT count(*) AS n FROM mail_outbox`), 1, "the mail written in between is still there");
+    });
+
+    it("a dry run lists what it would apply and creates nothing", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const all = (await loadMigrations(dialect)).map((m) => m.version);
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      const lines: string[] = [];
+      assert.deepEqual(await migrate(db, { dryRun: true, log: (l) => lines.push(l) }), { applied: all, alreadyApplied: [], baselined: [] });
+      assert.ok(lines.every((l) => l.startsWith("would apply")), lines.join("\n"));
+      assert.equal(await tableExists(db, "mail_outbox"), false);
+      assert.equal(await tableExists(db, MIGRATIONS_TABLE), false);
+    });
+
+    it("checkSchema names a dropped column, a missing index and missing tables", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      if (dialect === "postgresql") await exec(db, `CREATE SCHEMA ${(db as { schema: string }).schema}`);
+      const missing = await checkSchema(db);
+      assert.ok(missing.some((p) => p.includes("table mail_outbox is missing")), missing.join("\n"));
+      assert.ok(missing.some((p) => p.includes("table mail_outbox_attempt is missing")), missing.join("\n"));
+
+      await migrate(db);
+      assert.deepEqual(await checkSchema(db), []);
+      await exec(db, `ALTER TABLE mail_outbox DROP COLUMN lease_owner`);
+      await exec(db, `DROP INDEX mail_outbox_created_idx`);
+      const problems = await checkSchema(db);
+      assert.equal(problems.length, 2, problems.join("\n"));
+      assert.match(problems[0]!, /column mail_outbox\.lease_owner is missing \(expected text/);
+      assert.match(problems[1]!, /index mail_outbox_created_idx on mail_outbox is missing/);
+    });
+
+    it("checkSchema names a column of the wrong type", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      await migrate(db);
+      if (dialect === "postgresql") await exec(db, `ALTER TABLE mail_outbox ALTER COLUMN envelope_to TYPE text`);
+      else await exec(db, `ALTER TABLE mail_outbox DROP COLUMN mta_queue_id; ALTER TABLE mail_outbox ADD COLUMN mta_queue_id INTEGER`);
+      const problems = await checkSchema(db);
+      const col = dialect === "postgresql" ? "envelope_to has type text, expected jsonb" : "mta_queue_id has type INTEGER, expected TEXT";
+      assert.ok(problems.some((p) => p.includes(`column mail_outbox.${col}`)), problems.join("\n"));
+    });
+
+    it("tables that Prisma Migrate created from the models are recorded as a baseline, not created again", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const migrations = await loadMigrations(dialect);
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      if (dialect === "postgresql") await exec(db, `CREATE SCHEMA ${(db as { schema: string }).schema}`);
+      await exec(db, migrations[0]!.sql); // what `prisma migrate dev` runs for the copied models
+      await insertMail(db);
+      const result = await migrate(db);
+      assert.deepEqual(result.baselined, ["0001_init"]);
+      assert.deepEqual(result.applied, dialect === "postgresql" ? ["0002_notify"] : []);
+      assert.equal(await count(db, `SELECT count(*) AS n FROM mail_outbox`), 1);
+      assert.deepEqual(await checkSchema(db), []);
+      assert.deepEqual(await migrate(db), { applied: [], alreadyApplied: migrations.map((m) => m.version), baselined: [] });
+    });
+
+    it("tables created outside migrate with another shape are refused with a SchemaError that names the differences, and left alone", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      if (dialect === "postgresql") await exec(db, `CREATE SCHEMA ${(db as { schema: string }).schema}`);
+      await exec(db, `CREATE TABLE mail_outbox (id TEXT PRIMARY KEY, body TEXT)`);
+      await assert.rejects(migrate(db), (err: unknown) => {
+        assert.ok(err instanceof SchemaError);
+        assert.match(err.message, /not created by mail-outbox migrate/);
+        assert.match(err.message, /column mail_outbox\.message_id is missing/);
+        assert.match(err.message, /table mail_outbox_attempt is missing/);
+        assert.match(err.message, /prisma migrate dev/);
+        return true;
+      });
+      assert.equal(await tableExists(db, "mail_outbox_attempt"), false);
+      assert.equal(await count(db, `SELECT count(*) AS n FROM ${MIGRATIONS_TABLE}`), 0);
+    });
+  });
+}
+
+describe("migrate on postgresql, concurrently", () => {
+  it("several processes migrating the same new schema at once all succeed, and each migration runs once", async (t) => {
+    if (!(await needPostgres(t))) return;
+    const all = (await loadMigrations("postgresql")).map((m) => m.version);
+    const { url } = emptyDatabaseUrl(t, "postgresql");
+    const dbs = await Promise.all([1, 2, 3, 4].map(() => open(t, url)));
+    const results = await Promise.all(dbs.map((db) => migrate(db)));
+    for (const r of results) assert.deepEqual([...r.applied, ...r.alreadyApplied].sort(), all);
+    assert.deepEqual(results.flatMap((r) => r.applied).sort(), all, "every migration was applied by exactly one process");
+    assert.equal(await count(dbs[0]!, `SELECT count(*) AS n FROM ${MIGRATIONS_TABLE}`), all.length);
+    assert.deepEqual(await checkSchema(dbs[0]!), []);
+  });
+});
+
+describe("the PostgreSQL notify trigger", () => {
+  it("an INSERT into mail_outbox notifies channel mail_outbox once per statement at commit, never on rollback, and not when mail_outbox.notify is off", async (t) => {
+    if (!(await needPostgres(t))) return;
+    const { url, schema } = emptyDatabaseUrl(t, "postgresql");
+    const db = await open(t, url);
+    await migrate(db);
+    if (db.dialect !== "postgresql") throw new Error("unreachable");
+
+    const listener = new pg.Client({ connectionString: PG_ADMIN_URL });
+    await listener.connect();
+    t.after(() => listener.end());
+    const received: string[] = [];
+    listener.on("notification", (n) => {
+      if (n.channel === "mail_outbox" && n.payload === schema) received.push(n.payload);
+    });
+    await listener.query("LISTEN mail_outbox");
+    const settle = () => new Promise((r) => setTimeout(r, 150));
+    const row = () => [randomUUID(), `<${randomUUID()}@t>`];
+    const insert2 = `INSERT INTO mail_outbox (id, message_id, envelope_from, envelope_to, raw, size, max_attempts, send_at, next_attempt_at)
+      VALUES ($1, $2, 'a@x', '[]', '\\x00', 1, 1, now(), now()), ($3, $4, 'a@x', '[]', '\\x00', 1, 1, now(), now())`;
+
+    const c = await db.pool.connect();
+    t.after(() => c.release());
+    await c.query("BEGIN");
+    await c.query(insert2, [...row(), ...row()]);
+    await settle();
+    assert.equal(received.length, 0, "nothing is delivered before commit");
+    await c.query("COMMIT");
+    await settle();
+    assert.equal(received.length, 1, "one notification for one INSERT statement of two rows");
+
+    await c.query("BEGIN");
+    await c.query(insert2, [...row(), ...row()]);
+    await c.query("ROLLBACK");
+    await settle();
+    assert.equal(received.length, 1, "a rolled-back INSERT notifies nobody");
+
+    await c.query("SET mail_outbox.notify = off");
+    await c.query(insert2, [...row(), ...row()]);
+    await settle();
+    assert.equal(received.length, 1, "mail_outbox.notify = off silences the trigger");
+    await c.query("RESET mail_outbox.notify");
+  });
+});

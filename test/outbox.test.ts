@@ -1,0 +1,160 @@
+/**
+ * End to end, on real SQLite files and the real PostgreSQL server: enqueue in a Prisma transaction,
+ * relay to a real SMTP server (in-process, with injected faults), read the outcome from the table.
+ */
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mailOutbox, createRelay, InvalidMailError, DuplicateIdempotencyKeyError, openDatabase, type Relay } from "../src/index.js";
+import { freshSqlite, freshPostgres, prismaClientFor } from "./support/db.js";
+import { startTestSmtp, type TestSmtp } from "./support/smtp.js";
+import { needPostgres } from "./support/services.js";
+import { expectEnqueued, expectNotEnqueued } from "../src/testing.js";
+
+const FAST = { pollIntervalMs: 50, leaseMs: 3000, backoff: { baseMs: 100, maxMs: 500, jitter: 0 }, logger: false as const };
+
+interface Fixture {
+  url: string;
+  cleanup(): Promise<void>;
+}
+
+async function rows(url: string) {
+  const db = await openDatabase(url);
+  try {
+    if (db.dialect === "postgresql") {
+      return (await db.pool.query("SELECT id, message_id, status, attempts, mta_queue_id, mta_response, last_error FROM mail_outbox ORDER BY id")).rows as Row[];
+    }
+    return db.db.prepare("SELECT id, message_id, status, attempts, mta_queue_id, mta_response, last_error FROM mail_outbox ORDER BY id").all() as Row[];
+  } finally {
+    await db.close();
+  }
+}
+interface Row { id: string; message_id: string; status: string; attempts: number; mta_queue_id: string | null; mta_response: string | null; last_error: string | null }
+
+async function userCount(url: string): Promise<number> {
+  const db = await openDatabase(url);
+  try {
+    if (db.dialect === "postgresql") return Number((await db.pool.query(`SELECT count(*) AS n FROM "User"`)).rows[0].n);
+    return Number((db.db.prepare(`SELECT count(*) AS n FROM "User"`).get() as { n: number }).n);
+  } finally {
+    await db.close();
+  }
+}
+
+for (const dialect of ["sqlite", "postgresql"] as const) {
+  describe(`outbox on ${dialect}`, () => {
+    let fx: Fixture | null = null;
+    let smtp: TestSmtp;
+    let prisma: any;
+
+    before(async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t as any))) return;
+      fx = dialect === "sqlite" ? await freshSqlite() : await freshPostgres();
+      smtp = await startTestSmtp();
+      prisma = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "shop@example.com" }));
+    });
+    after(async () => {
+      await prisma?.$disconnect();
+      await smtp?.close();
+      await fx?.cleanup();
+    });
+
+    function relay(extra: Record<string, unknown> = {}): Relay {
+      return createRelay({ databaseUrl: fx!.url, transport: smtp.url, ...FAST, ...extra });
+    }
+
+    it("hands a mail enqueued in a committed transaction to the MTA exactly once, and never one from a rolled-back transaction", async (t) => {
+      if (!fx) return t.skip("no database");
+      const committed = await prisma.$transaction(async (tx: any) => {
+        await tx.user.create({ data: { email: "ann@example.com" } });
+        const r = await tx.outboxEmail.enqueue({ to: "ann@example.com", subject: "Welcome", text: "Hello Ann" });
+        await expectEnqueued(tx, { to: "ann@example.com", subject: "Welcome" });
+        return r;
+      });
+      let rolledBack: { messageId: string } | null = null;
+      await assert.rejects(
+        prisma.$transaction(async (tx: any) => {
+          await tx.user.create({ data: { email: "bob@example.com" } });
+          rolledBack = await tx.outboxEmail.enqueue({ to: "bob@example.com", subject: "Welcome", text: "Hello Bob" });
+          throw new Error("payment declined");
+        }),
+        /payment declined/,
+      );
+      await expectNotEnqueued(prisma, { to: "bob@example.com" });
+      const counts = await relay().runOnce();
+      assert.equal(counts.sent, 1);
+      assert.equal(smtp.countByMessageId().get(committed.messageId), 1);
+      assert.equal(smtp.countByMessageId().get(rolledBack!.messageId), undefined);
+      const [row] = (await rows(fx.url)).filter((r) => r.message_id === committed.messageId);
+      assert.equal(row?.status, "sent");
+      const received = smtp.messages.find((m) => m.messageId === committed.messageId)!;
+      assert.equal(row?.mta_queue_id, received.queueId, "the queue id from the 250 reply is recorded");
+      assert.deepEqual(received.recipients, ["ann@example.com"]);
+      assert.equal(await userCount(fx.url), 1);
+      // Nothing more to do: a second pass hands nothing over again.
+      assert.equal((await relay().runOnce()).sent, 0);
+      assert.equal(smtp.countByMessageId().get(committed.messageId), 1);
+    });
+
+    it("refuses bad input with a named error, writes no row, and the transaction still commits its business data", async (t) => {
+      if (!fx) return t.skip("no database");
+      const before = (await rows(fx.url)).length;
+      await prisma.$transaction(async (tx: any) => {
+        await tx.user.create({ data: { email: "carol@example.com" } });
+        const err = await tx.outboxEmail.enqueue({ to: "not an address", subject: "x\r\nBcc: victim@example.com", colour: "red" }).catch((e: unknown) => e);
+        assert.ok(err instanceof InvalidMailError, `expected InvalidMailError, got ${err}`);
+        assert.ok(err.problems.length >= 3, err.message);
+        await tx.outboxEmail.enqueue({ to: "carol@example.com", subject: "ok", text: "ok", idempotencyKey: "signup-carol" });
+        const dup = await tx.outboxEmail.enqueue({ to: "carol@example.com", subject: "ok", text: "ok", idempotencyKey: "signup-carol" }).catch((e: unknown) => e);
+        assert.ok(dup instanceof DuplicateIdempotencyKeyError);
+        assert.ok(dup.existingId);
+      });
+      assert.equal((await rows(fx.url)).length, before + 1);
+      assert.equal(await userCount(fx.url), 2);
+    });
+
+    it("keeps every mail while the SMTP server refuses connections, and delivers all of them once it is back", async (t) => {
+      if (!fx) return t.skip("no database");
+      await smtp.refuseConnections();
+      const ids = await prisma.outboxEmail.enqueueMany(
+        Array.from({ length: 20 }, (_, i) => ({ to: `outage${i}@example.com`, subject: `outage ${i}`, text: "x" })),
+      );
+      const r = relay({ connectRetries: 0 });
+      await r.start();
+      await new Promise((res) => setTimeout(res, 600));
+      assert.ok(r.counts().retried >= 1, "the relay tried and failed while the server was down");
+      assert.equal(r.counts().sent, 0);
+      await smtp.acceptConnections();
+      await smtp.waitFor(() => ids.every((x: { messageId: string }) => smtp.countByMessageId().has(x.messageId)), 15_000);
+      await r.stop();
+      const counts = smtp.countByMessageId();
+      for (const x of ids) assert.equal(counts.get(x.messageId), 1, `${x.messageId} delivered once`);
+      const byId = new Map((await rows(fx.url)).map((row) => [row.message_id, row]));
+      for (const x of ids) assert.equal(byId.get(x.messageId)?.status, "sent");
+    });
+
+    it("retries a 4xx, parks a 5xx as dead with the reply recorded", async (t) => {
+      if (!fx) return t.skip("no database");
+      const soft = await prisma.outboxEmail.enqueue({ to: "soft@example.com", subject: "soft", text: "x" });
+      const hard = await prisma.outboxEmail.enqueue({ to: "hard@example.com", subject: "hard", text: "x" });
+      let softFailures = 0;
+      smtp.setFaults((ctx) => {
+        if (ctx.phase === "rcpt" && ctx.recipient === "hard@example.com") return { reply: 550, message: "5.1.1 No such user here" };
+        if (ctx.phase === "rcpt" && ctx.recipient === "soft@example.com" && softFailures++ < 2) return { reply: 451, message: "4.3.0 Try again later" };
+        return undefined;
+      });
+      const r = relay();
+      await r.start();
+      await smtp.waitFor(() => smtp.countByMessageId().has(soft.messageId), 10_000);
+      await new Promise((res) => setTimeout(res, 300));
+      await r.stop();
+      smtp.setFaults(null);
+      const byId = new Map((await rows(fx.url)).map((row) => [row.message_id, row]));
+      assert.equal(byId.get(soft.messageId)?.status, "sent");
+      assert.equal(byId.get(soft.messageId)?.attempts, 3);
+      const dead = byId.get(hard.messageId)!;
+      assert.equal(dead.status, "dead");
+      assert.match(dead.last_error ?? "", /No such user/);
+      assert.equal(smtp.countByMessageId().get(hard.messageId), undefined);
+    });
+  });
+}

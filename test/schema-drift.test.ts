@@ -1,0 +1,149 @@
+/**
+ * The shipped SQL (migrations/<dialect>/*.sql), the Prisma models users copy
+ * (prisma/<dialect>/outbox.prisma) and the shape checkSchema() expects must describe the same
+ * tables. Prisma's own schema engine (WebAssembly build) compares a database migrated with the
+ * shipped SQL against the models, as `prisma migrate diff` would: adding a field to a model
+ * without generating its migration (`npm run gen:sql`) fails here.
+ */
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { randomUUID } from "node:crypto";
+import { openDatabase } from "../src/db.js";
+import type { Db } from "../src/db.js";
+import { expectedColumns, expectedIndexes, migrate } from "../src/migrate.js";
+import { diffLiveAgainstModels, initSql, migrationFiles, type LiveTarget } from "../scripts/gen-migration-sql.js";
+import { needPostgres, PG_ADMIN_URL } from "./support/services.js";
+import { dropSchema, freshPostgres, freshSqlite, postgresUrl, uniqueSchemaName } from "./support/db.js";
+
+const root = new URL("../", import.meta.url);
+
+/** A database that has run only the shipped migrations. */
+async function migratedOnly(dialect: "sqlite" | "postgresql"): Promise<{ target: LiveTarget; url: string; cleanup(): Promise<void> }> {
+  if (dialect === "sqlite") {
+    const file = path.join(tmpdir(), `mail-outbox-drift-${randomUUID()}.db`);
+    const db = await openDatabase(`file:${file}`);
+    await migrate(db).finally(() => db.close());
+    return {
+      target: { provider: "sqlite", file },
+      url: `file:${file}`,
+      cleanup: async () => {
+        for (const s of ["", "-wal", "-shm"]) await rm(file + s, { force: true });
+      },
+    };
+  }
+  const schema = uniqueSchemaName("drift");
+  const url = postgresUrl(schema);
+  const db = await openDatabase(url);
+  await migrate(db).finally(() => db.close());
+  return { target: { provider: "postgresql", connectionString: PG_ADMIN_URL, schema }, url, cleanup: () => dropSchema(schema) };
+}
+
+async function liveColumns(db: Db): Promise<{ table: string; column: string; type: string; nullable: boolean }[]> {
+  if (db.dialect === "postgresql") {
+    const r = await db.pool.query<{ table_name: string; column_name: string; data_type: string; is_nullable: string }>(
+      `SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns
+       WHERE table_schema = $1 AND table_name IN ('mail_outbox', 'mail_outbox_attempt')`,
+      [db.schema],
+    );
+    return r.rows.map((c) => ({ table: c.table_name, column: c.column_name, type: c.data_type, nullable: c.is_nullable === "YES" }));
+  }
+  const out: { table: string; column: string; type: string; nullable: boolean }[] = [];
+  for (const table of ["mail_outbox", "mail_outbox_attempt"]) {
+    for (const c of db.db.prepare(`SELECT name, type, "notnull" AS nn, pk FROM pragma_table_info(?)`).all(table) as {
+      name: string;
+      type: string;
+      nn: number;
+      pk: number;
+    }[]) {
+      out.push({ table, column: c.name, type: c.type, nullable: c.nn === 0 && c.pk === 0 });
+    }
+  }
+  return out;
+}
+
+async function liveIndexes(db: Db): Promise<string[]> {
+  if (db.dialect === "postgresql") {
+    const r = await db.pool.query<{ indexname: string }>(
+      `SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename IN ('mail_outbox', 'mail_outbox_attempt') AND indexname NOT LIKE '%_pkey'`,
+      [db.schema],
+    );
+    return r.rows.map((r) => r.indexname);
+  }
+  return (
+    db.db
+      .prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('mail_outbox', 'mail_outbox_attempt') AND name NOT LIKE 'sqlite_autoindex%'`)
+      .all() as { name: string }[]
+  ).map((r) => r.name);
+}
+
+const sortBy = <T extends { table: string; column: string }>(xs: T[]) =>
+  [...xs].sort((a, b) => `${a.table}.${a.column}`.localeCompare(`${b.table}.${b.column}`));
+
+for (const dialect of ["sqlite", "postgresql"] as const) {
+  describe(`schema drift on ${dialect}`, () => {
+    it(`a database migrated with the shipped SQL is exactly what prisma/${dialect}/outbox.prisma describes`, async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const fx = await migratedOnly(dialect);
+      try {
+        const diff = await diffLiveAgainstModels(fx.target);
+        assert.ok(
+          diff.empty,
+          `migrations/${dialect} and prisma/${dialect}/outbox.prisma disagree. Run \`npm run gen:sql\` to generate the missing migration.\n` +
+            `${diff.summary}\n${diff.script}`,
+        );
+      } finally {
+        await fx.cleanup();
+      }
+    });
+
+    it("the shape checkSchema() expects is the shape the shipped SQL creates, column for column and index for index", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const fx = await migratedOnly(dialect);
+      const db = await openDatabase(fx.url);
+      try {
+        const hint = "update COLUMNS / INDEXES in src/migrate.ts to match the models";
+        assert.deepEqual(sortBy(await liveColumns(db)), sortBy(expectedColumns(dialect)), hint);
+        assert.deepEqual((await liveIndexes(db)).sort(), expectedIndexes().map((i) => i.name).sort(), hint);
+      } finally {
+        await db.close();
+        await fx.cleanup();
+      }
+    });
+
+    it("the test fixtures' database matches the tests' Prisma schema, User table included", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const schema = await readFile(new URL(`test/prisma/${dialect}/schema.prisma`, root), "utf8");
+      const hint = "run `node scripts/generate-test-clients.mjs` (npm's pretest) after changing the models, or fix USER_TABLE_SQL in test/support/db.ts";
+      if (dialect === "sqlite") {
+        const fx = await freshSqlite(t);
+        const diff = await diffLiveAgainstModels({ provider: "sqlite", file: fx.file }, { schema });
+        assert.ok(diff.empty, `${hint}\n${diff.summary}\n${diff.script}`);
+      } else {
+        const fx = await freshPostgres(t);
+        const diff = await diffLiveAgainstModels({ provider: "postgresql", connectionString: PG_ADMIN_URL, schema: fx.schema }, { schema });
+        assert.ok(diff.empty, `${hint}\n${diff.summary}\n${diff.script}`);
+      }
+    });
+
+    it("0001_init.sql is the SQL Prisma generates from the models (no hand edits)", async () => {
+      const files = await migrationFiles(dialect);
+      assert.equal(files[0], "0001_init.sql");
+      const shipped = await readFile(new URL(`migrations/${dialect}/0001_init.sql`, root), "utf8");
+      const statements = (sql: string) => sql.replace(/^--.*\n/gm, "").trim();
+      // Once later migrations exist, the models are ahead of 0001 by design; the live diff above covers them.
+      if (files.length === 1 || (dialect === "postgresql" && files.length === 2 && files[1] === "0002_notify.sql")) {
+        assert.equal(statements(shipped), statements(await initSql(dialect)));
+      }
+    });
+  });
+}
+
+describe("the PostgreSQL notify trigger", () => {
+  it("prisma/postgresql/notify-trigger.sql and migrations/postgresql/0002_notify.sql run the same statements", async () => {
+    const statements = async (p: string) => (await readFile(new URL(p, root), "utf8")).replace(/^--.*\n/gm, "").trim();
+    assert.equal(await statements("prisma/postgresql/notify-trigger.sql"), await statements("migrations/postgresql/0002_notify.sql"));
+  });
+});

@@ -1,0 +1,169 @@
+/**
+ * Fresh, migrated databases for tests, and a generated Prisma client for them.
+ *
+ * Each fixture is a new SQLite file under the OS temp dir, or a new schema in the PostgreSQL
+ * database at PG_ADMIN_URL, so test files can run in parallel. Both hold the outbox tables
+ * (created by `migrate()` from the shipped SQL) and the tests' own `User` table.
+ * PostgreSQL tests call `needPostgres(t)` first.
+ */
+import type { TestContext } from "node:test";
+import { rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { randomUUID } from "node:crypto";
+import pg from "pg";
+import { openDatabase, parseDatabaseUrl, quoteIdent } from "../../src/db.js";
+import type { Db } from "../../src/db.js";
+import { migrate } from "../../src/migrate.js";
+import { PG_ADMIN_URL } from "./services.js";
+import type { PrismaClient as SqliteClient } from "../prisma/sqlite/generated/client.js";
+
+/**
+ * The tests' `User` table, as Prisma Migrate would create it from the `User` model in
+ * test/prisma/<provider>/schema.prisma (test/schema-drift.test.ts checks that). It belongs to the
+ * tests, not to the shipped migrations.
+ */
+export const USER_TABLE_SQL = {
+  sqlite: `CREATE TABLE "User" (
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    "email" TEXT NOT NULL,
+    "name" TEXT
+);
+CREATE UNIQUE INDEX "User_email_key" ON "User"("email");`,
+  postgresql: `CREATE TABLE "User" (
+    "id" SERIAL NOT NULL,
+    "email" TEXT NOT NULL,
+    "name" TEXT,
+
+    CONSTRAINT "User_pkey" PRIMARY KEY ("id")
+);
+CREATE UNIQUE INDEX "User_email_key" ON "User"("email");`,
+} as const;
+
+export interface SqliteFixture {
+  /** `file:/tmp/...db`, for `openDatabase`, `createRelay` and `prismaClientFor`. */
+  readonly url: string;
+  readonly file: string;
+  /** Delete the file (and its -wal/-shm). Close your connections first. */
+  cleanup(): Promise<void>;
+}
+
+export interface PostgresFixture {
+  /** PG_ADMIN_URL with `?schema=<schema>`. */
+  readonly url: string;
+  readonly schema: string;
+  /** Drop the schema with everything in it. */
+  cleanup(): Promise<void>;
+}
+
+async function prepare(url: string): Promise<void> {
+  const db = await openDatabase(url, { poolSize: 1 });
+  try {
+    await migrate(db);
+    if (db.dialect === "sqlite") db.db.exec(USER_TABLE_SQL.sqlite);
+    else await db.pool.query(USER_TABLE_SQL.postgresql);
+  } finally {
+    await db.close();
+  }
+}
+
+/**
+ * A new SQLite file with the outbox tables and `User`. When `t` is given, `cleanup` runs after it.
+ * @example
+ * const fx = await freshSqlite(t);
+ * const db = await openDatabase(fx.url);
+ */
+export async function freshSqlite(t?: Pick<TestContext, "after">): Promise<SqliteFixture> {
+  const file = path.join(tmpdir(), `mail-outbox-test-${randomUUID()}.db`);
+  const url = `file:${file}`;
+  const cleanup = async () => {
+    for (const suffix of ["", "-wal", "-shm", "-journal"]) await rm(file + suffix, { force: true });
+  };
+  try {
+    await prepare(url);
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+  t?.after(cleanup);
+  return { url, file, cleanup };
+}
+
+/** A unique schema name: lower-case, so it needs no quoting anywhere. */
+export function uniqueSchemaName(prefix = "t"): string {
+  return `${prefix}_${randomUUID().replace(/-/g, "").slice(0, 16)}`;
+}
+
+/** PG_ADMIN_URL pointing at `schema`. */
+export function postgresUrl(schema: string): string {
+  const u = new URL(PG_ADMIN_URL);
+  u.searchParams.set("schema", schema);
+  return u.toString();
+}
+
+/** Drop a schema in the database at PG_ADMIN_URL, with everything in it. */
+export async function dropSchema(schema: string): Promise<void> {
+  const client = new pg.Client({ connectionString: PG_ADMIN_URL });
+  await client.connect();
+  try {
+    await client.query(`DROP SCHEMA IF EXISTS ${quoteIdent(schema)} CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * A new schema in the PostgreSQL database at PG_ADMIN_URL (database `test`) with the outbox
+ * tables, the notify trigger and `User`. Call `needPostgres(t)` before. When `t` is given,
+ * `cleanup` runs after it.
+ * @example
+ * if (!(await needPostgres(t))) return;
+ * const fx = await freshPostgres(t);
+ */
+export async function freshPostgres(t?: Pick<TestContext, "after">): Promise<PostgresFixture> {
+  const schema = uniqueSchemaName();
+  const url = postgresUrl(schema);
+  const cleanup = () => dropSchema(schema);
+  try {
+    await prepare(url);
+  } catch (err) {
+    await cleanup().catch(() => {});
+    throw err;
+  }
+  t?.after(cleanup);
+  return { url, schema, cleanup };
+}
+
+/** A fixture's database opened with the library's own connection (`openDatabase`). Close it yourself. */
+export function openFixture(fx: { readonly url: string }): Promise<Db> {
+  return openDatabase(fx.url);
+}
+
+/**
+ * The tests' Prisma client (generated from test/prisma/<provider>/schema.prisma by `npm run pretest`:
+ * `User` plus the outbox models) connected to the database at `url` through the driver adapter
+ * an application would use: `PrismaBetterSqlite3` for `file:` URLs, `PrismaPg` (with the URL's
+ * `?schema=`) for PostgreSQL. Both clients have the same models, so both are typed as one.
+ * Call `$disconnect()` when done (or pass `t` to have it done after the test).
+ */
+export async function prismaClientFor(url: string, t?: Pick<TestContext, "after">): Promise<SqliteClient> {
+  const location = parseDatabaseUrl(url);
+  let client: SqliteClient;
+  if (location.dialect === "sqlite") {
+    const [{ PrismaClient }, { PrismaBetterSqlite3 }] = await Promise.all([
+      import("../prisma/sqlite/generated/client.js"),
+      import("@prisma/adapter-better-sqlite3"),
+    ]);
+    client = new PrismaClient({ adapter: new PrismaBetterSqlite3({ url: `file:${location.filename}` }) });
+  } else {
+    const [{ PrismaClient }, { PrismaPg }] = await Promise.all([
+      import("../prisma/postgresql/generated/client.js"),
+      import("@prisma/adapter-pg"),
+    ]);
+    client = new PrismaClient({
+      adapter: new PrismaPg({ connectionString: location.connectionString }, { schema: location.schema }),
+    }) as unknown as SqliteClient;
+  }
+  t?.after(() => client.$disconnect());
+  return client;
+}

@@ -1,0 +1,372 @@
+/**
+ * A real SMTP server in the test process (the `smtp-server` package), with hooks that inject
+ * faults. It listens on 127.0.0.1, answers the end of DATA like Postfix
+ * (`250 2.0.0 Ok: queued as 8CCD166093`, a unique 10-hex-digit queue id) and records every
+ * message it takes.
+ *
+ * @example
+ * ```ts
+ * const smtp = await startTestSmtp({ faults: failRate({ transient: 0.1, seed: 7 }) });
+ * try {
+ *   const transporter = createTransporter(smtp.url);
+ *   ...
+ *   await smtp.waitFor(100, 10_000);
+ *   assert.ok([...smtp.countByMessageId().values()].every((n) => n === 1));
+ * } finally {
+ *   await smtp.close();
+ * }
+ * ```
+ */
+import { randomBytes } from "node:crypto";
+import { EventEmitter } from "node:events";
+import type { AddressInfo } from "node:net";
+import { SMTPServer } from "smtp-server";
+import type { SMTPServerSession, SMTPServerDataStream } from "smtp-server";
+
+export type FaultPhase = "connect" | "mail" | "rcpt" | "data";
+
+export interface FaultContext {
+  readonly phase: FaultPhase;
+  /** The recipient being answered (phase `rcpt`). */
+  readonly recipient?: string;
+  /** The Message-ID header of the message (phase `data` only, after the body was received; null when it has none). */
+  readonly messageId?: string | null;
+  /** 1 for the first connection the server accepted, 2 for the next... */
+  readonly session: number;
+}
+
+/**
+ * What to do instead of the normal answer:
+ * - `{ reply: 451, message }`: answer with that code (4xx/5xx). At `data` the message is not recorded.
+ * - `{ drop: true }`: destroy the connection without answering. At `data` this happens after the
+ *   whole body was received, and the server keeps the message (recorded, `replyDropped: true`):
+ *   the MTA took it but the client never heard, the duplicate window. `keep: false` discards it.
+ * - `{ stallMs }`: answer normally, but only after `stallMs`. At `data` the message is recorded
+ *   before the stall (a real MTA commits, then answers).
+ */
+export type Fault = { readonly reply: number; readonly message?: string } | { readonly drop: true; readonly keep?: boolean } | { readonly stallMs: number };
+
+export type FaultHook = (ctx: FaultContext) => Fault | undefined;
+
+export interface ReceivedMessage {
+  /** The Message-ID header as written, with angle brackets; null when the message has none. */
+  readonly messageId: string | null;
+  readonly envelopeFrom: string;
+  readonly recipients: string[];
+  readonly raw: Buffer;
+  /** The id given in the 250 reply (also given to a dropped reply). */
+  readonly queueId: string;
+  readonly receivedAt: number;
+  /** The connection was dropped instead of answering 250 (a `{ drop: true }` fault at `data`). */
+  readonly replyDropped: boolean;
+  /** The user name that authenticated, if any. */
+  readonly authUser: string | null;
+  readonly session: number;
+}
+
+export interface TestSmtp {
+  readonly port: number;
+  /** `smtp://127.0.0.1:PORT` */
+  readonly url: string;
+  /** Every message taken, in order. */
+  readonly messages: ReceivedMessage[];
+  /** How often each Message-ID arrived (duplicates show as > 1). */
+  countByMessageId(): Map<string, number>;
+  /** Resolve once `predicate(messages)` holds, or once `count` messages arrived; reject after `timeoutMs`. */
+  waitFor(predicateOrCount: ((messages: readonly ReceivedMessage[]) => boolean) | number, timeoutMs?: number): Promise<void>;
+  setFaults(hook: FaultHook | null): void;
+  /** Connections accepted so far. */
+  readonly sessions: number;
+  /** Stop listening and drop open connections: new connections get ECONNREFUSED. */
+  refuseConnections(): Promise<void>;
+  /** Listen again, on the same port. */
+  acceptConnections(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface StartTestSmtpOptions {
+  readonly faults?: FaultHook;
+  /** @default 0 (any free port) */
+  readonly port?: number;
+  /** Require AUTH with exactly these credentials (535 otherwise). Without it any credentials are accepted and AUTH is optional. */
+  readonly auth?: { readonly user: string; readonly pass: string };
+}
+
+/** The Message-ID header of a raw message (unfolded, trimmed), or null. */
+export function parseMessageId(raw: Buffer): string | null {
+  const text = raw.toString("latin1");
+  const end = text.search(/\r?\n\r?\n/);
+  const head = (end >= 0 ? text.slice(0, end) : text).replace(/\r?\n[ \t]+/g, " ");
+  const m = /^message-id:[ \t]*(.*)$/im.exec(head);
+  const value = m?.[1]?.trim();
+  return value ? value : null;
+}
+
+function smtpError(code: number, message: string): Error & { responseCode: number } {
+  return Object.assign(new Error(message), { responseCode: code });
+}
+
+function defaultText(code: number): string {
+  if (code === 421) return "4.3.2 Service not available, closing transmission channel (injected)";
+  if (code >= 500) return "5.7.1 Rejected (injected)";
+  return "4.3.0 Try again later (injected)";
+}
+
+export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise<TestSmtp> {
+  let hook: FaultHook | null = options.faults ?? null;
+  const messages: ReceivedMessage[] = [];
+  const events = new EventEmitter();
+  events.setMaxListeners(0);
+  const sessionNumbers = new Map<string, number>();
+  const queueIds = new Set<string>();
+  const timers = new Set<NodeJS.Timeout>();
+  let sessions = 0;
+  let listening = false;
+  let closed = false;
+
+  const newQueueId = (): string => {
+    for (;;) {
+      const id = randomBytes(5).toString("hex").toUpperCase();
+      if (!queueIds.has(id)) {
+        queueIds.add(id);
+        return id;
+      }
+    }
+  };
+  const later = (ms: number, fn: () => void) => {
+    const t = setTimeout(() => {
+      timers.delete(t);
+      fn();
+    }, ms);
+    timers.add(t);
+  };
+  const sessionNo = (session: SMTPServerSession) => sessionNumbers.get(session.id) ?? 0;
+
+  const server: SMTPServer = new SMTPServer({
+    logger: false,
+    authOptional: options.auth === undefined,
+    allowInsecureAuth: true,
+    disabledCommands: ["STARTTLS"],
+    hideSTARTTLS: true,
+    closeTimeout: 500,
+    onAuth(auth, _session, callback) {
+      if (options.auth && (auth.username !== options.auth.user || auth.password !== options.auth.pass)) {
+        callback(smtpError(535, "5.7.8 Authentication credentials invalid"));
+        return;
+      }
+      callback(null, { user: auth.username ?? "" });
+    },
+    onConnect(session, callback) {
+      sessions += 1;
+      sessionNumbers.set(session.id, sessions);
+      apply({ phase: "connect", session: sessions }, session, callback);
+    },
+    onMailFrom(_address, session, callback) {
+      apply({ phase: "mail", session: sessionNo(session) }, session, callback);
+    },
+    onRcptTo(address, session, callback) {
+      apply({ phase: "rcpt", recipient: address.address, session: sessionNo(session) }, session, callback);
+    },
+    onData(stream: SMTPServerDataStream, session, callback) {
+      const chunks: Buffer[] = [];
+      stream.on("data", (c: Buffer) => chunks.push(c));
+      stream.on("end", () => {
+        const raw = Buffer.concat(chunks);
+        const messageId = parseMessageId(raw);
+        const fault = hook?.({ phase: "data", messageId, session: sessionNo(session) });
+        const record = (replyDropped: boolean): string => {
+          const queueId = newQueueId();
+          const from = session.envelope.mailFrom;
+          messages.push({
+            messageId,
+            envelopeFrom: from ? from.address : "",
+            recipients: session.envelope.rcptTo.map((r) => r.address),
+            raw,
+            queueId,
+            receivedAt: Date.now(),
+            replyDropped,
+            authUser: typeof session.user === "string" ? session.user : null,
+            session: sessionNo(session),
+          });
+          events.emit("message");
+          return queueId;
+        };
+        if (fault && "reply" in fault) {
+          callback(smtpError(fault.reply, fault.message ?? defaultText(fault.reply)));
+        } else if (fault && "drop" in fault) {
+          if (fault.keep !== false) record(true);
+          dropConnection(session);
+        } else if (fault && "stallMs" in fault) {
+          const queueId = record(false);
+          later(fault.stallMs, () => callback(null, `2.0.0 Ok: queued as ${queueId}`));
+        } else {
+          callback(null, `2.0.0 Ok: queued as ${record(false)}`);
+        }
+      });
+    },
+  });
+  // Connection errors (a client that resets) are reported here; without a listener they would crash the test.
+  server.on("error", () => {});
+
+  function dropConnection(session: SMTPServerSession): void {
+    for (const connection of server.connections) {
+      if (connection.session === session || connection.id === session.id) connection._socket.destroy();
+    }
+  }
+
+  function apply(ctx: FaultContext, session: SMTPServerSession, callback: (err?: Error | null) => void): void {
+    const fault = hook?.(ctx);
+    if (!fault) return callback();
+    if ("reply" in fault) return callback(smtpError(fault.reply, fault.message ?? defaultText(fault.reply)));
+    if ("drop" in fault) return dropConnection(session);
+    later(fault.stallMs, () => callback());
+  }
+
+  const listen = (port: number) =>
+    new Promise<number>((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      server.server.once("error", onError);
+      server.server.listen(port, "127.0.0.1", () => {
+        server.server.removeListener("error", onError);
+        listening = true;
+        resolve((server.server.address() as AddressInfo).port);
+      });
+    });
+  const stopListening = () =>
+    new Promise<void>((resolve) => {
+      if (!listening) return resolve();
+      listening = false;
+      server.server.close(() => resolve());
+      for (const connection of server.connections) connection._socket.destroy();
+    });
+
+  const port = await listen(options.port ?? 0);
+
+  return {
+    port,
+    url: `smtp://127.0.0.1:${port}`,
+    messages,
+    get sessions() {
+      return sessions;
+    },
+    countByMessageId() {
+      const counts = new Map<string, number>();
+      for (const m of messages) {
+        const key = m.messageId ?? "(none)";
+        counts.set(key, (counts.get(key) ?? 0) + 1);
+      }
+      return counts;
+    },
+    waitFor(predicateOrCount, timeoutMs = 10_000) {
+      const check = typeof predicateOrCount === "number" ? () => messages.length >= predicateOrCount : () => predicateOrCount(messages);
+      if (check()) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        const onMessage = () => {
+          if (!check()) return;
+          clearTimeout(timer);
+          events.off("message", onMessage);
+          resolve();
+        };
+        const timer = setTimeout(() => {
+          events.off("message", onMessage);
+          const wanted = typeof predicateOrCount === "number" ? `${predicateOrCount} messages` : "the condition";
+          reject(new Error(`test SMTP server: waited ${timeoutMs} ms for ${wanted}; ${messages.length} received`));
+        }, timeoutMs);
+        events.on("message", onMessage);
+      });
+    },
+    setFaults(next) {
+      hook = next;
+    },
+    refuseConnections: stopListening,
+    async acceptConnections() {
+      if (listening || closed) return;
+      await listen(port);
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      for (const t of timers) clearTimeout(t);
+      timers.clear();
+      for (const connection of server.connections) connection._socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** A small seeded PRNG (mulberry32): the same seed gives the same fault plan. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export interface FailRateOptions {
+  /** Share of messages answered 451 at the end of DATA. @default 0 */
+  readonly transient?: number;
+  /** Share answered 554. @default 0 */
+  readonly permanent?: number;
+  /** Share whose connection is dropped after the body was received (kept by the server: duplicate window). @default 0 */
+  readonly drop?: number;
+  /** Share whose 250 is delayed by `stallMs`. @default 0 */
+  readonly stall?: number;
+  /** @default 1000 */
+  readonly stallMs?: number;
+  /** @default 1 */
+  readonly seed?: number;
+}
+
+/**
+ * Fail a random share of messages at the end of DATA, reproducibly for a given seed.
+ * Each message draws once per attempt, so a retried message may go through.
+ */
+export function failRate(options: FailRateOptions): FaultHook {
+  const random = seededRandom(options.seed ?? 1);
+  const transient = options.transient ?? 0;
+  const permanent = options.permanent ?? 0;
+  const drop = options.drop ?? 0;
+  const stall = options.stall ?? 0;
+  return (ctx) => {
+    if (ctx.phase !== "data") return undefined;
+    const r = random();
+    if (r < transient) return { reply: 451 };
+    if (r < transient + permanent) return { reply: 554 };
+    if (r < transient + permanent + drop) return { drop: true };
+    if (r < transient + permanent + drop + stall) return { stallMs: options.stallMs ?? 1000 };
+    return undefined;
+  };
+}
+
+/** The first `times` calls at `phase` get `fault`, later ones go through (a server that recovers). */
+export function failTimes(times: number, fault: Fault, phase: FaultPhase = "data"): FaultHook {
+  let left = times;
+  return (ctx) => {
+    if (ctx.phase !== phase || left <= 0) return undefined;
+    left -= 1;
+    return fault;
+  };
+}
+
+/** Refuse the recipients that `match` selects at RCPT TO (550 by default), accept the others. */
+export function rejectRecipients(match: (recipient: string) => boolean, reply = 550, message?: string): FaultHook {
+  return (ctx) => {
+    if (ctx.phase !== "rcpt" || ctx.recipient === undefined || !match(ctx.recipient)) return undefined;
+    return message === undefined ? { reply } : { reply, message };
+  };
+}
+
+/** The first hook that returns a fault wins. */
+export function combineFaults(...hooks: FaultHook[]): FaultHook {
+  return (ctx) => {
+    for (const h of hooks) {
+      const f = h(ctx);
+      if (f) return f;
+    }
+    return undefined;
+  };
+}
