@@ -81,6 +81,8 @@ export interface ProducerOptions {
   /** Recipient domain, and whether to use refused recipients (not for Postfix). */
   readonly recipient?: (n: number) => string;
   readonly refusals?: boolean;
+  /** Some mails get a second recipient. @default true */
+  readonly multiRecipients?: boolean;
 }
 
 class PlannedRollback extends Error {
@@ -96,6 +98,7 @@ export async function runProducers(o: ProducerOptions): Promise<void> {
   let opNo = 0;
   const recipient = o.recipient ?? ((n: number) => `user${n}@example.com`);
   const refusals = o.refusals ?? true;
+  const multi = o.multiRecipients ?? true;
 
   const body = (n: number) => {
     const words = 30 + Math.floor(random() * 400);
@@ -116,7 +119,7 @@ export async function runProducers(o: ProducerOptions): Promise<void> {
     } else if (refusals && r < 0.05) {
       to.push(`${REFUSED_PREFIX}${n}@example.com`);
       refused.push(to[1]!);
-    } else if (r < 0.12) {
+    } else if (multi && r < 0.12) {
       to.push(recipient(n + 1_000_000));
     }
     const input: MailInput = {

@@ -271,7 +271,7 @@ export async function getStatus(dbOrUrl: DbOrUrl, options: StatusOptions = {}): 
   return withDb(dbOrUrl, async (db) => {
     const rows =
       db.dialect === "postgresql"
-        ? (await pgSql.statusCounts(db.pool, now)).map((r) => ({ ...r, oldest_due_created: r.oldest_due_created, oldest_due_at: r.oldest_due_at, next_at: r.next_at }))
+        ? await pgSql.statusCounts(db.pool, now)
         : liteSql.statusCounts(db.db, now).map((r) => ({
             ...r,
             oldest_due_created: fromSqliteTime(r.oldest_due_created),
@@ -762,7 +762,7 @@ async function withDb<T>(dbOrUrl: DbOrUrl, fn: (db: Db) => Promise<T>): Promise<
 const UNREACHABLE_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH", "EPIPE", "28P01", "28000", "3D000", "57P03", "08006", "08001"]);
 
 /** The message of an error, also for AggregateError (whose own message may be empty). */
-export function errorMessage(err: unknown): string {
+function errorMessage(err: unknown): string {
   if (err instanceof AggregateError && err.message === "") {
     const inner = err.errors.map((e) => errorMessage(e)).filter((m) => m !== "");
     if (inner.length > 0) return [...new Set(inner)].join("; ");

@@ -15,7 +15,6 @@ import { Command, CommanderError, Option } from "commander";
 import { pino } from "pino";
 import {
   cancelMails,
-  errorMessage,
   getStatus,
   listMails,
   pingDatabase,
@@ -286,9 +285,9 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
       else {
         const verb = dryRun ? "would replay" : "replayed";
         out(`${verb} ${plural(result.replayed.length, "mail")}${dryRun ? " (dry run: nothing changed)" : ""}\n`);
-        for (const m of result.replayed) out(`  ${m.id}  ${m.messageId}  was ${m.from}\n`);
-        for (const s of result.skipped) out(`  skipped ${s.id}  ${s.messageId}  ${s.status}: ${s.reason}\n`);
-        for (const n of result.notFound) out(`  not found: ${n}\n`);
+        out(capped(result.replayed, (m) => `  ${m.id}  ${m.messageId}  was ${m.from}`));
+        out(capped(result.skipped, (s) => `  skipped ${s.id}  ${s.messageId}  ${s.status}: ${s.reason}`));
+        out(capped(result.notFound, (n) => `  not found: ${n}`));
       }
       if (result.skipped.length > 0 || result.notFound.length > 0) exitCode = 1;
     });
@@ -305,9 +304,9 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
       if (json(cmd)) printJson(result);
       else {
         out(`${dryRun ? "would cancel" : "cancelled"} ${plural(result.cancelled.length, "mail")}${dryRun ? " (dry run: nothing changed)" : ""}\n`);
-        for (const m of result.cancelled) out(`  ${m.id}  ${m.messageId}  was ${m.from}\n`);
-        for (const s of result.notCancellable) out(`  not cancelled ${s.id}  ${s.messageId}  ${s.status}: ${s.reason}\n`);
-        for (const n of result.notFound) out(`  not found: ${n}\n`);
+        out(capped(result.cancelled, (m) => `  ${m.id}  ${m.messageId}  was ${m.from}`));
+        out(capped(result.notCancellable, (s) => `  not cancelled ${s.id}  ${s.messageId}  ${s.status}: ${s.reason}`));
+        out(capped(result.notFound, (n) => `  not found: ${n}`));
       }
       if (result.notCancellable.length > 0 || result.notFound.length > 0) exitCode = 1;
     });
@@ -438,6 +437,16 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
     else if (!(e instanceof MailOutboxError) && !usage) err("mail-outbox: (set MAIL_OUTBOX_DEBUG=1 for details)\n");
     return usage ? EXIT_USAGE : 1;
   }
+}
+
+/** The message of an error, also for AggregateError (whose own message may be empty: "connect ECONNREFUSED" on ::1 and 127.0.0.1). */
+function errorMessage(err: unknown): string {
+  if (err instanceof AggregateError && err.message === "") {
+    const inner = err.errors.map((e) => errorMessage(e)).filter((m) => m !== "");
+    if (inner.length > 0) return [...new Set(inner)].join("; ");
+  }
+  if (err instanceof Error) return err.message || String((err as { code?: unknown }).code ?? err.name);
+  return String(err);
 }
 
 // ---- argument parsing ---------------------------------------------------------------------
@@ -627,6 +636,13 @@ function formatShow(m: MailDetail): string {
     lines.push(`  ${iso(a.startedAt)}  ${a.attempt === 0 ? "op" : `#${a.attempt}`}  ${a.outcome.padEnd(13)}  ${a.relay}  ${a.durationMs}ms${detail ? `  ${detail}` : ""}`);
   }
   return `${lines.join("\n")}\n`;
+}
+
+/** One line per item, at most 100 (--json gives them all). */
+function capped<T>(items: readonly T[], line: (item: T) => string, max = 100): string {
+  const shown = items.slice(0, max).map((x) => `${line(x)}\n`);
+  if (items.length > max) shown.push(`  ... and ${items.length - max} more (--json lists them all)\n`);
+  return shown.join("");
 }
 
 function oneLine(s: string): string {

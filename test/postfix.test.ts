@@ -330,3 +330,92 @@ describe("Postfix", () => {
     }
   });
 });
+
+// ---- The relay end to end into real Postfix: enqueue with Prisma, relay, find the mail in the mailbox.
+
+import { mailOutbox, createRelay, openDatabase } from "../src/index.js";
+import { freshSqlite, prismaClientFor } from "./support/db.js";
+
+describe("the relay into real Postfix", () => {
+  let fx: Awaited<ReturnType<typeof freshSqlite>> | null = null;
+  let prisma: any;
+  before(async () => {
+    fx = await freshSqlite();
+    prisma = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@localhost" }));
+  });
+  after(async () => {
+    await prisma?.$disconnect();
+    await fx?.cleanup();
+  });
+
+  async function row(messageId: string) {
+    const db = await openDatabase(fx!.url);
+    try {
+      if (db.dialect !== "sqlite") throw new Error("sqlite expected");
+      return db.db.prepare("SELECT status, mta_queue_id, mta_response, attempts FROM mail_outbox WHERE message_id = ?").get(messageId) as
+        | { status: string; mta_queue_id: string | null; mta_response: string | null; attempts: number }
+        | undefined;
+    } finally {
+      await db.close();
+    }
+  }
+  async function attemptErrors(messageId: string): Promise<string[]> {
+    const db = await openDatabase(fx!.url);
+    try {
+      if (db.dialect !== "sqlite") throw new Error("sqlite expected");
+      return (db.db
+        .prepare("SELECT a.error_code FROM mail_outbox_attempt a JOIN mail_outbox m ON m.id = a.email_id WHERE m.message_id = ? ORDER BY a.started_at")
+        .all(messageId) as { error_code: string | null }[]).map((r) => String(r.error_code));
+    } finally {
+      await db.close();
+    }
+  }
+  const quick = { pollIntervalMs: 50, leaseMs: 5000, backoff: { baseMs: 200, maxMs: 1000, jitter: 0 }, logger: false as const };
+
+  for (const transport of ["sendmail:", `sendmail:${POSTFIX_SENDMAIL}`, "sendmail-bs:", "smtp://127.0.0.1:25"]) {
+    test(`${transport} delivers an enqueued mail into the local mailbox, found there by Message-ID`, async (t) => {
+      if (!needPostfix(t)) return;
+      const { messageId } = await prisma.outboxEmail.enqueue({ to: TEST_ADDRESS, subject: `relay via ${transport}`, text: "hello from the outbox" });
+      const counts = await createRelay({ databaseUrl: fx!.url, transport, ...quick }).runOnce();
+      assert.equal(counts.sent, 1);
+      const delivered = await findDelivered(messageId, 15_000);
+      assert.ok(delivered, `${messageId} found in the mailbox`);
+      assert.match(delivered.toString("latin1"), /hello from the outbox/);
+      const r = await row(messageId);
+      assert.equal(r?.status, "sent");
+      if (transport === "smtp://127.0.0.1:25") {
+        // Over SMTP the queue id in the 250 reply is the one Postfix logs with the Message-ID.
+        assert.ok(r?.mta_queue_id);
+        assert.ok(queueIdsForMessageId(messageId).includes(r!.mta_queue_id!), `queue id ${r?.mta_queue_id} logged for ${messageId}`);
+      }
+      if (transport === "sendmail-bs:") {
+        // `sendmail -bs` answers with the id of its stand-alone smtpd session, which Postfix logs too.
+        assert.ok(r?.mta_queue_id, "queue id recorded from the 250 reply");
+        await waitForLog(new RegExp(`\\b${r!.mta_queue_id}\\b`), 10_000);
+      }
+    });
+  }
+
+  test("with the Postfix daemon stopped, sendmail-bs: times out and retries, and the mail arrives after Postfix starts", async (t) => {
+    if (!needPostfix(t)) return;
+    const { messageId } = await prisma.outboxEmail.enqueue({ to: TEST_ADDRESS, subject: "while postfix is down", text: "patience" });
+    const relay = createRelay({ databaseUrl: fx!.url, transport: "sendmail-bs:?timeout=1500", ...quick, connectRetries: 0 });
+    await relay.start();
+    try {
+      await withPostfixStopped(async () => {
+        const deadline = Date.now() + 15_000;
+        while (relay.counts().retried < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        assert.ok(relay.counts().retried >= 2, "the hand-off timed out and was retried while Postfix was down");
+        assert.equal(relay.counts().sent, 0);
+      });
+      const delivered = await findDelivered(messageId, 30_000);
+      assert.ok(delivered, "delivered after Postfix started");
+    } finally {
+      await relay.stop();
+    }
+    const r = await row(messageId);
+    assert.equal(r?.status, "sent");
+    const errors = await attemptErrors(messageId);
+    assert.ok(errors.filter((c) => c === "ETIMEDOUT").length >= 2, `attempts recorded the timeouts: ${errors.join(",")}`);
+  });
+});

@@ -1,0 +1,479 @@
+/**
+ * The soak: producers, relay processes, a faulty MTA and database faults at once, for a while;
+ * then a settle phase without faults, and the audit (soak/audit.ts).
+ *
+ * One run per database (PostgreSQL, SQLite), side by side, each with its own outbox, faulty MTA
+ * process and relays. On PostgreSQL the run also restarts the server once and kills relay
+ * backends; a stretch with Postfix (`sendmail-bs:` and `sendmail:`, daemon stopped and started)
+ * runs next to the first run when Postfix is installed (soak/postfix-stretch.ts).
+ */
+import { mkdirSync, rmSync } from "node:fs";
+import path from "node:path";
+import { randomBytes } from "node:crypto";
+import { mailOutbox } from "../src/extension.js";
+import { prismaClientFor } from "../test/support/db.js";
+import { audit, type AuditResult, type KillRecord } from "./audit.js";
+import { attemptSummary, prepareDatabase, readRows, statusCounts } from "./facts.js";
+import { DEFAULT_RATES, DEFAULT_REJECT_RATE, expDelay, NO_FAULTS, seeded, type FaultRates } from "./faults.js";
+import { startFaultyMta, type FaultyMta } from "./mta.js";
+import { prepareCluster, restartCluster, stopCluster, terminateRelayBackends, waitForPostgres, type PgCluster } from "./pg.js";
+import { newLedger, runProducers, type OutboxClient } from "./producers.js";
+import { memoryOf, RelaySlot } from "./relays.js";
+import { postfixStretch, type PostfixStretchResult } from "./postfix-stretch.js";
+
+export type SoakDatabase = "postgresql" | "sqlite";
+
+export interface SoakOptions {
+  /** Mails the producers enqueue per run (about 90% commit). */
+  readonly mails: number;
+  /** Length of each run's fault phase, in minutes (the settle phase comes after). */
+  readonly minutes: number;
+  readonly databases: readonly SoakDatabase[];
+  readonly seed: number;
+  /** "auto": the Postfix stretch runs when Postfix is installed and running; "off": never. */
+  readonly postfix: "auto" | "off";
+  /** A missing service (Postfix) fails the soak instead of being skipped (MAIL_OUTBOX_REQUIRE_SERVICES=1). */
+  readonly requireServices: boolean;
+  /** "dedicated" (a cluster of its own, see soak/pg.ts) or "VERSION/NAME" of an existing cluster. */
+  readonly pgCluster: string;
+  /** Database in an existing cluster (default `test`). */
+  readonly pgDatabase?: string;
+  /** Relay processes on PostgreSQL (SQLite always has one). */
+  readonly pgRelays: number;
+  /** Hand-offs in flight per relay. */
+  readonly concurrency: number;
+  /** Mean time between SIGKILLs of one relay, ms. */
+  readonly killEveryMs: number;
+  readonly rates: FaultRates;
+  readonly rejectRate: number;
+  /** Peak RSS a relay may reach. */
+  readonly maxRssMb: number;
+  /** RSS growth over a long-lived relay that counts as unbounded. */
+  readonly maxGrowthMb: number;
+  /** Longest the settle phase may take, ms. */
+  readonly settleTimeoutMs: number;
+  /** Relay logs and SQLite files go here. */
+  readonly workDir: string;
+  /** Keep the databases afterwards (always kept when a run fails). */
+  readonly keep: boolean;
+  readonly log: (line: string) => void;
+}
+
+export const DEFAULT_OPTIONS: Omit<SoakOptions, "log" | "workDir"> = {
+  mails: 20_000,
+  minutes: 5,
+  databases: ["postgresql", "sqlite"],
+  seed: 1,
+  postfix: "auto",
+  requireServices: process.env.MAIL_OUTBOX_REQUIRE_SERVICES === "1",
+  pgCluster: "dedicated",
+  pgRelays: 3,
+  concurrency: 8,
+  killEveryMs: 75_000,
+  rates: DEFAULT_RATES,
+  rejectRate: DEFAULT_REJECT_RATE,
+  maxRssMb: 400,
+  maxGrowthMb: 64,
+  settleTimeoutMs: 90_000,
+  keep: false,
+};
+
+export interface SoakReport {
+  readonly results: AuditResult[];
+  readonly passed: boolean;
+  /** Why a part did not run (Postfix missing...). */
+  readonly skipped: string[];
+  /** Facts per run for RELIABILITY.md and debugging. */
+  readonly details: Record<string, unknown>[];
+}
+
+/** The relay's settings in the soak: short leases and backoff, so the run settles quickly. */
+export function relayOptions(concurrency: number) {
+  return {
+    concurrency,
+    batchSize: 20,
+    leaseMs: 3000,
+    pollIntervalMs: 250,
+    handoffTimeoutMs: 4000,
+    backoff: { baseMs: 250, maxMs: 3000, jitter: 0.3 },
+  };
+}
+/** nodemailer gives up on a silent connection after this long (the URL's `timeout`). */
+export const SMTP_TIMEOUT_MS = 2500;
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Sleep until `t` (epoch ms) or until aborted; true when the time came. */
+function sleepUntil(t: number, signal: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve(false);
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve(true);
+    }, Math.max(0, t - Date.now()));
+    const onAbort = () => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** Serialise the harness's actions on one relay (kill loop, SIGTERM, crash restarts). */
+class SlotLock {
+  private chain = new Map<RelaySlot, Promise<unknown>>();
+  run<T>(slot: RelaySlot, fn: () => Promise<T>): Promise<T> {
+    const prev = this.chain.get(slot) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    this.chain.set(slot, next.catch(() => {}));
+    return next;
+  }
+}
+
+interface RunContext {
+  readonly label: string;
+  readonly dialect: SoakDatabase;
+  readonly url: string;
+  readonly runTag: string;
+  readonly cluster: PgCluster | null;
+  readonly dir: string;
+  readonly log: (line: string) => void;
+}
+
+export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
+  mkdirSync(opts.workDir, { recursive: true });
+  const skipped: string[] = [];
+  let cluster: PgCluster | null = null;
+  const started = Date.now();
+  try {
+    if (opts.databases.includes("postgresql")) {
+      cluster = await prepareCluster(opts.pgCluster, opts.pgDatabase);
+      opts.log(`PostgreSQL ${cluster.version}/${cluster.name} on port ${cluster.port}${cluster.ownedByUs ? " (the soak's own cluster)" : ""}`);
+    }
+    const runs = opts.databases.map((dialect, i) => runOne(opts, dialect, cluster, opts.seed * 1000 + i, i === 0 ? "with-postfix" : "plain", skipped));
+    const outcomes = await Promise.all(runs);
+    const results = outcomes.flatMap((o) => o.results);
+    opts.log(`soak finished in ${Math.round((Date.now() - started) / 1000)} s`);
+    return { results, passed: results.length > 0 && results.every((r) => r.passed), skipped, details: outcomes.flatMap((o) => o.details) };
+  } finally {
+    if (cluster) {
+      // Whatever happened, leave PostgreSQL accepting connections (or stopped, if it is ours).
+      await waitForPostgres(cluster.url, 60_000).catch((err) => opts.log(`PostgreSQL did not come back: ${(err as Error).message}`));
+      await stopCluster(cluster);
+    }
+  }
+}
+
+async function runOne(
+  opts: SoakOptions,
+  dialect: SoakDatabase,
+  cluster: PgCluster | null,
+  seed: number,
+  postfixMode: "with-postfix" | "plain",
+  skipped: string[],
+): Promise<{ results: AuditResult[]; details: Record<string, unknown>[] }> {
+  const random = seeded(seed);
+  const runTag = `s${seed.toString(36)}${randomBytes(3).toString("hex")}`;
+  const dir = path.join(opts.workDir, `${dialect}-${runTag}`);
+  mkdirSync(dir, { recursive: true });
+  const url =
+    dialect === "postgresql"
+      ? (() => {
+          const u = new URL(cluster!.url);
+          u.searchParams.set("schema", `soak_${runTag}`);
+          return u.toString();
+        })()
+      : `file:${path.join(dir, "outbox.db")}`;
+  const ctx: RunContext = { label: dialect, dialect, url, runTag, cluster, dir, log: (l) => opts.log(`[${dialect}] ${l}`) };
+  await prepareDatabase(url);
+  ctx.log(`outbox ${url}; relay logs in ${dir}`);
+
+  const D = opts.minutes * 60_000;
+  const mta = await startFaultyMta({ seed, rejectRate: opts.rejectRate });
+  const mtaConfig = { rates: opts.rates, rejectRate: opts.rejectRate, shortStallMs: 150, longStallMs: 5000 };
+  await mta.configure(mtaConfig);
+  const prisma = await prismaClientFor(url);
+  const client = prisma.$extends(mailOutbox({ defaultFrom: "Shop <shop@example.com>", maxAttempts: 50, messageIdDomain: "soak.example.com" })) as unknown as OutboxClient;
+
+  const lock = new SlotLock();
+  const faultsOff = new AbortController();
+  let phase: "faults" | "settle" | "done" = "faults";
+  const unexpectedExits: string[] = [];
+  const relayCount = dialect === "postgresql" ? opts.pgRelays : 1;
+  const names = "abcdefghij";
+  const slots: RelaySlot[] = [];
+  for (let i = 0; i < relayCount; i++) {
+    const slot: RelaySlot = new RelaySlot(
+      {
+        name: `${dialect === "postgresql" ? "pg" : "sqlite"}-${names[i]}`,
+        idPrefix: `soak-${runTag}-`,
+        databaseUrl: url,
+        transport: `${mta.url}?timeout=${SMTP_TIMEOUT_MS}&maxConnections=${opts.concurrency}`,
+        options: relayOptions(opts.concurrency),
+        logFile: path.join(dir, `relay-${dialect}-${names[i]}.log`),
+        stopDeadlineMs: 3000,
+      },
+      (s, inc) => {
+        unexpectedExits.push(`${inc.relayId} (exit ${inc.exitCode ?? inc.exitSignal})`);
+        ctx.log(`relay ${inc.relayId} exited on its own (code ${inc.exitCode}, signal ${inc.exitSignal}); restarting it`);
+        if (phase !== "done") void lock.run(s, async () => {
+          await sleep(1000);
+          if (phase !== "done") await s.start();
+        });
+      },
+    );
+    slots.push(slot);
+  }
+  const kills: KillRecord[] = [];
+  const dbRestarts: number[] = [];
+  let backendKills = 0;
+  let backendKillRounds = 0;
+  let refusals = 0;
+  const notes: string[] = [];
+  const ledger = newLedger();
+  const results: AuditResult[] = [];
+  const details: Record<string, unknown>[] = [];
+  let postfix: Promise<PostfixStretchResult | null> = Promise.resolve(null);
+  let keep = opts.keep;
+
+  try {
+    await Promise.all(slots.map((s) => s.start()));
+    const t0 = Date.now();
+    const phaseEnd = t0 + D;
+    ctx.log(`${slots.length} relay process(es) started; fault phase ${Math.round(D / 1000)} s, ${opts.mails} mails`);
+
+    const producers = runProducers({
+      client,
+      runTag,
+      mails: opts.mails,
+      windowMs: D * 0.8,
+      workers: dialect === "postgresql" ? 6 : 3,
+      random: seeded(seed ^ 0xabc),
+      signal: faultsOff.signal,
+      ledger,
+    });
+
+    const tasks: Promise<unknown>[] = [];
+    const signal = faultsOff.signal;
+
+    // SIGKILL each relay at random moments (at least once), and restart it.
+    for (const slot of slots) {
+      tasks.push(
+        (async () => {
+          let killed = 0;
+          for (;;) {
+            let at = Date.now() + Math.max(3000, expDelay(random, opts.killEveryMs));
+            if (killed === 0) at = Math.min(at, t0 + D * (0.2 + 0.6 * random()));
+            if (at >= phaseEnd - 3000) break;
+            if (!(await sleepUntil(at, signal))) break;
+            await lock.run(slot, async () => {
+              const inc = await slot.kill();
+              if (!inc) return;
+              kills.push({ how: "SIGKILL", relay: inc.relayId, concurrency: opts.concurrency });
+              killed++;
+              ctx.log(`SIGKILL ${inc.relayId} (sent ${inc.sent})`);
+              await sleep(300 + random() * 2000);
+              await slot.start();
+            });
+          }
+        })(),
+      );
+    }
+
+    // One graceful stop mid-batch (SIGTERM while producers are busy), then a restart.
+    tasks.push(
+      (async () => {
+        if (!(await sleepUntil(t0 + D * 0.4, signal))) return;
+        const slot = slots[slots.length > 1 ? 1 : 0]!;
+        await lock.run(slot, async () => {
+          const inc = await slot.stop("SIGTERM");
+          if (!inc) return;
+          kills.push({ how: "SIGTERM", relay: inc.relayId, concurrency: opts.concurrency });
+          ctx.log(`SIGTERM ${inc.relayId}: exit ${inc.exitCode ?? inc.exitSignal}${inc.stoppedCleanly ? ", stopped cleanly" : ", did NOT report a clean stop"}`);
+          if (inc.exitCode !== 0 || !inc.stoppedCleanly) unexpectedExits.push(`${inc.relayId} (SIGTERM: exit ${inc.exitCode ?? inc.exitSignal})`);
+          await sleep(500);
+          await slot.start();
+        });
+      })(),
+    );
+
+    // The MTA refuses every connection for a few seconds, now and then.
+    tasks.push(
+      (async () => {
+        const n = Math.max(1, Math.round(D / 90_000));
+        for (let i = 0; i < n; i++) {
+          const at = t0 + D * (0.9 * (i + 0.3 + 0.4 * random())) / n;
+          if (!(await sleepUntil(at, signal))) return;
+          const ms = 2000 + Math.round(random() * 4000);
+          await mta.refuse();
+          refusals++;
+          ctx.log(`MTA refuses all connections for ${ms} ms`);
+          await sleepUntil(Date.now() + ms, signal);
+          await mta.accept();
+        }
+      })(),
+    );
+
+    if (dialect === "postgresql" && cluster) {
+      // The server restarted once, mid-run.
+      tasks.push(
+        (async () => {
+          if (!(await sleepUntil(t0 + D * 0.5, signal))) return;
+          const inFlightBound = slots.filter((s) => s.running).length * opts.concurrency;
+          dbRestarts.push(inFlightBound);
+          const ms = await restartCluster(cluster);
+          ctx.log(`PostgreSQL restarted (${ms} ms until it accepted connections again)`);
+        })(),
+      );
+      // Relay connections killed from the server side.
+      tasks.push(
+        (async () => {
+          let at = t0 + D * 0.08;
+          for (;;) {
+            at += (D / 7) * (0.6 + 0.8 * random());
+            if (at >= phaseEnd) return;
+            if (!(await sleepUntil(at, signal))) return;
+            try {
+              const n = await terminateRelayBackends(cluster.url, runTag);
+              backendKills += n;
+              backendKillRounds++;
+              ctx.log(`pg_terminate_backend on ${n} relay connection(s)`);
+            } catch (err) {
+              ctx.log(`could not kill relay backends: ${(err as Error).message}`);
+            }
+          }
+        })(),
+      );
+    }
+
+    if (postfixMode === "with-postfix" && opts.postfix !== "off") {
+      postfix = postfixStretch({
+        cluster,
+        sqliteDir: dir,
+        runTag,
+        seed,
+        startAt: t0 + D * 0.15,
+        lengthMs: D * 0.6,
+        mails: Math.max(60, Math.min(1000, Math.round(opts.mails * 0.05))),
+        requireServices: opts.requireServices,
+        maxRssBytes: opts.maxRssMb * 1024 * 1024,
+        maxGrowthBytes: opts.maxGrowthMb * 1024 * 1024,
+        settleTimeoutMs: opts.settleTimeoutMs,
+        log: (l) => opts.log(`[postfix] ${l}`),
+        skipped,
+      });
+    }
+
+    await sleepUntil(phaseEnd, new AbortController().signal);
+    // ---- settle: faults off, every relay running, wait until nothing is pending or sending
+    phase = "settle";
+    faultsOff.abort();
+    await Promise.all(tasks);
+    await mta.configure({ ...mtaConfig, rates: NO_FAULTS });
+    await mta.accept();
+    if (cluster) await waitForPostgres(cluster.url);
+    await producers;
+    for (const slot of slots) await lock.run(slot, () => slot.start());
+    ctx.log(
+      `fault phase over: ${ledger.transactions.committed} transactions committed, ${ledger.transactions.rolledBack} rolled back, ${ledger.transactions.failed} failed; settling`,
+    );
+    const settleStart = Date.now();
+    let settled = false;
+    let last: Record<string, number> = {};
+    while (Date.now() - settleStart < opts.settleTimeoutMs) {
+      last = await statusCounts(url).catch(() => ({ unknown: 1 }));
+      if ((last.pending ?? 0) + (last.sending ?? 0) + (last.unknown ?? 0) === 0) {
+        settled = true;
+        break;
+      }
+      await sleep(500);
+    }
+    ctx.log(`${settled ? "settled" : "did NOT settle"} in ${Math.round((Date.now() - settleStart) / 1000)} s: ${JSON.stringify(last)}`);
+    phase = "done";
+    for (const slot of slots) await lock.run(slot, () => slot.stop("final-stop"));
+    for (const slot of slots) {
+      const inc = slot.incarnations.at(-1);
+      if (inc && (inc.exitCode !== 0 || !inc.stoppedCleanly)) unexpectedExits.push(`${inc.relayId} (final SIGTERM: exit ${inc.exitCode ?? inc.exitSignal})`);
+    }
+
+    // ---- audit
+    const report = await mta.report();
+    const rows = await readRows(url);
+    if (refusals) notes.push(`MTA refusals ${refusals}`);
+    const result = audit({
+      label: dialect,
+      ledger,
+      rows,
+      copies: report.copies,
+      rejectRate: opts.rejectRate,
+      mtaName: "SMTP server",
+      kills,
+      dbRestarts,
+      backendKills,
+      notes,
+      settled,
+      memory: slots.map((s) => memoryOf(s)),
+      maxRssBytes: opts.maxRssMb * 1024 * 1024,
+      maxGrowthBytes: opts.maxGrowthMb * 1024 * 1024,
+      unexpectedExits,
+      timeoutsExplainDuplicates: false,
+    });
+    results.push(result);
+    if (!result.passed) keep = true;
+    details.push({
+      run: dialect,
+      runTag,
+      url,
+      dir,
+      counts: result.counts,
+      ledger: {
+        enqueued: ledger.enqueued,
+        transactions: ledger.transactions,
+        ops: ledger.ops,
+        idempotencyKeys: ledger.keys.size,
+        idempotentRefusals: [...ledger.keys.values()].reduce((s, e) => s + e.refusals, 0),
+        errors: ledger.errors.slice(0, 10),
+      },
+      injected: report.injected,
+      mtaSessions: report.sessions,
+      attempts: await attemptSummary(url),
+      kills,
+      dbRestarts,
+      backendKills,
+      backendKillRounds,
+      memory: slots.map((s) => memoryOf(s)),
+      incarnations: slots.flatMap((s) =>
+        s.incarnations.map((i) => ({ id: i.relayId, lifeS: Math.round(((i.endedAt ?? Date.now()) - i.startedAt) / 1000), end: i.endReason, exit: i.exitCode ?? i.exitSignal, peakRssMb: Math.round(i.peakRss / 1048576), sent: i.sent })),
+      ),
+    });
+  } finally {
+    phase = "done";
+    faultsOff.abort();
+    await Promise.all(slots.map((s) => s.kill().catch(() => undefined)));
+    await mta.close().catch(() => {});
+    await prisma.$disconnect().catch(() => {});
+    if (!keep) {
+      if (dialect === "sqlite") rmSync(dir, { recursive: true, force: true });
+    } else {
+      ctx.log(`kept for inspection: ${url} and ${dir}`);
+    }
+  }
+  const pf = await postfix;
+  if (pf) {
+    results.push(pf.result);
+    details.push(pf.details);
+  }
+  if (dialect === "postgresql" && !keep && cluster) await dropSchema(cluster.url, `soak_${runTag}`).catch(() => {});
+  return { results, details };
+}
+
+async function dropSchema(baseUrl: string, schema: string): Promise<void> {
+  const pg = (await import("pg")).default;
+  const client = new pg.Client({ connectionString: baseUrl, application_name: "soak-harness" });
+  await client.connect();
+  try {
+    await client.query(`DROP SCHEMA IF EXISTS "${schema.replace(/"/g, '""')}" CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
