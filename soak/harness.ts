@@ -226,6 +226,7 @@ async function runOne(
   }
   const kills: KillRecord[] = [];
   const dbRestarts: number[] = [];
+  const dbRestartTimes: number[] = [];
   let backendKills = 0;
   let backendKillRounds = 0;
   let refusals = 0;
@@ -321,6 +322,7 @@ async function runOne(
           if (!(await sleepUntil(t0 + D * 0.5, signal))) return;
           const inFlightBound = slots.filter((s) => s.running).length * opts.concurrency;
           dbRestarts.push(inFlightBound);
+          dbRestartTimes.push(Date.now());
           const ms = await restartCluster(cluster);
           ctx.log(`PostgreSQL restarted (${ms} ms until it accepted connections again)`);
         })(),
@@ -359,8 +361,16 @@ async function runOne(
         maxRssBytes: opts.maxRssMb * 1024 * 1024,
         maxGrowthBytes: opts.maxGrowthMb * 1024 * 1024,
         settleTimeoutMs: opts.settleTimeoutMs,
+        dbRestartTimes,
         log: (l) => opts.log(`[postfix] ${l}`),
         skipped,
+      }).catch((err: unknown) => {
+        const message = err instanceof Error ? (err.stack ?? err.message) : String(err);
+        opts.log(`[postfix] the stretch failed: ${message}`);
+        return {
+          result: { label: "postfix", passed: false, line: `postfix: the stretch failed: ${message.split("\n")[0]} => FAIL (1)`, failures: [message], counts: {} as AuditResult["counts"] },
+          details: { run: "postfix", error: message },
+        };
       });
     }
 
@@ -446,10 +456,18 @@ async function runOne(
         s.incarnations.map((i) => ({ id: i.relayId, lifeS: Math.round(((i.endedAt ?? Date.now()) - i.startedAt) / 1000), end: i.endReason, exit: i.exitCode ?? i.exitSignal, peakRssMb: Math.round(i.peakRss / 1048576), sent: i.sent })),
       ),
     });
+    const pf = await postfix;
+    if (pf) {
+      results.push(pf.result);
+      details.push(pf.details);
+      if (!pf.result.passed) keep = true;
+    }
   } finally {
     phase = "done";
     faultsOff.abort();
     await Promise.all(slots.map((s) => s.kill().catch(() => undefined)));
+    await postfix.catch(() => null); // it starts Postfix again itself
+
     await mta.close().catch(() => {});
     await prisma.$disconnect().catch(() => {});
     if (!keep) {
@@ -458,12 +476,10 @@ async function runOne(
       ctx.log(`kept for inspection: ${url} and ${dir}`);
     }
   }
-  const pf = await postfix;
-  if (pf) {
-    results.push(pf.result);
-    details.push(pf.details);
+  if (dialect === "postgresql" && !keep && cluster) {
+    await dropSchema(cluster.url, `soak_${runTag}`).catch(() => {});
+    await dropSchema(cluster.url, `soak_${runTag}pf`).catch(() => {});
   }
-  if (dialect === "postgresql" && !keep && cluster) await dropSchema(cluster.url, `soak_${runTag}`).catch(() => {});
   return { results, details };
 }
 

@@ -131,3 +131,8 @@ export class SendmailExitError extends MailOutboxError {
     this.stderr = stderr;
   }
 }
+
+/** The database could not be reached (or written) for longer than the operation may wait. */
+export class DatabaseUnavailableError extends MailOutboxError {
+  override name = "DatabaseUnavailableError";
+}

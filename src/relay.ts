@@ -16,7 +16,7 @@ import pRetry from "p-retry";
 import type { Transporter } from "nodemailer";
 import type { Registry } from "prom-client";
 import { openDatabase, type Db } from "./db.js";
-import { OptionsError, RelayStateError, HandoffTimeoutError } from "./errors.js";
+import { OptionsError, RelayStateError, HandoffTimeoutError, DatabaseUnavailableError } from "./errors.js";
 import { createTransporter, type TransportSpec } from "./transport.js";
 import { classifyError, toHandoffResult } from "./classify.js";
 import { newId } from "./ids.js";
@@ -436,6 +436,14 @@ class RelayImpl extends EventEmitter implements Relay {
   private async loop(kind: "forever" | "once"): Promise<void> {
     const capacity = Math.max(this.batchSize, this.concurrency * 2);
     let dbBackoff = 250;
+    let failures = 0;
+    // runOnce() gives up after this many database failures in a row (about 8 s) instead of waiting forever.
+    const giveUp = async (err: unknown) => {
+      await Promise.allSettled([...this.active.values()]);
+      this.releaseQueued();
+      await this.flush();
+      throw new DatabaseUnavailableError(`runOnce() could not reach the database after ${failures} tries: ${errorText(err)}`, { cause: err });
+    };
     while (this.running) {
       if (kind === "forever" || this.lastRescue === 0) await this.rescueExpired();
 
@@ -454,6 +462,7 @@ class RelayImpl extends EventEmitter implements Relay {
           const rows = await this.store!.claim(this.id, limit, this.leaseMs);
           this.databaseUp();
           dbBackoff = 250;
+          failures = 0;
           claimed = rows.length;
           if (claimed > 0) {
             const leaseEnd = performance.now() + this.leaseMs;
@@ -466,7 +475,7 @@ class RelayImpl extends EventEmitter implements Relay {
           }
         } catch (err) {
           this.databaseDown(err);
-          if (kind === "once" && !this.running) break;
+          if (kind === "once" && ++failures >= 5) await giveUp(err);
           await sleep(dbBackoff, this.stopController.signal);
           dbBackoff = Math.min(dbBackoff * 2, 10_000);
           continue;
@@ -475,6 +484,7 @@ class RelayImpl extends EventEmitter implements Relay {
       if (kind === "once" && claimed === 0 && this.queue.length === 0 && this.active.size === 0) {
         await this.flush();
         if (this.outcomes.length === 0) return;
+        if (++failures >= 5) await giveUp(new Error("the outcomes of this run could not be recorded"));
         await sleep(dbBackoff);
         dbBackoff = Math.min(dbBackoff * 2, 10_000);
         continue;
@@ -714,7 +724,10 @@ class RelayImpl extends EventEmitter implements Relay {
         client.once("end", resolve);
         client.once("error", () => resolve());
       });
-      client.on("notification", () => this.kick());
+      // The trigger sends the table's schema: ignore outboxes of other schemas in the same database.
+      client.on("notification", (n) => {
+        if (!n.payload || n.payload === db.schema) this.kick();
+      });
       try {
         await client.connect();
         await client.query("LISTEN mail_outbox");

@@ -400,9 +400,9 @@ describe("the relay into real Postfix", () => {
     if (!needPostfix(t)) return;
     const { messageId } = await prisma.outboxEmail.enqueue({ to: TEST_ADDRESS, subject: "while postfix is down", text: "patience" });
     const relay = createRelay({ databaseUrl: fx!.url, transport: "sendmail-bs:?timeout=1500", ...quick, connectRetries: 0 });
-    await relay.start();
     try {
       await withPostfixStopped(async () => {
+        await relay.start();
         const deadline = Date.now() + 15_000;
         while (relay.counts().retried < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
         assert.ok(relay.counts().retried >= 2, "the hand-off timed out and was retried while Postfix was down");
