@@ -90,6 +90,8 @@ export interface AuditResult {
     deferredRecipientsDropped: number;
     sigkills: number;
     sigterms: number;
+    /** Rows a relay died holding (uncertain_handoffs > 0). */
+    uncertainRows: number;
   };
 }
 
@@ -279,6 +281,9 @@ export function audit(input: AuditInput): AuditResult {
     `db restarts ${input.dbRestarts.length}`,
   ];
   if (input.backendKills) parts.push(`backends killed ${input.backendKills}`);
+  const uncertainRows = input.rows.filter((r) => r.uncertainHandoffs > 0).length;
+  if (uncertainRows) parts.push(`uncertain hand-offs ${uncertainRows}`);
+  if (ledger.inDoubt.size) parts.push(`in-doubt commits ${ledger.inDoubt.size} (${inDoubtCommitted} committed)`);
   parts.push(...input.notes);
   if (peak) parts.push(`peak RSS MB ${peak}`);
   const passed = failures.length === 0;
@@ -312,6 +317,7 @@ export function audit(input: AuditInput): AuditResult {
       deferredRecipientsDropped,
       sigkills,
       sigterms,
+      uncertainRows,
     },
   };
 }

@@ -4,7 +4,7 @@
  * See RELIABILITY.md for what it does and what it measured.
  */
 import { parseArgs } from "node:util";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { DEFAULT_OPTIONS, runSoak, type SoakDatabase, type SoakOptions } from "./harness.js";
@@ -108,6 +108,15 @@ const options: SoakOptions = {
   keep: values.keep ?? false,
   log: (line) => process.stderr.write(`soak: ${new Date().toISOString().slice(11, 19)} ${line}\n`),
 };
+
+// Ctrl-C: the relays and the MTA get the signal too (same process group); leave Postfix running.
+process.once("SIGINT", () => {
+  process.stderr.write("soak: interrupted; starting Postfix again if it was stopped\n");
+  void import("../test/support/postfix.js")
+    .then((p) => (existsSync("/usr/sbin/postfix") ? p.startPostfix() : undefined))
+    .catch(() => {})
+    .finally(() => process.exit(130));
+});
 
 const report = await runSoak(options);
 for (const s of report.skipped) process.stdout.write(`skipped: ${s}\n`);

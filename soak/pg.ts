@@ -9,7 +9,9 @@
  * cluster instead (then everything connected to it sees the restart).
  */
 import { execFile } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
 
@@ -94,6 +96,7 @@ export async function prepareCluster(spec: string, database?: string): Promise<P
       await run("pg_createcluster", [version, name, "-p", String(port), "--", "--auth-host=trust", "--auth-local=trust"]);
     }
     ownedByUs = true;
+    registerUser();
   } else {
     const m = /^(\d+)\/([\w.-]+)$/.exec(spec);
     if (!m) throw new Error(`--pg-cluster: expected "dedicated" or VERSION/NAME (e.g. 15/main), got ${JSON.stringify(spec)}`);
@@ -118,9 +121,29 @@ export async function restartCluster(c: PgCluster): Promise<number> {
   return Date.now() - started;
 }
 
-/** Stop a cluster the soak started. */
+/** Soak processes using the dedicated cluster, one file per pid: the last one out stops it. */
+const USERS_DIR = path.join(tmpdir(), "mail-outbox-soak-cluster-users");
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+function registerUser(): void {
+  mkdirSync(USERS_DIR, { recursive: true });
+  writeFileSync(path.join(USERS_DIR, String(process.pid)), "");
+}
+
+/** Stop a cluster the soak started, unless another soak process still uses it. */
 export async function stopCluster(c: PgCluster): Promise<void> {
   if (!c.ownedByUs) return;
+  rmSync(path.join(USERS_DIR, String(process.pid)), { force: true });
+  const others = readdirSync(USERS_DIR).map(Number).filter((pid) => pid !== process.pid && alive(pid));
+  if (others.length > 0) return;
   await run("pg_ctlcluster", ["--skip-systemctl-redirect", c.version, c.name, "stop", "-m", "fast"]).catch(() => {});
 }
 

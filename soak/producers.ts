@@ -170,8 +170,8 @@ export async function runProducers(o: ProducerOptions): Promise<void> {
   };
 
   const enqueueOne = async (tx: OutboxTx, enqueued: Map<string, MailPlan>, m: { input: MailInput; plan: MailPlan }) => {
-    ledger.enqueued++;
     const r = await tx.outboxEmail.enqueue(m.input);
+    ledger.enqueued++;
     enqueued.set(r.messageId, m.plan);
   };
 
@@ -188,8 +188,8 @@ export async function runProducers(o: ProducerOptions): Promise<void> {
       const mails = Array.from({ length: k }, (_, i) => mail(n * 10 + i, "many", false, null));
       await transaction("enqueueMany", async (tx, enq) => {
         await tx.user.create({ data: { email } });
-        ledger.enqueued += k;
         const results = await tx.outboxEmail.enqueueMany(mails.map((m) => m.input));
+        ledger.enqueued += k;
         results.forEach((res, i) => enq.set(res.messageId, mails[i]!.plan));
       });
     } else if (r < 0.67) {
@@ -253,7 +253,10 @@ export async function runProducers(o: ProducerOptions): Promise<void> {
         await sleep(Math.min(200, Math.max(5, ((ledger.enqueued + 1 - due) * o.windowMs) / o.mails)));
         continue;
       }
+      const failedBefore = ledger.transactions.failed;
       await one(++opNo);
+      // An application would not hammer a database that just failed it: pause a little.
+      if (ledger.transactions.failed > failedBefore) await sleep(250);
     }
   };
   await Promise.all(Array.from({ length: o.workers }, worker));

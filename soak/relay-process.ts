@@ -1,9 +1,10 @@
 /**
  * One relay as a process, for the soak: configured like test/fixtures/relay-process.ts
  * (DATABASE_URL, MAIL_OUTBOX_TRANSPORT, RELAY_ID, RELAY_OPTIONS as JSON, STOP_DEADLINE_MS), and
- * printing one JSON line per second on stdout with its memory (`rss`, peak `maxRss` from
- * process.resourceUsage()) and counts, so the harness knows the peak RSS even of a process it
- * kills with SIGKILL. SIGTERM stops it gracefully; it exits 0 once stopped.
+ * printing one JSON line every half second on stdout with its memory (`rss`) and counts, so the
+ * harness knows the peak RSS even of a process it kills with SIGKILL. (`maxRss` from
+ * process.resourceUsage() is printed too but is not this process's own peak: on Linux a spawned
+ * child inherits its parent's RSS high-water mark.) SIGTERM stops it gracefully; it exits 0 once stopped.
  * Relay log lines (pino JSON, level MAIL_OUTBOX_LOG_LEVEL, default warn) go to stderr.
  */
 import { pino } from "pino";
@@ -25,7 +26,7 @@ const sample = () => {
   const mem = process.memoryUsage();
   return { rss: mem.rss, heapUsed: mem.heapUsed, maxRss: process.resourceUsage().maxRSS * 1024, warnings, ...relay.counts() };
 };
-const timer = setInterval(() => out({ event: "sample", ...sample() }), Number(process.env.SAMPLE_INTERVAL_MS ?? 1000));
+const timer = setInterval(() => out({ event: "sample", ...sample() }), Number(process.env.SAMPLE_INTERVAL_MS ?? 500));
 for (const sig of ["SIGTERM", "SIGINT"] as const) {
   process.once(sig, () => void relay.stop({ deadlineMs: Number(process.env.STOP_DEADLINE_MS ?? 5000) }));
 }

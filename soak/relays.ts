@@ -35,7 +35,7 @@ export interface Incarnation {
   endReason: EndReason | null;
   exitCode: number | null;
   exitSignal: string | null;
-  /** [ms since start, rss bytes] every second. */
+  /** [ms since start, rss bytes], every half second. */
   readonly samples: [number, number][];
   peakRss: number;
   sent: number;
@@ -112,7 +112,9 @@ export class RelaySlot {
       if (e.event === "started") markStarted();
       if (e.event === "sample" || e.event === "stopped") {
         inc.samples.push([Date.now() - inc.startedAt, e.rss ?? 0]);
-        inc.peakRss = Math.max(inc.peakRss, e.maxRss ?? 0, e.rss ?? 0);
+        // Not process.resourceUsage().maxRSS: on Linux a spawned child's maxRSS starts at its
+        // parent's RSS at fork time (the high-water mark survives fork+exec), so it says nothing here.
+        inc.peakRss = Math.max(inc.peakRss, e.rss ?? 0);
         inc.sent = e.sent ?? inc.sent;
       }
       if (e.event === "stopped") inc.stoppedCleanly = true;

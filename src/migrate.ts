@@ -392,10 +392,11 @@ function failed(version: string, where: string, cause: unknown): SchemaError {
  * indexes are what this version expects, it records the table migrations as `baseline` (listed
  * in `baselined`), and still runs the few migrations about things Prisma's models cannot
  * describe (on PostgreSQL, the notify trigger of `0002_notify`). When the shape differs it
- * throws a {@link SchemaError} listing the differences and changes nothing. Later upgrades
- * follow the same rule: update the models, run `prisma migrate dev`, then migrate records them.
- * To keep Prisma Migrate from reporting `mail_outbox_migrations` as drift, list it under
- * `tables.external` in your `prisma.config.ts`.
+ * throws a {@link SchemaError} listing the differences and leaves the tables as they are. Later
+ * upgrades follow the same rule: update the models, run `prisma migrate dev`, then migrate
+ * records them. To keep Prisma Migrate from reporting `mail_outbox_migrations` as drift, list it
+ * under `tables.external` in your `prisma.config.ts` (schema-qualified on PostgreSQL:
+ * `"public.mail_outbox_migrations"`).
  *
  * @returns the versions run (`applied`), found recorded (`alreadyApplied`), and recorded without running (`baselined`).
  * @throws SchemaError when a migration fails (it is rolled back), or when tables made by Prisma

@@ -103,7 +103,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       await exec(db, `DROP INDEX mail_outbox_created_idx`);
       const problems = await checkSchema(db);
       assert.equal(problems.length, 2, problems.join("\n"));
-      assert.match(problems[0]!, /column mail_outbox\.lease_owner is missing \(expected text/);
+      assert.match(problems[0]!, /column mail_outbox\.lease_owner is missing \(expected text/i);
       assert.match(problems[1]!, /index mail_outbox_created_idx on mail_outbox is missing/);
     });
 
@@ -174,39 +174,43 @@ describe("the PostgreSQL notify trigger", () => {
     await migrate(db);
     if (db.dialect !== "postgresql") throw new Error("unreachable");
 
+    // Released here rather than in t.after: the pool's close (registered earlier) would wait for them.
     const listener = new pg.Client({ connectionString: PG_ADMIN_URL });
     await listener.connect();
-    t.after(() => listener.end());
-    const received: string[] = [];
-    listener.on("notification", (n) => {
-      if (n.channel === "mail_outbox" && n.payload === schema) received.push(n.payload);
-    });
-    await listener.query("LISTEN mail_outbox");
-    const settle = () => new Promise((r) => setTimeout(r, 150));
-    const row = () => [randomUUID(), `<${randomUUID()}@t>`];
-    const insert2 = `INSERT INTO mail_outbox (id, message_id, envelope_from, envelope_to, raw, size, max_attempts, send_at, next_attempt_at)
-      VALUES ($1, $2, 'a@x', '[]', '\\x00', 1, 1, now(), now()), ($3, $4, 'a@x', '[]', '\\x00', 1, 1, now(), now())`;
-
     const c = await db.pool.connect();
-    t.after(() => c.release());
-    await c.query("BEGIN");
-    await c.query(insert2, [...row(), ...row()]);
-    await settle();
-    assert.equal(received.length, 0, "nothing is delivered before commit");
-    await c.query("COMMIT");
-    await settle();
-    assert.equal(received.length, 1, "one notification for one INSERT statement of two rows");
+    try {
+      const received: string[] = [];
+      listener.on("notification", (n) => {
+        if (n.channel === "mail_outbox" && n.payload === schema) received.push(n.payload);
+      });
+      await listener.query("LISTEN mail_outbox");
+      const settle = () => new Promise((r) => setTimeout(r, 150));
+      const row = () => [randomUUID(), `<${randomUUID()}@t>`];
+      const insert2 = `INSERT INTO mail_outbox (id, message_id, envelope_from, envelope_to, raw, size, max_attempts, send_at, next_attempt_at)
+        VALUES ($1, $2, 'a@x', '[]', '\\x00', 1, 1, now(), now()), ($3, $4, 'a@x', '[]', '\\x00', 1, 1, now(), now())`;
 
-    await c.query("BEGIN");
-    await c.query(insert2, [...row(), ...row()]);
-    await c.query("ROLLBACK");
-    await settle();
-    assert.equal(received.length, 1, "a rolled-back INSERT notifies nobody");
+      await c.query("BEGIN");
+      await c.query(insert2, [...row(), ...row()]);
+      await settle();
+      assert.equal(received.length, 0, "nothing is delivered before commit");
+      await c.query("COMMIT");
+      await settle();
+      assert.equal(received.length, 1, "one notification for one INSERT statement of two rows");
 
-    await c.query("SET mail_outbox.notify = off");
-    await c.query(insert2, [...row(), ...row()]);
-    await settle();
-    assert.equal(received.length, 1, "mail_outbox.notify = off silences the trigger");
-    await c.query("RESET mail_outbox.notify");
+      await c.query("BEGIN");
+      await c.query(insert2, [...row(), ...row()]);
+      await c.query("ROLLBACK");
+      await settle();
+      assert.equal(received.length, 1, "a rolled-back INSERT notifies nobody");
+
+      await c.query("SET mail_outbox.notify = off");
+      await c.query(insert2, [...row(), ...row()]);
+      await settle();
+      assert.equal(received.length, 1, "mail_outbox.notify = off silences the trigger");
+      await c.query("RESET mail_outbox.notify");
+    } finally {
+      c.release();
+      await listener.end();
+    }
   });
 });

@@ -79,6 +79,9 @@ export async function placeOrder(tx: AppTx, checkout: Checkout, onEnqueued?: (ma
     where: { item: checkout.item, available: { gte: checkout.quantity } },
     data: { available: { decrement: checkout.quantity } },
   });
-  if (taken.count === 0) throw new OutOfStockError(`only ${(await tx.stock.findUnique({ where: { item: checkout.item } }))?.available ?? 0} ${checkout.item}s left`);
+  if (taken.count === 0) {
+    const left = (await tx.stock.findUnique({ where: { item: checkout.item } }))?.available ?? 0;
+    throw new OutOfStockError(`out of stock (${checkout.quantity} ordered, ${left} left)`);
+  }
   return { order, mails };
 }

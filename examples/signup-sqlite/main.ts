@@ -111,10 +111,12 @@ const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length))
 for (const r of rows) console.log("   " + r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join("  "));
 
 let ok = true;
+const notSent: string[] = [];
 for (const mail of committed) {
   const row = await showMail(databaseUrl, mail.messageId);
-  if (row.status !== "sent") ok = false;
+  if (row.status !== "sent") notSent.push(row.status);
 }
+if (notSent.length > 0) ok = false;
 for (const { name, mail } of rolledBack) {
   try {
     await showMail(databaseUrl, mail.messageId);
@@ -132,7 +134,12 @@ const cli = `DATABASE_URL=${databaseUrl} node --import tsx src/cli.ts`;
 if (ok) {
   console.log(`\nDone: ${committed.length} welcome mails handed to the MTA, ${rolledBack.length} rolled back with its signup and never sent.`);
 } else {
-  console.log(`\nNot every committed welcome mail was handed over (see the table). They stay pending and are retried by the next relay run.`);
+  console.log(`\n${notSent.length} committed welcome mails were not handed over (see the table):`);
+  if (notSent.includes("pending")) console.log("   pending: the MTA failed for now (4xx or unreachable); the next relay run retries them with backoff.");
+  if (notSent.includes("dead")) {
+    console.log("   dead: the MTA refused them for good (5xx). The recipients here are @example.com, which a real MTA may refuse or bounce.");
+    console.log("   After fixing the cause, send them again with `mail-outbox replay`.");
+  }
   process.exitCode = 1;
 }
 console.log(`Look around with the CLI (\`npx mail-outbox ...\` in your app):\n   ${cli} list\n   ${cli} show ${committed[0]?.messageId.slice(1, -1) ?? "MESSAGE-ID"}`);

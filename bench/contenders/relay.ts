@@ -1,0 +1,112 @@
+/** Our relay, on PostgreSQL or SQLite, with hooks on its own events and on the statement that records outcomes. */
+import type pg from "pg";
+import type Database from "better-sqlite3";
+import { openDatabase, toSqliteTime, type Db } from "../../src/db.js";
+import { createRelay } from "../../src/relay.js";
+import { COMPLETE_ACCEPTED } from "../../src/sql/sqlite.js";
+import { rawWith, type MailTemplate } from "../mail.js";
+import type { CommonSettings, Hooks, Producer, Running } from "./types.js";
+
+export interface RelaySettings extends CommonSettings {
+  /** `postgresql://...?schema=...` or `file:...` */
+  readonly url: string;
+  readonly relayId: string;
+  readonly batchSize: number;
+  readonly pollIntervalMs: number;
+}
+
+type AnyFn = (...args: unknown[]) => unknown;
+
+/** Count the rows each completion statement records, once it has committed. */
+function hookPostgres(pool: pg.Pool, hooks: Hooks): void {
+  const query = pool.query.bind(pool) as unknown as AnyFn;
+  (pool as unknown as { query: AnyFn }).query = (...args: unknown[]) => {
+    const result = query(...args);
+    const config = args[0] as { name?: string } | undefined;
+    if (config?.name === "mail_outbox_complete" && result instanceof Promise) {
+      result.then((r: { rows: { changed?: number }[] }) => hooks.recorded(r.rows[0]?.changed ?? 0), () => {});
+    }
+    return result;
+  };
+}
+
+/** SQLite: the completion runs as one transaction of prepared statements; count the accepted rows, report after commit. */
+function hookSqlite(database: Database.Database, hooks: Hooks): void {
+  let pending = 0;
+  const prepare = database.prepare.bind(database);
+  database.prepare = ((sql: string) => {
+    const st = prepare(sql);
+    if (sql === COMPLETE_ACCEPTED) {
+      const run = st.run.bind(st) as AnyFn;
+      (st as unknown as { run: AnyFn }).run = (...args: unknown[]) => {
+        const r = run(...args) as { changes: number };
+        pending += r.changes;
+        return r;
+      };
+    }
+    return st;
+  }) as typeof database.prepare;
+  const transaction = database.transaction.bind(database);
+  database.transaction = ((fn: AnyFn) => {
+    const tx = transaction(fn) as unknown as AnyFn;
+    return (...args: unknown[]) => {
+      const r = tx(...args);
+      if (pending > 0) {
+        const n = pending;
+        pending = 0;
+        hooks.recorded(n);
+      }
+      return r;
+    };
+  }) as unknown as typeof database.transaction;
+}
+
+export async function startRelay(s: RelaySettings, hooks: Hooks): Promise<Running> {
+  const db: Db = await openDatabase(s.url, { applicationName: `mail-outbox bench ${s.relayId}` });
+  if (db.dialect === "postgresql") hookPostgres(db.pool, hooks);
+  else hookSqlite(db.db, hooks);
+  const relay = createRelay({
+    db,
+    transport: s.smtpUrl,
+    relayId: s.relayId,
+    concurrency: s.concurrency,
+    batchSize: s.batchSize,
+    pollIntervalMs: s.pollIntervalMs,
+    logger: false,
+  });
+  relay.on("claimed", () => hooks.claimed());
+  relay.on("sent", (e) => hooks.sent(e.messageId));
+  await relay.start();
+  return {
+    async stop() {
+      await relay.stop({ deadlineMs: 10_000 });
+      await db.close();
+    },
+  };
+}
+
+/** What `enqueue()` writes, as one autocommitted INSERT (the latency producer). */
+export async function relayProducer(url: string, t: MailTemplate, connections: number): Promise<Producer> {
+  const db = await openDatabase(url, { poolSize: connections, applicationName: "mail-outbox bench producer" });
+  const to = JSON.stringify(t.envelopeTo);
+  const sql = `INSERT INTO mail_outbox (id, message_id, status, priority, envelope_from, envelope_to, subject, raw, size, attempts,
+     max_attempts, send_at, next_attempt_at, created_at, updated_at)
+     VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, 0, 25, $8, $8, $8, $8)`;
+  if (db.dialect === "postgresql") {
+    return {
+      async enqueue(mid) {
+        const id = mid.slice(1, 37);
+        await db.pool.query({ name: "bench_enqueue", text: sql, values: [id, mid, t.envelopeFrom, to, t.subject, rawWith(t, mid), t.size, new Date()] });
+      },
+      close: () => db.close(),
+    };
+  }
+  const insert = db.db.prepare(sql.replace(/\$\d/g, "?"));
+  return {
+    async enqueue(mid) {
+      const at = toSqliteTime(new Date());
+      insert.run(mid.slice(1, 37), mid, t.envelopeFrom, to, t.subject, rawWith(t, mid), t.size, at, at, at, at);
+    },
+    close: () => db.close(),
+  };
+}

@@ -1,0 +1,637 @@
+/**
+ * The benchmark: our relay against the tools users would pick instead (graphile-worker and
+ * pg-boss with a nodemailer job), on this machine, in one run. `npm run bench` runs it in full
+ * and writes BENCHMARKS.md; `--quick` runs small counts (the CI variant in test/bench.test.ts).
+ *
+ *   node --import tsx bench/run.ts [--quick] [--only drain,latency,...] [--sink smtp-sink|smtp-server]
+ *                                  [--profile] [--no-write] [--out BENCHMARKS.md]
+ *
+ * Phases: ceiling, drain, latency, enqueue, scale, memory. Each figure is the median of several
+ * runs; within a round the contenders take turns (the order rotates every round) so that drift
+ * of the machine hits them alike. Every PostgreSQL contender gets a fresh schema per run, dropped
+ * afterwards.
+ */
+import { execFileSync, fork } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import type { ProducerResult, WorkerConfig, WorkerResult } from "./child.js";
+import type { EnqueueCostResult } from "./enqueue-cost.js";
+import { mailTemplate, type MailTemplate } from "./mail.js";
+import { startChild } from "./proc.js";
+import { countDump, postfixTool, runSmtpSource, startRecordingSink, startSmtpSink, type Sink } from "./sink.js";
+import { fmt, max, median, percentile, rotate } from "./stats.js";
+import { ADMIN_URL, CONTENDERS, bulkLoad, freshStore, outcome, withAdmin, type ContenderName, type Store } from "./stores.js";
+import { formatSummary, summarize } from "./profile-summary.js";
+import { renderReport, writeReport } from "./report.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+
+export type Phase = "ceiling" | "drain" | "latency" | "enqueue" | "scale" | "memory";
+export const PHASES: readonly Phase[] = ["ceiling", "drain", "latency", "enqueue", "scale", "memory"];
+
+export interface Counts {
+  readonly rounds: number;
+  readonly ceilingMessages: number;
+  readonly drainMails: number;
+  /** Offered loads: mails per second, mails per run (the first `warmup` are not counted). */
+  readonly latency: readonly { readonly rate: number; readonly mails: number; readonly warmup: number }[];
+  readonly enqueueTransactions: number;
+  readonly scaleRelays: readonly number[];
+  readonly scaleMails: number;
+  /** Backlogs for the memory phase, with the number of runs of each. */
+  readonly memory: readonly { readonly mails: number; readonly runs: number }[];
+}
+
+export const FULL: Counts = {
+  rounds: 3,
+  ceilingMessages: 40_000,
+  drainMails: 20_000,
+  latency: [
+    { rate: 200, mails: 1_400, warmup: 200 },
+    { rate: 2000, mails: 10_000, warmup: 2_000 },
+  ],
+  enqueueTransactions: 1_000,
+  scaleRelays: [1, 2, 4],
+  scaleMails: 20_000,
+  memory: [
+    { mails: 10_000, runs: 3 },
+    { mails: 1_000_000, runs: 1 },
+  ],
+};
+
+export const QUICK: Counts = {
+  rounds: 1,
+  ceilingMessages: 2_000,
+  drainMails: 300,
+  latency: [{ rate: 100, mails: 120, warmup: 20 }],
+  enqueueTransactions: 20,
+  scaleRelays: [1, 2],
+  scaleMails: 300,
+  memory: [{ mails: 300, runs: 1 }],
+};
+
+export interface BenchOptions {
+  readonly counts: Counts;
+  readonly phases: readonly Phase[];
+  /** smtp-sink when installed (auto), or the recording smtp-server sink. */
+  readonly sink: "auto" | "smtp-sink" | "smtp-server";
+  readonly contenders: readonly ContenderName[];
+  /** Write CPU profiles of one run per contender, and summaries, to bench/.out/profiles. */
+  readonly profile: boolean;
+  readonly log: (line: string) => void;
+}
+
+export interface DrainRun {
+  readonly contender: ContenderName;
+  readonly mails: number;
+  readonly perSecond: number;
+  readonly elapsedMs: number;
+  readonly cpuMsPer1000: number;
+  readonly maxRssKb: number;
+  /** Mails the sink saw (recording sink only), and how many of them more than once. */
+  readonly atSink: number | null;
+  readonly duplicatesAtSink: number | null;
+  readonly delivered: boolean;
+}
+
+export interface LatencyRun {
+  readonly contender: ContenderName;
+  readonly rate: number;
+  readonly achievedRate: number;
+  readonly samples: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly max: number;
+  readonly delivered: boolean;
+}
+
+export interface ScaleRun {
+  readonly relays: number;
+  readonly mails: number;
+  readonly perSecond: number;
+  /** Mails with more than one accepted hand-off in the attempt log. */
+  readonly handedOverTwice: number;
+  readonly sentReported: number;
+  readonly delivered: boolean;
+}
+
+export interface ScaleCheck {
+  readonly relays: number;
+  readonly mails: number;
+  readonly sink: string;
+  /** Distinct Message-IDs the sink received, and how many arrived more than once. */
+  readonly distinct: number;
+  readonly twice: number;
+}
+
+export interface MemoryRun {
+  readonly mails: number;
+  readonly loadMs: number;
+  readonly maxRssKb: number;
+  readonly perSecond: number;
+  readonly delivered: boolean;
+}
+
+export interface BenchResults {
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  readonly elapsedS: number;
+  readonly counts: Counts;
+  readonly sink: string;
+  readonly machine: Record<string, string>;
+  readonly settings: Record<string, string>;
+  readonly ceiling: { readonly runs: number[]; readonly perSecond: number; readonly messages: number } | null;
+  readonly drain: DrainRun[];
+  readonly latency: LatencyRun[];
+  readonly enqueue: EnqueueCostResult[];
+  readonly scale: ScaleRun[];
+  readonly scaleChecks: ScaleCheck[];
+  readonly memory: MemoryRun[];
+  readonly profiles: Record<string, string>;
+  readonly failures: string[];
+}
+
+// ---- contender settings ------------------------------------------------------------------------
+
+const CONCURRENCY = 10;
+
+/**
+ * The settings each contender runs with. Our relay runs with its defaults (PostgreSQL wakes on
+ * NOTIFY; SQLite has no NOTIFY, so it polls every 10 ms). graphile-worker and pg-boss run with
+ * the best settings found for them on this machine (see BENCHMARKS.md: tried and kept).
+ */
+function workerConfig(contender: ContenderName, store: Store, smtpUrl: string, extra: { relayId?: string } = {}): Omit<WorkerConfig, "role" | "expected" | "collectSent" | "reportProgress"> {
+  switch (contender) {
+    case "relay-pg":
+    case "relay-sqlite":
+      return {
+        contender,
+        settings: {
+          url: store.url,
+          smtpUrl,
+          concurrency: CONCURRENCY,
+          relayId: extra.relayId ?? `bench-${randomUUID().slice(0, 8)}`,
+          batchSize: 100,
+          pollIntervalMs: contender === "relay-sqlite" ? 10 : 1000,
+        },
+      };
+    case "graphile-worker":
+      return { contender, settings: { schema: store.schema, smtpUrl, concurrency: CONCURRENCY, localQueueSize: GRAPHILE.localQueueSize, completeJobBatchDelay: GRAPHILE.completeJobBatchDelay } };
+    case "pg-boss":
+      return { contender, settings: { schema: store.schema, smtpUrl, concurrency: CONCURRENCY, ...PGBOSS } };
+  }
+}
+
+/** graphile-worker: its documented batching (local queue, batched completion). */
+export const GRAPHILE = { localQueueSize: 50, completeJobBatchDelay: 0 };
+/** pg-boss: several work() loops with batches whose jobs are sent in parallel; 0.5 s is its shortest polling interval. */
+export const PGBOSS = { workers: 4, batchSize: 50, pollingIntervalSeconds: 0.5 };
+
+function settingsTable(): Record<string, string> {
+  return {
+    transport: `pooled nodemailer SMTP from createTransporter("smtp://127.0.0.1:PORT?maxConnections=10") for every contender`,
+    "relay-pg": `createRelay({ concurrency: ${CONCURRENCY}, batchSize: 100, leaseMs: 30000, pollIntervalMs: 1000 }) (defaults), LISTEN/NOTIFY wake-up`,
+    "relay-sqlite": `createRelay({ concurrency: ${CONCURRENCY}, batchSize: 100, pollIntervalMs: 10 }) (SQLite has no NOTIFY)`,
+    "graphile-worker": `run({ concurrency: ${CONCURRENCY}, preset.worker: { localQueue: { size: ${GRAPHILE.localQueueSize} }, completeJobBatchDelay: ${GRAPHILE.completeJobBatchDelay} } }), NO_LOG_SUCCESS=1, one job per mail`,
+    "pg-boss": `${PGBOSS.workers} x work(queue, { batchSize: ${PGBOSS.batchSize}, pollingIntervalSeconds: ${PGBOSS.pollingIntervalSeconds} }), the jobs of a batch sent in parallel, one job per mail`,
+  };
+}
+
+// ---- phases ------------------------------------------------------------------------------------
+
+interface Ctx {
+  readonly opts: BenchOptions;
+  readonly template: MailTemplate;
+  readonly sink: Sink;
+  readonly failures: string[];
+  readonly profiles: Record<string, string>;
+  readonly profileDir: string | null;
+  /** Contenders profiled already (one run each). */
+  readonly profiled: Set<string>;
+}
+
+function profileDirFor(ctx: Ctx, key: string): string | undefined {
+  if (!ctx.profileDir || ctx.profiled.has(key)) return undefined;
+  ctx.profiled.add(key);
+  const dir = path.join(ctx.profileDir, key);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+async function summarizeProfile(ctx: Ctx, key: string, dir: string | undefined): Promise<void> {
+  if (!dir) return;
+  // The child writes its profile on exit, just after it reported.
+  for (let i = 0; i < 50; i++) {
+    const files = existsSync(dir) ? (await import("node:fs")).readdirSync(dir).filter((f) => f.endsWith(".cpuprofile")) : [];
+    if (files.length > 0) {
+      const text = formatSummary(summarize(JSON.parse(readFileSync(path.join(dir, files[0]!), "utf8"))));
+      ctx.profiles[key] = text;
+      writeFileSync(path.join(dir, "summary.txt"), text + "\n");
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function sinkCheck(ctx: Ctx, expected: number): { atSink: number | null; duplicates: number | null } {
+  const counts = ctx.sink.counts;
+  if (!counts) return { atSink: null, duplicates: null };
+  let dup = 0;
+  for (const n of counts.values()) if (n > 1) dup++;
+  const atSink = counts.size;
+  if (atSink !== expected) ctx.failures.push(`the sink received ${atSink} distinct Message-IDs, expected ${expected}`);
+  return { atSink, duplicates: dup };
+}
+
+async function ceilingPhase(ctx: Ctx): Promise<BenchResults["ceiling"]> {
+  if (ctx.sink.kind !== "smtp-sink" || !postfixTool("smtp-source")) {
+    ctx.opts.log("ceiling: skipped (needs Postfix's smtp-source and smtp-sink)");
+    return null;
+  }
+  const runs: number[] = [];
+  const n = ctx.opts.counts.ceilingMessages;
+  // Ceiling runs are spread over the benchmark's rounds (one more at the start as warm-up).
+  await runSmtpSource(ctx.sink.port, Math.min(n, 5000), ctx.template.size);
+  for (let r = 0; r < Math.max(ctx.opts.counts.rounds, 3); r++) {
+    const run = await runSmtpSource(ctx.sink.port, n, ctx.template.size);
+    runs.push(run.perSecond);
+    ctx.opts.log(`ceiling: smtp-source -d -s 10 -m ${n}: ${fmt(run.perSecond)} mails/s`);
+  }
+  return { runs, perSecond: median(runs), messages: n };
+}
+
+async function drainOnce(ctx: Ctx, contender: ContenderName, mails: number): Promise<DrainRun> {
+  const store = await freshStore(contender);
+  try {
+    await bulkLoad(store, ctx.template, mails);
+    ctx.sink.counts?.clear();
+    const key = `drain-${contender}`;
+    const dir = profileDirFor(ctx, key);
+    const child = await startChild<WorkerResult>(
+      { role: "worker", expected: mails, collectSent: false, reportProgress: false, ...workerConfig(contender, store, ctx.sink.url) } as WorkerConfig,
+      dir ? { cpuProfDir: dir } : {},
+    );
+    const r = await child.result;
+    await summarizeProfile(ctx, key, dir);
+    const elapsedMs = (r.lastRecorded ?? Number.NaN) - (r.firstClaim ?? Number.NaN);
+    const o = await outcome(store);
+    const s = sinkCheck(ctx, mails);
+    const delivered = r.recorded >= mails && r.sent === mails && o.left === 0 && (s.atSink === null || (s.atSink === mails && s.duplicates === 0));
+    if (!delivered) ctx.failures.push(`drain ${contender}: recorded ${r.recorded}, 250s ${r.sent}, left in store ${o.left}, at sink ${s.atSink ?? "?"} of ${mails}`);
+    return { contender, mails, perSecond: (mails / elapsedMs) * 1000, elapsedMs, cpuMsPer1000: (r.cpuMs / mails) * 1000, maxRssKb: r.maxRssKb, atSink: s.atSink, duplicatesAtSink: s.duplicates, delivered };
+  } finally {
+    await store.cleanup();
+  }
+}
+
+async function drainPhase(ctx: Ctx): Promise<DrainRun[]> {
+  const out: DrainRun[] = [];
+  for (let round = 0; round < ctx.opts.counts.rounds; round++) {
+    for (const c of rotate(ctx.opts.contenders, round)) {
+      const run = await drainOnce(ctx, c, ctx.opts.counts.drainMails);
+      out.push(run);
+      ctx.opts.log(`drain round ${round + 1} ${c}: ${fmt(run.perSecond)} mails/s (${fmt(run.elapsedMs)} ms, ${fmt(run.cpuMsPer1000)} ms CPU per 1000 mails)`);
+    }
+  }
+  return out;
+}
+
+async function latencyOnce(ctx: Ctx, contender: ContenderName, load: Counts["latency"][number]): Promise<LatencyRun> {
+  const store = await freshStore(contender);
+  try {
+    ctx.sink.counts?.clear();
+    const worker = await startChild<WorkerResult>({ role: "worker", expected: load.mails, collectSent: true, reportProgress: false, ...workerConfig(contender, store, ctx.sink.url) } as WorkerConfig);
+    await worker.ready;
+    const target = contender === "relay-pg" || contender === "relay-sqlite" ? store.url : store.schema;
+    const producer = await startChild<ProducerResult>({ role: "producer", contender, target, rate: load.rate, count: load.mails, connections: 4 });
+    await producer.ready;
+    producer.go();
+    const p = await producer.result;
+    const w = await worker.result;
+    const committed = new Map(p.committedAt);
+    const start = Math.min(...p.committedAt.map(([, t]) => t));
+    const from = start + (load.warmup / load.rate) * 1000;
+    const lat: number[] = [];
+    for (const [mid, t] of w.sentAt) {
+      const c = committed.get(mid);
+      if (c !== undefined && c >= from) lat.push(Math.max(0, t - c));
+    }
+    const s = sinkCheck(ctx, load.mails);
+    const delivered = w.recorded >= load.mails && w.sent === load.mails && (s.atSink === null || (s.atSink === load.mails && s.duplicates === 0));
+    if (!delivered) ctx.failures.push(`latency ${contender} at ${load.rate}/s: recorded ${w.recorded}, 250s ${w.sent} of ${load.mails}`);
+    return {
+      contender,
+      rate: load.rate,
+      achievedRate: (load.mails / p.elapsedMs) * 1000,
+      samples: lat.length,
+      p50: percentile(lat, 50),
+      p99: percentile(lat, 99),
+      max: max(lat),
+      delivered,
+    };
+  } finally {
+    await store.cleanup();
+  }
+}
+
+async function latencyPhase(ctx: Ctx): Promise<LatencyRun[]> {
+  const out: LatencyRun[] = [];
+  for (let round = 0; round < ctx.opts.counts.rounds; round++) {
+    for (const load of ctx.opts.counts.latency) {
+      for (const c of rotate(ctx.opts.contenders, round)) {
+        const r = await latencyOnce(ctx, c, load);
+        out.push(r);
+        ctx.opts.log(
+          `latency round ${round + 1} ${c} at ${load.rate}/s (achieved ${fmt(r.achievedRate)}): p50 ${fmt(r.p50, 1)} ms, p99 ${fmt(r.p99, 1)} ms, max ${fmt(r.max, 1)} ms`,
+        );
+      }
+    }
+  }
+  return out;
+}
+
+function runEnqueueCost(dialect: "postgresql" | "sqlite", transactions: number): Promise<EnqueueCostResult> {
+  return new Promise((resolve, reject) => {
+    const child = fork(path.join(root, "bench", "enqueue-cost.ts"), [JSON.stringify({ dialect, transactions, block: 50 })], {
+      execArgv: ["--import", "tsx"],
+      stdio: ["ignore", "pipe", "inherit", "ipc"],
+    });
+    let out = "";
+    child.stdout?.on("data", (d: Buffer) => (out += d.toString()));
+    child.once("exit", (code) => {
+      const line = out.split("\n").find((l) => l.startsWith("ENQUEUE_COST "));
+      if (code === 0 && line) resolve(JSON.parse(line.slice("ENQUEUE_COST ".length)) as EnqueueCostResult);
+      else reject(new Error(`enqueue-cost ${dialect} exited with ${code}: ${out}`));
+    });
+  });
+}
+
+async function enqueuePhase(ctx: Ctx): Promise<EnqueueCostResult[]> {
+  const out: EnqueueCostResult[] = [];
+  for (let round = 0; round < ctx.opts.counts.rounds; round++) {
+    for (const dialect of rotate(["postgresql", "sqlite"] as const, round)) {
+      const r = await runEnqueueCost(dialect, ctx.opts.counts.enqueueTransactions);
+      if (r.mails !== ctx.opts.counts.enqueueTransactions) ctx.failures.push(`enqueue ${dialect}: ${r.mails} mails in the outbox, expected ${ctx.opts.counts.enqueueTransactions}`);
+      out.push(r);
+      ctx.opts.log(`enqueue round ${round + 1} ${dialect}: alone ${fmt(r.aloneMs, 3)} ms, with one mail ${fmt(r.withMailMs, 3)} ms, ratio ${fmt(r.ratio, 2)}`);
+    }
+  }
+  return out;
+}
+
+/** `relays` relay processes on one PostgreSQL schema with a backlog of `mails`. */
+async function scaleOnce(ctx: Ctx, relays: number, mails: number, sink: Sink): Promise<ScaleRun & { firstClaim: number; lastRecorded: number }> {
+  const store = await freshStore("relay-pg");
+  try {
+    await bulkLoad(store, ctx.template, mails);
+    let recorded = 0;
+    let allDone!: () => void;
+    const done = new Promise<void>((resolve) => (allDone = resolve));
+    const onProgress = (n: number) => {
+      recorded += n;
+      if (recorded >= mails) allDone();
+    };
+    const children = await Promise.all(
+      Array.from({ length: relays }, (_, i) =>
+        startChild<WorkerResult>(
+          { role: "worker", expected: 0, collectSent: false, reportProgress: true, ...workerConfig("relay-pg", store, sink.url, { relayId: `bench-relay-${i + 1}` }) } as WorkerConfig,
+          { onProgress },
+        ),
+      ),
+    );
+    await Promise.all(children.map((c) => c.ready));
+    await done;
+    for (const c of children) c.go();
+    const results = await Promise.all(children.map((c) => c.result));
+    const firstClaim = Math.min(...results.map((r) => r.firstClaim ?? Number.POSITIVE_INFINITY));
+    const lastRecorded = Math.max(...results.map((r) => r.lastRecorded ?? Number.NEGATIVE_INFINITY));
+    const o = await outcome(store);
+    const sentReported = results.reduce((a, r) => a + r.sent, 0);
+    const delivered = o.left === 0 && o.done === mails && sentReported === mails && o.handedOverTwice === 0;
+    if (!delivered) ctx.failures.push(`scale-out ${relays} relays: ${o.done} sent, ${o.left} left, ${sentReported} 250s reported, ${o.handedOverTwice} handed over twice`);
+    return { relays, mails, perSecond: (mails / (lastRecorded - firstClaim)) * 1000, handedOverTwice: o.handedOverTwice, sentReported, delivered, firstClaim, lastRecorded };
+  } finally {
+    await store.cleanup();
+  }
+}
+
+async function scalePhase(ctx: Ctx): Promise<{ runs: ScaleRun[]; checks: ScaleCheck[] }> {
+  const runs: ScaleRun[] = [];
+  const checks: ScaleCheck[] = [];
+  const mails = ctx.opts.counts.scaleMails;
+  for (let round = 0; round < ctx.opts.counts.rounds; round++) {
+    for (const k of rotate(ctx.opts.counts.scaleRelays, round)) {
+      ctx.sink.counts?.clear();
+      const r = await scaleOnce(ctx, k, mails, ctx.sink);
+      const s = sinkCheck(ctx, mails);
+      runs.push(r);
+      checks.push(...(s.atSink !== null ? [{ relays: k, mails, sink: "smtp-server (this run)", distinct: s.atSink, twice: s.duplicates ?? 0 }] : []));
+      ctx.opts.log(`scale-out round ${round + 1}, ${k} relay(s): ${fmt(r.perSecond)} mails/s, handed over twice: ${r.handedOverTwice}`);
+    }
+  }
+  // With smtp-sink the timed runs cannot see Message-IDs: one more run per relay count into a
+  // second smtp-sink that appends every message to a dump file, then count the Message-IDs in it.
+  if (ctx.sink.kind === "smtp-sink") {
+    for (const k of ctx.opts.counts.scaleRelays) {
+      const dump = path.join(os.tmpdir(), `mail-outbox-bench-dump-${randomUUID()}`);
+      const checkSink = await startSmtpSink({ dump });
+      try {
+        await scaleOnce(ctx, k, mails, checkSink);
+      } finally {
+        await checkSink.close();
+      }
+      const counts = await countDump(dump);
+      rmSync(dump, { force: true });
+      let twice = 0;
+      for (const n of counts.values()) if (n > 1) twice++;
+      if (counts.size !== mails || twice > 0) ctx.failures.push(`scale-out check, ${k} relays: ${counts.size} distinct Message-IDs at the sink (expected ${mails}), ${twice} twice`);
+      checks.push({ relays: k, mails, sink: "smtp-sink -D (separate run)", distinct: counts.size, twice });
+      ctx.opts.log(`scale-out check, ${k} relay(s): ${counts.size} distinct Message-IDs at the sink, ${twice} more than once`);
+    }
+  }
+  return { runs, checks };
+}
+
+async function memoryPhase(ctx: Ctx): Promise<MemoryRun[]> {
+  const out: MemoryRun[] = [];
+  const plan = ctx.opts.counts.memory.flatMap((m) => Array.from({ length: m.runs }, () => m.mails));
+  for (const mails of plan) {
+    const store = await freshStore("relay-pg");
+    try {
+      const loadMs = await bulkLoad(store, ctx.template, mails);
+      ctx.opts.log(`memory: loaded ${fmt(mails)} mails in ${fmt(loadMs / 1000, 1)} s`);
+      ctx.sink.counts?.clear();
+      const key = `memory-${mails}`;
+      const dir = profileDirFor(ctx, key);
+      const child = await startChild<WorkerResult>(
+        { role: "worker", expected: mails, collectSent: false, reportProgress: false, ...workerConfig("relay-pg", store, ctx.sink.url) } as WorkerConfig,
+        { timeoutMs: 900_000, ...(dir ? { cpuProfDir: dir } : {}) },
+      );
+      const r = await child.result;
+      await summarizeProfile(ctx, key, dir);
+      const o = await outcome(store);
+      const delivered = o.left === 0 && r.sent === mails;
+      if (!delivered) ctx.failures.push(`memory ${mails}: ${o.left} left, ${r.sent} 250s`);
+      const perSecond = (mails / ((r.lastRecorded ?? Number.NaN) - (r.firstClaim ?? Number.NaN))) * 1000;
+      out.push({ mails, loadMs, maxRssKb: r.maxRssKb, perSecond, delivered });
+      ctx.opts.log(`memory: ${fmt(mails)} mails: peak RSS ${fmt(r.maxRssKb / 1024, 1)} MB, ${fmt(perSecond)} mails/s`);
+    } finally {
+      await store.cleanup();
+    }
+  }
+  return out;
+}
+
+// ---- the run -------------------------------------------------------------------------------------
+
+function cmd(file: string, args: string[]): string {
+  try {
+    return execFileSync(file, args, { stdio: ["ignore", "pipe", "ignore"] }).toString().trim();
+  } catch {
+    return "n/a";
+  }
+}
+
+function pkgVersion(name: string): string {
+  try {
+    return (JSON.parse(readFileSync(path.join(root, "node_modules", name, "package.json"), "utf8")) as { version: string }).version;
+  } catch {
+    return "n/a";
+  }
+}
+
+async function machine(sink: Sink): Promise<Record<string, string>> {
+  const cpus = os.cpus();
+  const pgVersion = await withAdmin(async (c) => (await c.query<{ v: string }>("SELECT version() AS v")).rows[0]!.v.split(" on ")[0]!).catch(() => "n/a");
+  const pgSettings = await withAdmin(async (c) => {
+    const r = await c.query<{ name: string; setting: string; unit: string | null }>(
+      `SELECT name, setting, unit FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'max_wal_size')`,
+    );
+    return r.rows.map((x) => `${x.name}=${x.setting}${x.unit ?? ""}`).join(", ");
+  }).catch(() => "n/a");
+  return {
+    CPU: `${cpus[0]?.model ?? "?"}, ${cpus.length} cores (os.availableParallelism() = ${os.availableParallelism()})`,
+    memory: `${fmt(os.totalmem() / 2 ** 30, 1)} GiB`,
+    OS: `${os.type()} ${os.release()} (${cmd("sh", ["-c", ". /etc/os-release && echo $PRETTY_NAME"])})`,
+    "load average at start": os.loadavg().map((x) => x.toFixed(2)).join(" "),
+    Node: process.version,
+    PostgreSQL: `${pgVersion} at ${new URL(ADMIN_URL).host} (${pgSettings})`,
+    SQLite: `better-sqlite3 ${pkgVersion("better-sqlite3")}, WAL`,
+    sink: sink.kind === "smtp-sink" ? `Postfix smtp-sink ${cmd("postconf", ["-h", "mail_version"])} (${postfixTool("smtp-sink")})` : "smtp-server sink in the benchmark process",
+    packages: ["nodemailer", "pg", "graphile-worker", "pg-boss", "@prisma/client"].map((p) => `${p} ${pkgVersion(p)}`).join(", "),
+  };
+}
+
+export async function runBench(opts: BenchOptions): Promise<BenchResults> {
+  const started = new Date();
+  const t0 = performance.now();
+  const useSmtpSink = opts.sink === "smtp-sink" || (opts.sink === "auto" && postfixTool("smtp-sink") !== null);
+  const sink = useSmtpSink ? await startSmtpSink() : await startRecordingSink();
+  const profileDir = opts.profile ? path.join(root, "bench", ".out", "profiles") : null;
+  const ctx: Ctx = { opts, template: await mailTemplate(), sink, failures: [], profiles: {}, profileDir, profiled: new Set() };
+  opts.log(`sink: ${sink.kind} on ${sink.url}; message size ${ctx.template.size} bytes`);
+  let ceiling: BenchResults["ceiling"] = null;
+  let drain: DrainRun[] = [];
+  let latency: LatencyRun[] = [];
+  let enqueue: EnqueueCostResult[] = [];
+  let scale: { runs: ScaleRun[]; checks: ScaleCheck[] } = { runs: [], checks: [] };
+  let memory: MemoryRun[] = [];
+  let machineInfo: Record<string, string> = {};
+  try {
+    machineInfo = await machine(sink);
+    const phase = async <T>(name: Phase, fn: () => Promise<T>, fallback: T): Promise<T> => {
+      if (!opts.phases.includes(name)) return fallback;
+      const p0 = performance.now();
+      try {
+        return await fn();
+      } catch (err) {
+        ctx.failures.push(`${name}: ${(err as Error).stack ?? String(err)}`);
+        opts.log(`${name}: FAILED ${(err as Error).message}`);
+        return fallback;
+      } finally {
+        opts.log(`== ${name} took ${fmt((performance.now() - p0) / 1000, 1)} s`);
+      }
+    };
+    ceiling = await phase("ceiling", () => ceilingPhase(ctx), null);
+    drain = await phase("drain", () => drainPhase(ctx), []);
+    latency = await phase("latency", () => latencyPhase(ctx), []);
+    enqueue = await phase("enqueue", () => enqueuePhase(ctx), []);
+    scale = await phase("scale", () => scalePhase(ctx), scale);
+    memory = await phase("memory", () => memoryPhase(ctx), []);
+  } finally {
+    await sink.close();
+  }
+  return {
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    elapsedS: (performance.now() - t0) / 1000,
+    counts: opts.counts,
+    sink: sink.kind,
+    machine: machineInfo,
+    settings: settingsTable(),
+    ceiling,
+    drain,
+    latency,
+    enqueue,
+    scale: scale.runs,
+    scaleChecks: scale.checks,
+    memory,
+    profiles: ctx.profiles,
+    failures: ctx.failures,
+  };
+}
+
+// ---- command line --------------------------------------------------------------------------------
+
+function parseArgs(argv: readonly string[]) {
+  const has = (f: string) => argv.includes(f);
+  const value = (f: string) => {
+    const i = argv.indexOf(f);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const quick = has("--quick");
+  const only = value("--only")?.split(",").filter(Boolean) as Phase[] | undefined;
+  for (const p of only ?? []) if (!PHASES.includes(p)) throw new Error(`unknown phase ${p}; phases: ${PHASES.join(", ")}`);
+  const contenders = value("--contenders")?.split(",").filter(Boolean) as ContenderName[] | undefined;
+  for (const c of contenders ?? []) if (!CONTENDERS.includes(c)) throw new Error(`unknown contender ${c}; contenders: ${CONTENDERS.join(", ")}`);
+  const sink = (value("--sink") ?? "auto") as BenchOptions["sink"];
+  const write = !has("--no-write") && !quick && !only && !contenders;
+  return { quick, only, contenders, sink, profile: has("--profile"), write, out: value("--out") ?? path.join(root, "BENCHMARKS.md") };
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`;
+  const results = await runBench({
+    counts: args.quick ? QUICK : FULL,
+    phases: args.only ?? PHASES,
+    sink: args.sink,
+    contenders: args.contenders ?? CONTENDERS,
+    profile: args.profile,
+    log: (line) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${line}`),
+  });
+  const report = renderReport(results, command);
+  console.log("\n" + report);
+  const json = path.join(root, "bench", ".out", "last-run.json");
+  mkdirSync(path.dirname(json), { recursive: true });
+  writeFileSync(json, JSON.stringify(results, null, 2));
+  if (args.write) {
+    writeReport(args.out, report);
+    console.log(`wrote ${path.relative(process.cwd(), args.out)}`);
+  }
+  if (results.failures.length > 0) {
+    console.error(`\n${results.failures.length} problem(s):\n- ${results.failures.join("\n- ")}`);
+    process.exitCode = 1;
+  }
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().catch((err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  });
+}
