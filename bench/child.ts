@@ -12,6 +12,9 @@ import type { RelaySettings } from "./contenders/relay.js";
 import type { GraphileSettings } from "./contenders/graphile.js";
 import type { PgBossSettings } from "./contenders/pgboss.js";
 
+/** A worker that records nothing for this long reports an error instead of waiting forever. */
+const STALL_MS = 20_000;
+
 export function nowMs(): number {
   return Number(process.hrtime.bigint()) / 1e6;
 }
@@ -115,10 +118,27 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     running = await startPgBoss(cfg.settings as PgBossSettings, hooks);
   }
   await send({ type: "ready" });
+  // Fail fast instead of hanging when mails stop being recorded (a broken contender).
+  const readyAt = nowMs();
+  let stalled: string | null = null;
+  const watchdog = setInterval(() => {
+    const since = lastRecorded ?? firstClaim ?? readyAt;
+    if (cfg.expected > 0 && !done && nowMs() - since > STALL_MS) {
+      stalled = `no mail recorded as handed over for ${STALL_MS / 1000} s (claimed: ${firstClaim !== null}, 250s: ${sent}, recorded: ${recorded} of ${cfg.expected})`;
+      done = true;
+      finish();
+    }
+  }, 1000);
   if (cfg.expected > 0) await finished;
   else await new Promise<void>((resolve) => process.once("message", () => resolve()));
   done = true;
+  clearInterval(watchdog);
   const cpu = cpuMs() - cpu0;
+  if (stalled) {
+    await send({ type: "error", message: stalled });
+    await Promise.race([running.stop(), new Promise((r) => setTimeout(r, 3000))]);
+    return;
+  }
   await running.stop();
   await send({ type: "result", firstClaim, lastRecorded, recorded, sent, maxRssKb: process.resourceUsage().maxRSS, cpuMs: cpu, sentAt });
 }

@@ -176,19 +176,20 @@ function workerConfig(contender: ContenderName, store: Store, smtpUrl: string, e
           relayId: extra.relayId ?? `bench-${randomUUID().slice(0, 8)}`,
           batchSize: 100,
           pollIntervalMs: contender === "relay-sqlite" ? 10 : 1000,
+          ...(JSON.parse(process.env.BENCH_RELAY ?? "{}") as object),
         },
       };
     case "graphile-worker":
-      return { contender, settings: { schema: store.schema, smtpUrl, concurrency: CONCURRENCY, localQueueSize: GRAPHILE.localQueueSize, completeJobBatchDelay: GRAPHILE.completeJobBatchDelay } };
+      return { contender, settings: { schema: store.schema, smtpUrl, concurrency: CONCURRENCY, ...GRAPHILE } };
     case "pg-boss":
       return { contender, settings: { schema: store.schema, smtpUrl, concurrency: CONCURRENCY, ...PGBOSS } };
   }
 }
 
 /** graphile-worker: its documented batching (local queue, batched completion). */
-export const GRAPHILE = { localQueueSize: 50, completeJobBatchDelay: 0 };
+export const GRAPHILE = { localQueueSize: 200, completeJobBatchDelay: 0, ...(JSON.parse(process.env.BENCH_GRAPHILE ?? "{}") as object) };
 /** pg-boss: several work() loops with batches whose jobs are sent in parallel; 0.5 s is its shortest polling interval. */
-export const PGBOSS = { workers: 4, batchSize: 50, pollingIntervalSeconds: 0.5 };
+export const PGBOSS = { workers: 2, batchSize: 1000, pollingIntervalSeconds: 0.5, ...(JSON.parse(process.env.BENCH_PGBOSS ?? "{}") as object) };
 
 function settingsTable(): Record<string, string> {
   return {
@@ -292,7 +293,14 @@ async function drainPhase(ctx: Ctx): Promise<DrainRun[]> {
   const out: DrainRun[] = [];
   for (let round = 0; round < ctx.opts.counts.rounds; round++) {
     for (const c of rotate(ctx.opts.contenders, round)) {
-      const run = await drainOnce(ctx, c, ctx.opts.counts.drainMails);
+      let run: DrainRun;
+      try {
+        run = await drainOnce(ctx, c, ctx.opts.counts.drainMails);
+      } catch (err) {
+        ctx.failures.push(`drain ${c}: ${(err as Error).message}`);
+        ctx.opts.log(`drain round ${round + 1} ${c}: FAILED ${(err as Error).message}`);
+        continue;
+      }
       out.push(run);
       ctx.opts.log(`drain round ${round + 1} ${c}: ${fmt(run.perSecond)} mails/s (${fmt(run.elapsedMs)} ms, ${fmt(run.cpuMsPer1000)} ms CPU per 1000 mails)`);
     }
@@ -343,7 +351,14 @@ async function latencyPhase(ctx: Ctx): Promise<LatencyRun[]> {
   for (let round = 0; round < ctx.opts.counts.rounds; round++) {
     for (const load of ctx.opts.counts.latency) {
       for (const c of rotate(ctx.opts.contenders, round)) {
-        const r = await latencyOnce(ctx, c, load);
+        let r: LatencyRun;
+        try {
+          r = await latencyOnce(ctx, c, load);
+        } catch (err) {
+          ctx.failures.push(`latency ${c} at ${load.rate}/s: ${(err as Error).message}`);
+          ctx.opts.log(`latency round ${round + 1} ${c} at ${load.rate}/s: FAILED ${(err as Error).message}`);
+          continue;
+        }
         out.push(r);
         ctx.opts.log(
           `latency round ${round + 1} ${c} at ${load.rate}/s (achieved ${fmt(r.achievedRate)}): p50 ${fmt(r.p50, 1)} ms, p99 ${fmt(r.p99, 1)} ms, max ${fmt(r.max, 1)} ms`,

@@ -22,7 +22,10 @@ export interface RowFact {
   readonly attempts: number;
   /** Highest reply code among its attempts recorded as permanent (null: none). */
   readonly permanentCode: number | null;
-  /** Attempts that failed with a timeout (ETIMEDOUT): the MTA may have taken the mail meanwhile. */
+  /**
+   * Attempts that failed with a timeout (ETIMEDOUT, nodemailer's or the relay's handoffTimeoutMs):
+   * the MTA may have taken the mail meanwhile, so one more copy is explained per timeout.
+   */
   readonly timeouts: number;
 }
 
@@ -56,8 +59,6 @@ export interface AuditInput {
   readonly maxGrowthBytes: number;
   /** Relay processes that exited without being told to. */
   readonly unexpectedExits: readonly string[];
-  /** A dropped-after-DATA or late copy can explain a duplicate (SMTP); for sendmail transports, a timed-out attempt. */
-  readonly timeoutsExplainDuplicates: boolean;
 }
 
 export interface AuditResult {
@@ -83,6 +84,8 @@ export interface AuditResult {
     dupRelayDied: number;
     dupDropAfterData: number;
     dupTimeoutAfterAccept: number;
+    /** Duplicates after a timeout on the relay's side while the MTA had answered in time (the relay was slow). */
+    dupRelayTimeout: number;
     dupUnexplained: number;
     bound: number;
     stuck: number;
@@ -217,6 +220,7 @@ export function audit(input: AuditInput): AuditResult {
   let dupRelayDied = 0;
   let dupDrop = 0;
   let dupTimeout = 0;
+  let dupRelayTimeout = 0;
   const unexplained: string[] = [];
   for (const [id, copies] of copiesById) {
     if (copies.length < 2 || !committed.has(id)) continue;
@@ -228,11 +232,13 @@ export function audit(input: AuditInput): AuditResult {
     const late = earlier.filter((c) => c.kind === "stall-long").length;
     const row = rows.get(id);
     const uncertain = row?.uncertainHandoffs ?? 0;
-    const timeouts = input.timeoutsExplainDuplicates ? (row?.timeouts ?? 0) : 0;
-    if (extra > drops + late + uncertain + timeouts) unexplained.push(id);
+    const timeouts = row?.timeouts ?? 0;
+    // A late copy (MTA stalled past the timeout) is also a timeout on the relay's side: count it once.
+    if (extra > drops + uncertain + Math.max(late, timeouts)) unexplained.push(id);
     else if (drops > 0) dupDrop++;
-    else if (late > 0 || timeouts > 0) dupTimeout++;
-    else dupRelayDied++;
+    else if (late > 0) dupTimeout++;
+    else if (uncertain > 0) dupRelayDied++;
+    else dupRelayTimeout++;
   }
   const sigkills = input.kills.filter((k) => k.how === "SIGKILL").length;
   const sigterms = input.kills.filter((k) => k.how === "SIGTERM").length;
@@ -267,6 +273,7 @@ export function audit(input: AuditInput): AuditResult {
   const boundParts = [`in flight at ${input.kills.length} kills`];
   if (input.dbRestarts.length) boundParts.push(`${input.dbRestarts.length} db restart${input.dbRestarts.length === 1 ? "" : "s"}`);
   const causes = [`relay died ${dupRelayDied}`, `drop after DATA ${dupDrop}`, `timeout after accept ${dupTimeout}`];
+  if (dupRelayTimeout) causes.push(`relay-side timeout after accept ${dupRelayTimeout}`);
   if (unexplained.length) causes.push(`unexplained ${unexplained.length}`);
   const peak = input.memory.map((m) => `${m.name} ${Math.round(m.peakRss / MB)}`).join(", ");
   const parts = [
@@ -310,6 +317,7 @@ export function audit(input: AuditInput): AuditResult {
       dupRelayDied,
       dupDropAfterData: dupDrop,
       dupTimeoutAfterAccept: dupTimeout,
+      dupRelayTimeout,
       dupUnexplained: unexplained.length,
       bound,
       stuck: stuck.length,

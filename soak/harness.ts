@@ -10,6 +10,7 @@
 import { mkdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { mailOutbox } from "../src/extension.js";
 import { prismaClientFor } from "../test/support/db.js";
 import { audit, type AuditResult, type KillRecord } from "./audit.js";
@@ -145,6 +146,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   const skipped: string[] = [];
   let cluster: PgCluster | null = null;
   const started = Date.now();
+  // The producers share this process: its event-loop delay says how long their transactions may have stalled.
+  const lag = monitorEventLoopDelay({ resolution: 20 });
+  lag.enable();
   try {
     if (opts.databases.includes("postgresql")) {
       cluster = await prepareCluster(opts.pgCluster, opts.pgDatabase);
@@ -153,7 +157,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const runs = opts.databases.map((dialect, i) => runOne(opts, dialect, cluster, opts.seed * 1000 + i, i === 0 ? "with-postfix" : "plain", skipped));
     const outcomes = await Promise.all(runs);
     const results = outcomes.flatMap((o) => o.results);
-    opts.log(`soak finished in ${Math.round((Date.now() - started) / 1000)} s`);
+    lag.disable();
+    opts.log(`soak finished in ${Math.round((Date.now() - started) / 1000)} s; harness event-loop delay p99 ${Math.round(lag.percentile(99) / 1e6)} ms, max ${Math.round(lag.max / 1e6)} ms`);
     return { results, passed: results.length > 0 && results.every((r) => r.passed), skipped, details: outcomes.flatMap((o) => o.details) };
   } finally {
     if (cluster) {
@@ -426,7 +431,6 @@ async function runOne(
       maxRssBytes: opts.maxRssMb * 1024 * 1024,
       maxGrowthBytes: opts.maxGrowthMb * 1024 * 1024,
       unexpectedExits,
-      timeoutsExplainDuplicates: false,
     });
     results.push(result);
     if (!result.passed) keep = true;
@@ -439,6 +443,7 @@ async function runOne(
       ledger: {
         enqueued: ledger.enqueued,
         transactions: ledger.transactions,
+        txTimeMs: ledger.txTime,
         ops: ledger.ops,
         idempotencyKeys: ledger.keys.size,
         idempotentRefusals: [...ledger.keys.values()].reduce((s, e) => s + e.refusals, 0),

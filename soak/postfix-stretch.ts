@@ -266,7 +266,6 @@ export async function postfixStretch(o: PostfixStretchOptions): Promise<PostfixS
     maxRssBytes: o.maxRssBytes,
     maxGrowthBytes: o.maxGrowthBytes,
     unexpectedExits: unexpected,
-    timeoutsExplainDuplicates: true,
   });
   return {
     result,

@@ -12,6 +12,7 @@
  * outbox table). Mail of a transaction planned to roll back carries `X-Soak-Op: rollback`, so the
  * MTA side can recognise it.
  */
+import { performance } from "node:perf_hooks";
 import { DuplicateIdempotencyKeyError } from "../src/errors.js";
 import type { EnqueueResult } from "../src/extension.js";
 import type { MailInput } from "../src/types.js";
@@ -34,6 +35,8 @@ export interface Ledger {
   readonly keys: Map<string, { committed: string | null; refusals: number; variant: string }>;
   readonly ops: Record<string, number>;
   readonly transactions: { committed: number; rolledBack: number; failed: number };
+  /** How long transactions took (ms): the longest, and how many took over a second (they hold SQLite's write lock that long). */
+  readonly txTime: { max: number; over1s: number };
   /** Enqueued mails, whatever became of their transaction. */
   enqueued: number;
   readonly errors: string[];
@@ -49,6 +52,7 @@ export function newLedger(): Ledger {
     keys: new Map(),
     ops: {},
     transactions: { committed: 0, rolledBack: 0, failed: 0 },
+    txTime: { max: 0, over1s: 0 },
     enqueued: 0,
     errors: [],
     idempotencySurprises: [],
@@ -146,15 +150,23 @@ export async function runProducers(o: ProducerOptions): Promise<void> {
   ): Promise<"committed" | "rolledBack" | Error> => {
     const enqueued = new Map<string, MailPlan>();
     ledger.ops[op] = (ledger.ops[op] ?? 0) + 1;
+    const t0 = performance.now();
+    const timed = () => {
+      const ms = performance.now() - t0;
+      ledger.txTime.max = Math.max(ledger.txTime.max, Math.round(ms));
+      if (ms > 1000) ledger.txTime.over1s++;
+    };
     try {
       await o.client.$transaction(async (tx) => {
         enqueued.clear(); // (Prisma does not re-run the callback, but be safe)
         await body(tx, enqueued);
       }, TX);
+      timed();
       for (const [id, plan] of enqueued) ledger.committed.set(id, plan);
       ledger.transactions.committed++;
       return "committed";
     } catch (err) {
+      timed();
       if (err instanceof PlannedRollback) {
         for (const [id, plan] of enqueued) ledger.rolledBack.set(id, plan);
         ledger.transactions.rolledBack++;

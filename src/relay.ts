@@ -142,6 +142,21 @@ function isConnectRefused(err: unknown): boolean {
   return e.code === "ECONNREFUSED" || e.errno === "ECONNREFUSED" || e.cause?.code === "ECONNREFUSED" || e.code === "ECONNECTION";
 }
 
+/**
+ * Database errors worth waiting out (connection lost, server restarting, lock contention), as
+ * opposed to errors in the statement itself. By driver error codes, not message text, where there are codes.
+ */
+export function isTransientDatabaseError(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  const code = typeof e?.code === "string" ? e.code : "";
+  if (/^(08|57P|53|40001|40P01|55P03)/.test(code)) return true; // connection, shutdown, resources, serialization, lock
+  if (/^SQLITE_(BUSY|LOCKED|IOERR|CANTOPEN|FULL|PROTOCOL)/.test(code)) return true;
+  if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH"].includes(code)) return true;
+  if (code !== "") return false;
+  // node-postgres reports a lost connection without a code.
+  return typeof e?.message === "string" && /Connection terminated|connection error|timeout exceeded when trying to connect|not queryable/i.test(e.message);
+}
+
 /** Errors that say the MTA as a whole is unreachable, not that this one mail is unwelcome. */
 function isTransportOutage(code: string | null, responseCode: number | null): boolean {
   return responseCode === null && code !== null && ["ECONNECTION", "ECONNREFUSED", "ETIMEDOUT", "ESOCKET", "ECONNRESET", "EPIPE", "EDNS"].includes(code);
@@ -437,6 +452,7 @@ class RelayImpl extends EventEmitter implements Relay {
     const capacity = Math.max(this.batchSize, this.concurrency * 2);
     let dbBackoff = 250;
     let failures = 0;
+    let flushFailures = 0;
     // runOnce() gives up after this many database failures in a row (about 8 s) instead of waiting forever.
     const giveUp = async (err: unknown) => {
       await Promise.allSettled([...this.active.values()]);
@@ -484,7 +500,7 @@ class RelayImpl extends EventEmitter implements Relay {
       if (kind === "once" && claimed === 0 && this.queue.length === 0 && this.active.size === 0) {
         await this.flush();
         if (this.outcomes.length === 0) return;
-        if (++failures >= 5) await giveUp(new Error("the outcomes of this run could not be recorded"));
+        if (++flushFailures >= 5) await giveUp(new Error("the outcomes of this run could not be recorded"));
         await sleep(dbBackoff);
         dbBackoff = Math.min(dbBackoff * 2, 10_000);
         continue;
@@ -537,12 +553,26 @@ class RelayImpl extends EventEmitter implements Relay {
       const info = await this.sendWithTimeout(mail);
       const result = toHandoffResult(info);
       const durationMs = performance.now() - t0;
-      outcome = { ...base, durationMs, kind: "accepted", response: result.response, queueId: result.queueId, accepted: result.accepted, rejected: result.rejected };
+      // A 4xx to some recipients defers only them: they get the same bytes on the next attempt.
+      const deferred = result.rejected.filter((r) => /^4\d\d/.test(r.response ?? ""));
+      const refused = result.rejected.filter((r) => !deferred.includes(r));
+      if (deferred.length > 0 && mail.attempts < mail.maxAttempts) {
+        const delayMs = this.backoffDelay(mail.attempts);
+        const error = `deferred for ${deferred.map((d) => `${d.recipient} (${d.response ?? "no reply"})`).join(", ")}`;
+        outcome = { ...base, durationMs, kind: "partial", response: result.response, queueId: result.queueId, accepted: result.accepted, rejected: refused, deferred, delayMs, error };
+        this.total.retried++;
+        this.metrics?.handoffs.inc({ outcome: "partial" });
+        this.emitEvent("retry", { id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error, delayMs });
+      } else {
+        outcome = { ...base, durationMs, kind: "accepted", response: result.response, queueId: result.queueId, accepted: result.accepted, rejected: result.rejected };
+      }
       this.transportUp();
-      this.total.sent++;
-      this.metrics?.handoffs.inc({ outcome: "sent" });
       this.metrics?.duration.observe(durationMs / 1000);
-      this.emitEvent("sent", { id: mail.id, messageId: mail.messageId, attempt: mail.attempts, response: result.response, queueId: result.queueId, rejected: result.rejected });
+      if (outcome.kind === "accepted") {
+        this.total.sent++;
+        this.metrics?.handoffs.inc({ outcome: "sent" });
+        this.emitEvent("sent", { id: mail.id, messageId: mail.messageId, attempt: mail.attempts, response: result.response, queueId: result.queueId, rejected: result.rejected });
+      }
     } catch (err) {
       const durationMs = performance.now() - t0;
       const c = classifyError(err);
@@ -613,17 +643,42 @@ class RelayImpl extends EventEmitter implements Relay {
       try {
         await this.store!.complete(this.id, this.id, batch);
       } catch (err) {
-        // Keep them for the next try. The rows stay leased to this relay meanwhile.
-        this.outcomes = batch.concat(this.outcomes);
-        this.databaseDown(err);
-        this.retryFlushTimer ??= setTimeout(() => {
-          this.retryFlushTimer = null;
-          void this.flush();
-        }, 1000);
-        return;
+        if (isTransientDatabaseError(err)) {
+          // Keep them for the next try. The rows stay leased to this relay meanwhile.
+          this.outcomes = batch.concat(this.outcomes);
+          this.databaseDown(err);
+          this.retryFlushTimer ??= setTimeout(() => {
+            this.retryFlushTimer = null;
+            void this.flush();
+          }, 1000);
+          return;
+        }
+        // The database refused the batch itself: write the outcomes one by one so that one bad
+        // outcome cannot hold back the others. One that still fails is dropped from memory: its row
+        // keeps its lease, which expires, and the mail is rescued as an uncertain hand-off.
+        await this.flushOneByOne(batch);
+        continue;
       }
       for (const o of batch) this.leases.delete(o.id);
       this.databaseUp();
+    }
+  }
+
+  private async flushOneByOne(batch: readonly Outcome[]): Promise<void> {
+    for (const o of batch) {
+      try {
+        await this.store!.complete(this.id, this.id, [o]);
+        this.leases.delete(o.id);
+      } catch (err) {
+        if (isTransientDatabaseError(err)) {
+          this.outcomes.push(o);
+          this.databaseDown(err);
+          continue;
+        }
+        this.leases.delete(o.id);
+        this.log.error({ id: o.id, outcome: o.kind, error: errorText(err) }, "could not record an outcome; the mail will be rescued when its lease expires");
+        this.emitEvent("warning", err instanceof Error ? err : new Error(String(err)));
+      }
     }
   }
   private retryFlushTimer: NodeJS.Timeout | null = null;

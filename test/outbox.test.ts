@@ -132,6 +132,39 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       for (const x of ids) assert.equal(byId.get(x.messageId)?.status, "sent");
     });
 
+    it("a recipient deferred with 4xx gets the same message on a later attempt, without resending to those who accepted it", async (t) => {
+      if (!fx) return t.skip("no database");
+      const mail = await prisma.outboxEmail.enqueue({ to: ["glad@example.com", "grey@example.com"], cc: "gone@example.com", subject: "partial", text: "x" });
+      let greylisted = 0;
+      smtp.setFaults((ctx) => {
+        if (ctx.phase === "rcpt" && ctx.recipient === "grey@example.com" && greylisted++ < 1) return { reply: 450, message: "4.2.0 Greylisted, come back later" };
+        if (ctx.phase === "rcpt" && ctx.recipient === "gone@example.com") return { reply: 550, message: "5.1.1 No such user" };
+        return undefined;
+      });
+      try {
+        const r = relay();
+        await r.start();
+        await smtp.waitFor(() => smtp.messages.filter((m) => m.messageId === mail.messageId).length >= 2, 10_000);
+        await new Promise((res) => setTimeout(res, 200));
+        await r.stop();
+      } finally {
+        smtp.setFaults(null);
+      }
+      const deliveries = smtp.messages.filter((m) => m.messageId === mail.messageId).map((m) => m.recipients);
+      assert.deepEqual(deliveries, [["glad@example.com"], ["grey@example.com"]]);
+      const db = await openDatabase(fx.url);
+      try {
+        const sql = "SELECT status, accepted, rejected, envelope_to FROM mail_outbox WHERE message_id = " + (db.dialect === "postgresql" ? "$1" : "?");
+        const row: any = db.dialect === "postgresql" ? (await db.pool.query(sql, [mail.messageId])).rows[0] : db.db.prepare(sql).get(mail.messageId);
+        const parse = (v: unknown) => (typeof v === "string" ? JSON.parse(v) : v);
+        assert.equal(row.status, "sent");
+        assert.deepEqual(parse(row.accepted), ["glad@example.com", "grey@example.com"]);
+        assert.deepEqual(parse(row.rejected).map((x: { recipient: string }) => x.recipient), ["gone@example.com"]);
+      } finally {
+        await db.close();
+      }
+    });
+
     it("retries a 4xx, parks a 5xx as dead with the reply recorded", async (t) => {
       if (!fx) return t.skip("no database");
       const soft = await prisma.outboxEmail.enqueue({ to: "soft@example.com", subject: "soft", text: "x" });

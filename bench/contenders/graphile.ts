@@ -25,6 +25,8 @@ const silent = new graphile.Logger(() => () => {});
 
 export async function runMigrations(schema: string): Promise<void> {
   const pool = new pg.Pool({ connectionString: ADMIN_URL, max: 2 });
+  pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
   try {
     await graphile.runMigrations({ pgPool: pool, schema, logger: silent });
   } finally {
@@ -52,7 +54,10 @@ function hookClient(client: pg.PoolClient, hooks: Hooks): void {
 
 export async function startGraphile(s: GraphileSettings, hooks: Hooks): Promise<Running> {
   const pool = new pg.Pool({ connectionString: ADMIN_URL, max: s.concurrency + 2, application_name: "mail-outbox bench graphile-worker" });
-  pool.on("connect", (client) => hookClient(client, hooks));
+  pool.on("connect", (client) => {
+    client.on("error", () => {});
+    hookClient(client, hooks);
+  });
   pool.on("error", () => {});
   const transporter = createTransporter(s.smtpUrl);
   const events: graphile.WorkerEvents = new EventEmitter() as graphile.WorkerEvents;

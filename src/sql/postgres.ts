@@ -5,7 +5,7 @@
  */
 import type pg from "pg";
 import type { ClaimedMail, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
-import { LEASE_EXPIRED_MESSAGE } from "./types.js";
+import { LEASE_EXPIRED_MESSAGE, attemptColumns } from "./types.js";
 
 /** Claim due rows. SKIP LOCKED lets several relays claim side by side without waiting on each other. */
 export const CLAIM = `
@@ -35,19 +35,20 @@ RETURNING m.id, m.message_id, m.envelope_from, m.envelope_to, m.raw, m.priority,
  */
 export const COMPLETE = `
 WITH v AS (
-  SELECT * FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[], $9::text[])
-    AS v(id, kind, delay_ms, response, queue_id, accepted, rejected, error)
+  SELECT * FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[], $9::text[], $22::jsonb[])
+    AS v(id, kind, delay_ms, response, queue_id, accepted, rejected, error, remaining)
 ), upd AS (
   UPDATE mail_outbox m
   SET status = CASE v.kind WHEN 'accepted' THEN 'sent' WHEN 'dead' THEN 'dead' ELSE 'pending' END,
       attempts = CASE WHEN v.kind = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END,
-      next_attempt_at = CASE WHEN v.kind = 'retry' THEN now() + v.delay_ms * interval '1 millisecond' ELSE m.next_attempt_at END,
+      next_attempt_at = CASE WHEN v.kind IN ('retry', 'partial') THEN now() + v.delay_ms * interval '1 millisecond' ELSE m.next_attempt_at END,
       sent_at = CASE WHEN v.kind = 'accepted' THEN now() ELSE m.sent_at END,
       mta_response = coalesce(v.response, m.mta_response),
-      mta_queue_id = CASE WHEN v.kind = 'accepted' THEN v.queue_id ELSE m.mta_queue_id END,
-      accepted = CASE WHEN v.kind = 'accepted' THEN v.accepted ELSE m.accepted END,
-      rejected = coalesce(v.rejected, m.rejected),
-      last_error = CASE WHEN v.kind IN ('retry', 'dead') THEN v.error ELSE m.last_error END,
+      mta_queue_id = CASE WHEN v.kind IN ('accepted', 'partial') THEN v.queue_id ELSE m.mta_queue_id END,
+      accepted = CASE WHEN v.kind IN ('accepted', 'partial') THEN coalesce(m.accepted, '[]'::jsonb) || v.accepted ELSE m.accepted END,
+      rejected = CASE WHEN v.rejected IS NULL THEN m.rejected ELSE coalesce(m.rejected, '[]'::jsonb) || v.rejected END,
+      envelope_to = CASE WHEN v.kind = 'partial' THEN v.remaining ELSE m.envelope_to END,
+      last_error = CASE WHEN v.kind IN ('retry', 'dead', 'partial') THEN v.error ELSE m.last_error END,
       lease_owner = NULL,
       lease_expires_at = NULL,
       updated_at = now()
@@ -142,35 +143,38 @@ export function postgresRelayStore(pool: pg.Pool): RelayStore {
       const queueIds: (string | null)[] = [], accepted: (string | null)[] = [], rejected: (string | null)[] = [], errors: (string | null)[] = [];
       const aIds: string[] = [], aEmail: string[] = [], aNo: number[] = [], aRelay: string[] = [], aStart: Date[] = [], aDur: number[] = [];
       const aOutcome: string[] = [], aResp: (string | null)[] = [], aCode: (number | null)[] = [], aErrCode: (string | null)[] = [];
-      const aErr: (string | null)[] = [], aQueue: (string | null)[] = [];
+      const aErr: (string | null)[] = [], aQueue: (string | null)[] = [], remaining: (string | null)[] = [];
       for (const o of outcomes) {
         ids.push(o.id);
         kinds.push(o.kind);
-        delays.push(o.kind === "retry" ? Math.round(o.delayMs) : null);
+        delays.push(o.kind === "retry" || o.kind === "partial" ? Math.round(o.delayMs) : null);
         responses.push(o.kind === "release" ? null : o.response);
-        queueIds.push(o.kind === "accepted" ? o.queueId : null);
-        accepted.push(o.kind === "accepted" ? JSON.stringify(o.accepted) : null);
-        rejected.push((o.kind === "accepted" || o.kind === "dead") && o.rejected && o.rejected.length > 0 ? JSON.stringify(o.rejected) : null);
-        errors.push(o.kind === "retry" || o.kind === "dead" ? o.error : null);
+        queueIds.push(o.kind === "accepted" || o.kind === "partial" ? o.queueId : null);
+        accepted.push(o.kind === "accepted" || o.kind === "partial" ? JSON.stringify(o.accepted) : null);
+        const rej = o.kind === "accepted" || o.kind === "dead" || o.kind === "partial" ? o.rejected : null;
+        rejected.push(rej && rej.length > 0 ? JSON.stringify(rej) : null);
+        errors.push(o.kind === "retry" || o.kind === "dead" || o.kind === "partial" ? o.error : null);
+        remaining.push(o.kind === "partial" ? JSON.stringify(o.deferred.map((d) => d.recipient)) : null);
         if (o.kind === "release") continue;
+        const a = attemptColumns(o);
         aIds.push(o.attemptId);
         aEmail.push(o.id);
         aNo.push(o.attempt);
         aRelay.push(relayName);
         aStart.push(o.startedAt);
         aDur.push(Math.round(o.durationMs));
-        aOutcome.push(o.kind === "accepted" ? (o.rejected.length > 0 ? "partial" : "accepted") : o.kind === "retry" ? "transient" : "permanent");
+        aOutcome.push(a.outcome);
         aResp.push(o.response);
-        aCode.push(o.kind === "accepted" ? 250 : o.responseCode);
-        aErrCode.push(o.kind === "accepted" ? null : o.errorCode);
-        aErr.push(o.kind === "accepted" ? null : o.error);
-        aQueue.push(o.kind === "accepted" ? o.queueId : null);
+        aCode.push(a.responseCode);
+        aErrCode.push(a.errorCode);
+        aErr.push(a.error);
+        aQueue.push(a.queueId);
       }
       const { rows } = await pool.query<{ changed: number }>({
         name: "mail_outbox_complete",
         text: COMPLETE,
         values: [owner, ids, kinds, delays, responses, queueIds, accepted, rejected, errors,
-          aIds, aEmail, aNo, aRelay, aStart, aDur, aOutcome, aResp, aCode, aErrCode, aErr, aQueue],
+          aIds, aEmail, aNo, aRelay, aStart, aDur, aOutcome, aResp, aCode, aErrCode, aErr, aQueue, remaining],
       });
       return rows[0]?.changed ?? 0;
     },

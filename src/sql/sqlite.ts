@@ -7,7 +7,7 @@ import type Database from "better-sqlite3";
 import { randomUUID } from "node:crypto";
 import { toSqliteTime } from "../db.js";
 import type { ClaimedMail, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
-import { LEASE_EXPIRED_MESSAGE } from "./types.js";
+import { LEASE_EXPIRED_MESSAGE, attemptColumns } from "./types.js";
 
 export const CLAIM = `
 UPDATE mail_outbox
@@ -21,12 +21,28 @@ WHERE id IN (
 )
 RETURNING id, message_id, envelope_from, envelope_to, raw, priority, attempts, max_attempts, uncertain_handoffs`;
 
+/** Append the JSON array @list to a JSON array column (NULL counts as empty). */
+const append = (column: string, list: string) =>
+  `(SELECT json_group_array(CASE WHEN type IN ('object', 'array') THEN json(value) ELSE value END) FROM (` +
+  `SELECT value, type FROM json_each(coalesce(${column}, '[]')) UNION ALL SELECT value, type FROM json_each(${list})))`;
+
 export const COMPLETE_ACCEPTED = `
 UPDATE mail_outbox
 SET status = 'sent', sent_at = @now, mta_response = @response, mta_queue_id = @queueId,
-    accepted = @accepted, rejected = coalesce(@rejected, rejected),
+    accepted = ${append("accepted", "@accepted")},
+    rejected = CASE WHEN @rejected IS NULL THEN rejected ELSE ${append("rejected", "@rejected")} END,
     lease_owner = NULL, lease_expires_at = NULL, updated_at = @now
 WHERE id = @id AND status IN ('sending', 'pending', 'held')`;
+
+export const COMPLETE_PARTIAL = `
+UPDATE mail_outbox
+SET status = 'pending', next_attempt_at = @nextAttemptAt, last_error = @error,
+    mta_response = @response, mta_queue_id = @queueId,
+    accepted = ${append("accepted", "@accepted")},
+    rejected = CASE WHEN @rejected IS NULL THEN rejected ELSE ${append("rejected", "@rejected")} END,
+    envelope_to = @remaining,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = @now
+WHERE id = @id AND status = 'sending' AND lease_owner = @owner`;
 
 export const COMPLETE_RETRY = `
 UPDATE mail_outbox
@@ -38,7 +54,7 @@ WHERE id = @id AND status = 'sending' AND lease_owner = @owner`;
 export const COMPLETE_DEAD = `
 UPDATE mail_outbox
 SET status = 'dead', last_error = @error, mta_response = coalesce(@response, mta_response),
-    rejected = coalesce(@rejected, rejected),
+    rejected = CASE WHEN @rejected IS NULL THEN rejected ELSE ${append("rejected", "@rejected")} END,
     lease_owner = NULL, lease_expires_at = NULL, updated_at = @now
 WHERE id = @id AND status = 'sending' AND lease_owner = @owner`;
 
@@ -84,6 +100,7 @@ interface ClaimRow {
 export function sqliteRelayStore(db: Database.Database): RelayStore {
   const claim = db.prepare<{ owner: string; leaseExpiresAt: string; now: string; limit: number }, ClaimRow>(CLAIM);
   const accepted = db.prepare(COMPLETE_ACCEPTED);
+  const partial = db.prepare(COMPLETE_PARTIAL);
   const retry = db.prepare(COMPLETE_RETRY);
   const dead = db.prepare(COMPLETE_DEAD);
   const release = db.prepare(RELEASE);
@@ -100,15 +117,22 @@ export function sqliteRelayStore(db: Database.Database): RelayStore {
         changed += release.run({ id: o.id, owner, now }).changes;
         continue;
       }
-      const rejected = (o.kind === "accepted" || o.kind === "dead") && o.rejected && o.rejected.length > 0 ? JSON.stringify(o.rejected) : null;
+      const rej = o.kind === "accepted" || o.kind === "dead" || o.kind === "partial" ? o.rejected : null;
+      const rejected = rej && rej.length > 0 ? JSON.stringify(rej) : null;
       if (o.kind === "accepted") {
         changed += accepted.run({ id: o.id, now, response: o.response, queueId: o.queueId, accepted: JSON.stringify(o.accepted), rejected }).changes;
+      } else if (o.kind === "partial") {
+        changed += partial.run({
+          id: o.id, owner, now, nextAttemptAt: toSqliteTime(new Date(Date.now() + o.delayMs)), error: o.error, response: o.response,
+          queueId: o.queueId, accepted: JSON.stringify(o.accepted), rejected, remaining: JSON.stringify(o.deferred.map((d) => d.recipient)),
+        }).changes;
       } else if (o.kind === "retry") {
         const nextAttemptAt = toSqliteTime(new Date(Date.now() + o.delayMs));
         changed += retry.run({ id: o.id, owner, now, nextAttemptAt, error: o.error, response: o.response }).changes;
       } else {
         changed += dead.run({ id: o.id, owner, now, error: o.error, response: o.response, rejected }).changes;
       }
+      const a = attemptColumns(o);
       insertAttempt.run({
         attemptId: o.attemptId,
         id: o.id,
@@ -116,12 +140,12 @@ export function sqliteRelayStore(db: Database.Database): RelayStore {
         relay: relayName,
         startedAt: toSqliteTime(o.startedAt),
         durationMs: Math.round(o.durationMs),
-        outcome: o.kind === "accepted" ? (o.rejected.length > 0 ? "partial" : "accepted") : o.kind === "retry" ? "transient" : "permanent",
+        outcome: a.outcome,
         response: o.response,
-        responseCode: o.kind === "accepted" ? 250 : o.responseCode,
-        errorCode: o.kind === "accepted" ? null : o.errorCode,
-        error: o.kind === "accepted" ? null : o.error,
-        queueId: o.kind === "accepted" ? o.queueId : null,
+        responseCode: a.responseCode,
+        errorCode: a.errorCode,
+        error: a.error,
+        queueId: a.queueId,
       });
     }
     return changed;

@@ -23,6 +23,22 @@ export type Outcome =
       readonly accepted: readonly string[];
       readonly rejected: readonly { recipient: string; response: string | null }[];
     })
+  /**
+   * The MTA took the mail for some recipients and deferred others with a 4xx: the row stays
+   * pending with `envelope_to` cut down to the deferred recipients, retried with backoff.
+   */
+  | (AttemptRecord & {
+      readonly kind: "partial";
+      readonly response: string;
+      readonly queueId: string | null;
+      readonly accepted: readonly string[];
+      /** Refused with 5xx: final for them. */
+      readonly rejected: readonly { recipient: string; response: string | null }[];
+      /** Deferred with 4xx: the recipients of the next attempt. */
+      readonly deferred: readonly { recipient: string; response: string | null }[];
+      readonly delayMs: number;
+      readonly error: string;
+    })
   | (AttemptRecord & {
       readonly kind: "retry";
       /** Delay from now until the next attempt, computed by the relay's backoff. */
@@ -76,3 +92,23 @@ export interface RelayStore {
 
 export const LEASE_EXPIRED_MESSAGE =
   "the relay holding this mail stopped renewing its lease during the hand-off (it crashed or lost the database); the MTA may or may not have accepted it";
+
+/** How an outcome reads in the attempt log (mail_outbox_attempt), the same on every database. */
+export function attemptColumns(o: Exclude<Outcome, { kind: "release" }>): {
+  outcome: "accepted" | "partial" | "transient" | "permanent";
+  responseCode: number | null;
+  errorCode: string | null;
+  error: string | null;
+  queueId: string | null;
+} {
+  switch (o.kind) {
+    case "accepted":
+      return { outcome: o.rejected.length > 0 ? "partial" : "accepted", responseCode: 250, errorCode: null, error: null, queueId: o.queueId };
+    case "partial":
+      return { outcome: "partial", responseCode: 250, errorCode: "EDEFERRED", error: o.error, queueId: o.queueId };
+    case "retry":
+      return { outcome: "transient", responseCode: o.responseCode, errorCode: o.errorCode, error: o.error, queueId: null };
+    case "dead":
+      return { outcome: "permanent", responseCode: o.responseCode, errorCode: o.errorCode, error: o.error, queueId: null };
+  }
+}

@@ -44,7 +44,6 @@ function clean(): AuditInput & { rows: RowFact[]; copies: MtaCopy[] } {
     maxRssBytes: 400 * 2 ** 20,
     maxGrowthBytes: 64 * 2 ** 20,
     unexpectedExits: [],
-    timeoutsExplainDuplicates: false,
   };
 }
 
@@ -113,6 +112,16 @@ describe("soak audit", () => {
     const over = audit({ ...input, kills: [] });
     assert.equal(over.passed, false);
     assert.ok(over.failures.some((f) => f.includes("exceed the bound 0")));
+  });
+
+  it("counts a duplicate after a timeout recorded on the relay's side (the MTA had answered) separately", () => {
+    const input = clean();
+    input.copies.push(copy("<a@x>"));
+    input.rows[0] = row("<a@x>", { timeouts: 1, attempts: 2 });
+    const r = audit(input);
+    assert.equal(r.passed, true, r.failures.join("\n"));
+    assert.equal(r.counts.dupRelayTimeout, 1);
+    assert.match(r.line, /relay-side timeout after accept 1/);
   });
 
   it("fails on a row no relay will move on (held, or pending after settling)", () => {
