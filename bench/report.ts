@@ -95,13 +95,16 @@ export function goals(r: BenchResults): GoalLine[] {
       met: dupDb === 0 && dupSink === 0 && missing === 0,
     });
   }
-  const small = r.memory.filter((m) => m.mails === Math.min(...r.memory.map((x) => x.mails)));
-  const big = r.memory.filter((m) => m.mails === Math.max(...r.memory.map((x) => x.mails)));
-  if (r.memory.length > 0 && big[0] && small[0] && big[0].mails !== small[0].mails) {
-    const s = median(small.map((m) => m.maxRssKb));
+  const backlogs = [...new Set(r.memory.map((m) => m.backlog))].sort((a, b) => a - b);
+  const smallest = backlogs[0];
+  const largest = backlogs[backlogs.length - 1];
+  if (smallest !== undefined && largest !== undefined && smallest !== largest) {
+    const s = median(r.memory.filter((m) => m.backlog === smallest).map((m) => m.maxRssKb));
+    const big = r.memory.filter((m) => m.backlog === largest);
     const b = median(big.map((m) => m.maxRssKb));
+    const drained = big[0]!.mails < largest ? ` (first ${fmt(big[0]!.mails)} drained)` : "";
     out.push({
-      goal: `Memory: peak RSS with a ${fmt(big[0].mails)} backlog within 1.2x of that with ${fmt(small[0].mails)}`,
+      goal: `Memory: peak RSS with a ${fmt(largest)} backlog${drained} within 1.2x of that with ${fmt(smallest)}`,
       measured: `${mb(b)} vs ${mb(s)}: ${fmt(b / s, 2)}x`,
       met: b / s <= 1.2,
     });
@@ -207,12 +210,12 @@ export function renderReport(r: BenchResults, command: string): string {
 
   if (r.memory.length > 0) {
     lines.push("", "### 6. Memory: one relay process draining a backlog on PostgreSQL", "");
-    const sizes = [...new Set(r.memory.map((m) => m.mails))];
+    const sizes = [...new Set(r.memory.map((m) => m.backlog))];
     const rows = sizes.map((n) => {
-      const rs = r.memory.filter((m) => m.mails === n);
-      return [fmt(n), `**${mb(median(rs.map((m) => m.maxRssKb)))}**`, fmt(median(rs.map((m) => m.perSecond))), `${fmt(median(rs.map((m) => m.loadMs)) / 1000, 1)} s`, rs.map((m) => mb(m.maxRssKb)).join(", ")];
+      const rs = r.memory.filter((m) => m.backlog === n);
+      return [fmt(n), fmt(rs[0]!.mails), `**${mb(median(rs.map((m) => m.maxRssKb)))}**`, fmt(median(rs.map((m) => m.perSecond))), `${fmt(median(rs.map((m) => m.loadMs)) / 1000, 1)} s`, rs.map((m) => mb(m.maxRssKb)).join(", ")];
     });
-    lines.push(table(["backlog", "peak RSS (maxRSS of the process)", "drain mails/s", "load time", "runs"], rows));
+    lines.push(table(["backlog", "mails drained", "peak RSS (maxRSS of the process)", "drain mails/s", "load time (one INSERT ... generate_series)", "runs"], rows));
   }
 
   const g = goals(r);

@@ -205,6 +205,7 @@ export function audit(input: AuditInput): AuditResult {
       }
     }
   }
+  if (deferredRecipientsDropped) fail(`${deferredRecipientsDropped} recipient(s) deferred with 4xx left behind on sent mail (in rejected, never retried)`);
   if (missingRows.length) fail(`${missingRows.length} committed mail(s) have no outbox row`, missingRows);
   if (lost.length) fail(`${lost.length} committed mail(s) lost: neither delivered nor dead with a reason`, lost);
   if (refusedButDelivered.length) fail(`${refusedButDelivered.length} mail(s) the MTA refuses with 5xx were delivered`, refusedButDelivered);
@@ -224,8 +225,16 @@ export function audit(input: AuditInput): AuditResult {
   const unexplained: string[] = [];
   for (const [id, copies] of copiesById) {
     if (copies.length < 2 || !committed.has(id)) continue;
+    // A copy is extra when it went (also) to a recipient an earlier copy already reached: a mail
+    // sent again only to a recipient the MTA had deferred is not a duplicate.
+    const reached = new Set<string>();
+    let extra = 0;
+    for (const c of copies) {
+      if (c.recipients.some((r) => reached.has(r))) extra++;
+      for (const r of c.recipients) reached.add(r);
+    }
+    if (extra === 0) continue;
     duplicates++;
-    const extra = copies.length - 1;
     extraCopies += extra;
     const earlier = copies.slice(0, -1);
     const drops = earlier.filter((c) => c.kind === "drop-kept").length;

@@ -23,8 +23,8 @@ export interface FaultRates {
   /** 451 to every RCPT TO of one message (the whole message is deferred). */
   readonly rcpt451All: number;
   /**
-   * 450 to one RCPT TO while the others are accepted (greylisting one recipient). The relay records
-   * the deferred recipient as rejected and does not retry it: see RELIABILITY.md. Off by default.
+   * 450 to one RCPT TO while the others are accepted (greylisting one recipient): the relay must
+   * send the mail again to that recipient only, later.
    */
   readonly rcpt450One: number;
   /** 451 at the end of DATA (nothing kept). */
@@ -45,7 +45,7 @@ export const DEFAULT_RATES: FaultRates = {
   mail451: 0.01,
   mailDrop: 0.005,
   rcpt451All: 0.01,
-  rcpt450One: 0,
+  rcpt450One: 0.005,
   data451: 0.03,
   dataDropKept: 0.005,
   dataDropLost: 0.005,
@@ -88,7 +88,8 @@ export interface MtaCopy {
   readonly kind: CopyKind;
   /** The message carried the rollback marker: it came from a transaction that was meant to roll back. */
   readonly rollbackMarker: boolean;
-  readonly recipients: number;
+  /** The envelope recipients the MTA took this copy for (lower-case). */
+  readonly recipients: readonly string[];
   readonly at: number;
 }
 

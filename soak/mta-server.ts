@@ -118,7 +118,7 @@ function drain(): void {
       messageId: m.messageId ?? "(none)",
       kind: taggedKinds[i] ?? "ok",
       rollbackMarker: rollbackMarked(m.raw),
-      recipients: m.recipients.length,
+      recipients: m.recipients.map((r) => r.toLowerCase()),
       at: m.receivedAt,
     });
   });

@@ -46,7 +46,7 @@ const sleepUntil = (t: number) => sleep(Math.max(0, t - Date.now()));
 
 /** Message-IDs (with angle brackets) of the Maildir files of this run, cached per file name. */
 class MaildirScanner {
-  private readonly seen = new Map<string, { messageId: string; rollback: boolean; at: number } | null>();
+  private readonly seen = new Map<string, { messageId: string; rollback: boolean; at: number; recipient: string } | null>();
   constructor(
     private readonly dir: string,
     private readonly runTag: string,
@@ -72,13 +72,13 @@ class MaildirScanner {
       }
     }
     for (const info of this.seen.values()) {
-      if (info) out.push({ messageId: info.messageId, kind: "ok", rollbackMarker: info.rollback, recipients: 1, at: info.at });
+      if (info) out.push({ messageId: info.messageId, kind: "ok", rollbackMarker: info.rollback, recipients: [info.recipient], at: info.at });
     }
     return out;
   }
 
   /** undefined: could not read (moved meanwhile); null: not ours. */
-  private read(file: string): { messageId: string; rollback: boolean; at: number } | null | undefined {
+  private read(file: string): { messageId: string; rollback: boolean; at: number; recipient: string } | null | undefined {
     let head: string;
     let at: number;
     try {
@@ -101,7 +101,8 @@ class MaildirScanner {
     const id = /^message-id:[ \t]*(\S+)/im.exec(h)?.[1];
     if (!id) return null;
     const rollback = new RegExp(`^${OP_HEADER}:[ \\t]*${ROLLBACK_OP}\\b`, "im").test(h);
-    return { messageId: id.startsWith("<") ? id : `<${id}>`, rollback, at };
+    const recipient = (/^delivered-to:[ \t]*(\S+)/im.exec(h)?.[1] ?? "").toLowerCase();
+    return { messageId: id.startsWith("<") ? id : `<${id}>`, rollback, at, recipient };
   }
 }
 

@@ -524,7 +524,7 @@ class RelayImpl extends EventEmitter implements Relay {
       const mail = this.queue.shift()!;
       const leaseEnd = this.leases.get(mail.id);
       // A lease this relay could not renew may already belong to another relay: do not send.
-      if (leaseEnd === undefined || leaseEnd - performance.now() < 1000) {
+      if (leaseEnd === undefined || leaseEnd - performance.now() < this.leaseMs / 3) {
         this.leases.delete(mail.id);
         this.log.warn({ id: mail.id, messageId: mail.messageId }, "lease ran out before the hand-off started; leaving the mail to be rescued");
         continue;

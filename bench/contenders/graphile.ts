@@ -1,6 +1,6 @@
 /**
  * graphile-worker as users run it for mail: one job per mail, a task that calls nodemailer's
- * pooled SMTP transport (built by our `createTransporter`, so the settings are the same).
+ * pooled SMTP transport (nodemailer.createTransport with the settings our createTransporter uses).
  * Tuned with the batching graphile-worker documents for throughput: a local queue and batched
  * completions.
  */
@@ -8,10 +8,10 @@ import { EventEmitter } from "node:events";
 import pg from "pg";
 import * as graphile from "graphile-worker";
 import { quoteIdent } from "../../src/db.js";
-import { createTransporter } from "../../src/transport.js";
+
 import { ADMIN_URL, QUEUE, jobPayload, type JobPayload } from "../stores.js";
 import type { MailTemplate } from "../mail.js";
-import type { CommonSettings, Hooks, Producer, Running } from "./types.js";
+import { nodemailerPool, type CommonSettings, type Hooks, type Producer, type Running } from "./types.js";
 
 export interface GraphileSettings extends CommonSettings {
   readonly schema: string;
@@ -59,7 +59,7 @@ export async function startGraphile(s: GraphileSettings, hooks: Hooks): Promise<
     hookClient(client, hooks);
   });
   pool.on("error", () => {});
-  const transporter = createTransporter(s.smtpUrl);
+  const transporter = nodemailerPool(s.smtpUrl);
   const events: graphile.WorkerEvents = new EventEmitter() as graphile.WorkerEvents;
   let claimed = false;
   events.on("job:start", () => {

@@ -1,15 +1,15 @@
 /**
  * pg-boss as users run it for mail: one job per mail; workers fetch a batch and send each job
- * through nodemailer's pooled SMTP transport (built by our `createTransporter`). pg-boss 10 has
+ * through nodemailer's pooled SMTP transport (the settings our createTransporter uses). pg-boss 10 has
  * no LISTEN: workers poll, at most every 0.5 s (its minimum), and only wait when a fetch came
  * back quickly.
  */
 import pg from "pg";
 import PgBoss from "pg-boss";
-import { createTransporter } from "../../src/transport.js";
+
 import { ADMIN_URL, QUEUE, jobPayload, type JobPayload } from "../stores.js";
 import { newMessageId, type MailTemplate } from "../mail.js";
-import type { CommonSettings, Hooks, Producer, Running } from "./types.js";
+import { nodemailerPool, type CommonSettings, type Hooks, type Producer, type Running } from "./types.js";
 
 export interface PgBossSettings extends CommonSettings {
   readonly schema: string;
@@ -64,7 +64,7 @@ export async function startPgBoss(s: PgBossSettings, hooks: Hooks): Promise<Runn
   pool.on("error", () => {});
   const boss = bossOn(pool, s.schema, (n) => hooks.recorded(n));
   await boss.start();
-  const transporter = createTransporter(s.smtpUrl);
+  const transporter = nodemailerPool(s.smtpUrl);
   let claimed = false;
   for (let w = 0; w < s.workers; w++) {
     await boss.work<JobPayload>(QUEUE, { batchSize: s.batchSize, pollingIntervalSeconds: s.pollingIntervalSeconds }, async (jobs) => {

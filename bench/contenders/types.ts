@@ -1,3 +1,4 @@
+import nodemailer, { type Transporter } from "nodemailer";
 /** What a contender reports to the child process that runs it. */
 export interface Hooks {
   /** A claim (fetch) of mails/jobs returned. */
@@ -25,4 +26,26 @@ export interface CommonSettings {
 export interface Producer {
   enqueue(messageId: string): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * What a graphile-worker or pg-boss user runs: nodemailer's own SMTP pool, with the settings our
+ * `createTransporter("smtp://HOST:PORT?maxConnections=N")` gives nodemailer today. Built here and
+ * not by `createTransporter`, so a change to our transport never changes the other contenders.
+ */
+export function nodemailerPool(smtpUrl: string): Transporter {
+  const u = new URL(smtpUrl);
+  return nodemailer.createTransport({
+    pool: true,
+    host: u.hostname,
+    port: Number(u.port),
+    secure: false,
+    maxConnections: Number(u.searchParams.get("maxConnections") ?? 5),
+    maxMessages: 1000,
+    maxRequeues: 0,
+    connectionTimeout: 15_000,
+    greetingTimeout: 15_000,
+    socketTimeout: 60_000,
+    logger: false,
+  });
 }

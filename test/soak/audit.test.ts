@@ -21,7 +21,7 @@ const row = (messageId: string, over: Partial<RowFact> = {}): RowFact => ({
   timeouts: 0,
   ...over,
 });
-const copy = (messageId: string, over: Partial<MtaCopy> = {}): MtaCopy => ({ messageId, kind: "ok", rollbackMarker: false, recipients: 1, at: 0, ...over });
+const copy = (messageId: string, over: Partial<MtaCopy> = {}): MtaCopy => ({ messageId, kind: "ok", rollbackMarker: false, recipients: ["u@example.com"], at: 0, ...over });
 
 /** Three committed mails, all delivered once; one rolled back and never seen. */
 function clean(): AuditInput & { rows: RowFact[]; copies: MtaCopy[] } {
@@ -122,6 +122,17 @@ describe("soak audit", () => {
     assert.equal(r.passed, true, r.failures.join("\n"));
     assert.equal(r.counts.dupRelayTimeout, 1);
     assert.match(r.line, /relay-side timeout after accept 1/);
+  });
+
+  it("does not count a mail sent again only to a recipient the MTA had deferred as a duplicate", () => {
+    const input = clean();
+    input.copies[0] = copy("<a@x>", { recipients: ["ann@example.com"] });
+    input.copies.push(copy("<a@x>", { recipients: ["bob@example.com"] }));
+    const r = audit(input);
+    assert.equal(r.passed, true, r.failures.join("\n"));
+    assert.equal(r.counts.duplicates, 0);
+    input.copies.push(copy("<a@x>", { recipients: ["bob@example.com"] }));
+    assert.equal(audit(input).counts.dupUnexplained, 1);
   });
 
   it("fails on a row no relay will move on (held, or pending after settling)", () => {
