@@ -31,6 +31,8 @@ import { DatabaseConfigError, MailOutboxError, OptionsError, UnsafeOperationErro
 import { initSchema } from "./init.js";
 import { checkSchema, migrate } from "./migrate.js";
 import { createRelay, type Relay, type RelayCounts } from "./relay.js";
+import { createServer } from "node:http";
+import { Registry, collectDefaultMetrics } from "prom-client";
 import { STATUSES, type OutboxStatus } from "./states.js";
 import { createTransporter, describeTransport, verifyTransport } from "./transport.js";
 
@@ -133,6 +135,8 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
     .option("--relay-id <name>", "name of this relay in leases and attempt records (default host/pid/random)")
     .option("--stop-timeout <duration>", "deadline for hand-offs in flight when stopping (default 10s)", "10s")
     .addOption(new Option("--lease-expiry-policy <policy>", "what to do with a mail whose relay died mid hand-off").choices(["resend", "hold"]))
+    .option("--metrics-port <port>", "serve Prometheus metrics on 127.0.0.1:<port>/metrics (default: off)")
+    .option("--metrics-host <host>", "address for --metrics-port (default 127.0.0.1)", "127.0.0.1")
     .action(async (opts: Record<string, string | boolean | undefined>, cmd: Command) => {
       const g = globals(cmd);
       const transport = g.transport ?? env.MAIL_OUTBOX_TRANSPORT;
@@ -159,7 +163,12 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
         { name: "mail-outbox", level: env.MAIL_OUTBOX_LOG_LEVEL ?? "info" },
         { write: (line: string) => err(line) },
       );
-      const relay: Relay = createRelay({ databaseUrl: url, transport, logger, stopDeadlineMs, ...tuning });
+      const metrics = opts.metricsPort !== undefined ? await serveMetrics(parseCount(String(opts.metricsPort), "--metrics-port"), String(opts.metricsHost)) : null;
+      const relay: Relay = createRelay({ databaseUrl: url, transport, logger, stopDeadlineMs, ...tuning, ...(metrics ? { metricsRegistry: metrics.registry } : {}) });
+      if (metrics) {
+        void relay.stopped.then(() => metrics.close());
+        logger.info({ metrics: metrics.url }, "serving metrics");
+      }
       const signals = io.signals ?? process;
       let signalled = 0;
       const onSignal = () => {
@@ -683,4 +692,27 @@ if (isEntryPoint()) {
     // Exit once everything written has been flushed (stdout may be a pipe), even if a handle lingers.
     process.stdout.write("", () => process.stderr.write("", () => process.exit(code)));
   });
+}
+
+/** A Prometheus endpoint for the relay (prom-client's default Node.js metrics plus mail_outbox_*). */
+async function serveMetrics(port: number, host: string): Promise<{ registry: Registry; url: string; close(): void }> {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const server = createServer((req, res) => {
+    if (req.url !== "/metrics") {
+      res.writeHead(404).end("not found; try /metrics\n");
+      return;
+    }
+    registry.metrics().then(
+      (body) => res.writeHead(200, { "content-type": registry.contentType }).end(body),
+      (e: unknown) => res.writeHead(500).end(String(e)),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", (e) => reject(new OptionsError(`Cannot serve metrics on ${host}:${port}: ${(e as Error).message}`)));
+    server.listen(port, host, resolve);
+  });
+  const address = server.address();
+  const actualPort = typeof address === "object" && address ? address.port : port;
+  return { registry, url: `http://${host}:${actualPort}/metrics`, close: () => server.close() };
 }

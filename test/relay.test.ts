@@ -8,6 +8,7 @@ import { createRelay, mailOutbox, openDatabase, OptionsError, DatabaseUnavailabl
 import { freshSqlite, freshPostgres, prismaClientFor } from "./support/db.js";
 import { startTestSmtp } from "./support/smtp.js";
 import { needPostgres } from "./support/services.js";
+import { Registry } from "prom-client";
 
 const quiet = { logger: false as const };
 
@@ -67,6 +68,17 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
         await s.smtp.waitFor(2, 5000);
       }
       assert.equal(s.smtp.messages.length, 2);
+    });
+
+    it("counts its hand-offs in Prometheus metrics", async (t) => {
+      const s = await setup(t);
+      if (!s) return;
+      const registry = new Registry();
+      await s.prisma.outboxEmail.enqueue({ to: "m1@example.com", subject: "m", text: "x" });
+      await createRelay({ databaseUrl: s.fx.url, transport: s.smtp.url, metricsRegistry: registry, ...quiet }).runOnce();
+      const text = await registry.metrics();
+      assert.match(text, /mail_outbox_handoffs_total\{outcome="sent"\} 1/);
+      assert.match(text, /mail_outbox_claimed_total 1/);
     });
 
     it("renews the lease of a hand-off slower than the lease, so another relay does not take the mail over", async (t) => {
