@@ -331,7 +331,8 @@ async function latencyOnce(ctx: Ctx, contender: ContenderName, load: Counts["lat
     const worker = await startChild<WorkerResult>({ role: "worker", expected: load.mails, collectSent: true, reportProgress: false, ...workerConfig(contender, store, ctx.sink.url) } as WorkerConfig);
     await worker.ready;
     const target = contender === "relay-pg" || contender === "relay-sqlite" ? store.url : store.schema;
-    const producer = await startChild<ProducerResult>({ role: "producer", contender, target, rate: load.rate, count: load.mails, connections: 4 });
+    // Enough connections that commits (each waits for its WAL flush) keep up with the schedule.
+    const producer = await startChild<ProducerResult>({ role: "producer", contender, target, rate: load.rate, count: load.mails, connections: load.rate >= 1000 ? 16 : 4 });
     await producer.ready;
     producer.go();
     const p = await producer.result;

@@ -199,6 +199,8 @@ type Mode = "idle" | "running" | "once" | "stopping" | "stopped";
 class RelayImpl extends EventEmitter implements Relay {
   readonly id: string;
   readonly stopped: Promise<RelayCounts>;
+  /** The lease owner written into claimed rows: `id`, plus a per-process suffix when `relayId` was given. */
+  private readonly owner: string;
   private readonly opts: RelayOptions;
   private readonly concurrency: number;
   private readonly batchSize: number;
@@ -254,6 +256,9 @@ class RelayImpl extends EventEmitter implements Relay {
     }
     this.opts = options;
     this.id = options.relayId ?? `${os.hostname()}/${process.pid}/${randomBytes(2).toString("hex")}`;
+    // Leases name this instance, so a relay restarted under the same relayId still rescues the rows its
+    // previous process left behind (a relay never rescues its own rows).
+    this.owner = options.relayId === undefined ? this.id : `${this.id}#${randomBytes(3).toString("hex")}`;
     if (typeof this.id !== "string" || this.id.length === 0 || this.id.length > 200) {
       throw new OptionsError("Expected `relayId` to be a non-empty string of at most 200 characters.");
     }
@@ -309,7 +314,9 @@ class RelayImpl extends EventEmitter implements Relay {
     if (this.opts.db) {
       this.db = this.opts.db;
     } else {
-      this.db = await openDatabase(this.opts.databaseUrl, { applicationName: `mail-outbox relay ${this.id}`.slice(0, 63) });
+      // SQLite: a short busy timeout. better-sqlite3 waits for the write lock synchronously, freezing the
+      // whole relay (sockets, lease renewal); SQLITE_BUSY instead goes through the relay's async back-off.
+      this.db = await openDatabase(this.opts.databaseUrl, { applicationName: `mail-outbox relay ${this.id}`.slice(0, 63), busyTimeoutMs: 100 });
       this.ownsDb = true;
     }
     this.store = this.db.dialect === "postgresql" ? postgresRelayStore(this.db.pool) : sqliteRelayStore(this.db.db);
@@ -475,7 +482,7 @@ class RelayImpl extends EventEmitter implements Relay {
       if (room > 0 && this.queue.length < this.concurrency) {
         limit = Math.min(this.batchSize, room);
         try {
-          const rows = await this.store!.claim(this.id, limit, this.leaseMs);
+          const rows = await this.store!.claim(this.owner, limit, this.leaseMs);
           this.databaseUp();
           dbBackoff = 250;
           failures = 0;
@@ -493,7 +500,8 @@ class RelayImpl extends EventEmitter implements Relay {
           this.databaseDown(err);
           if (kind === "once" && ++failures >= 5) await giveUp(err);
           await sleep(dbBackoff, this.stopController.signal);
-          dbBackoff = Math.min(dbBackoff * 2, 10_000);
+          // Lock contention on SQLite passes quickly; a lost server may take a while.
+          dbBackoff = Math.min(dbBackoff * 2, /^SQLITE_(BUSY|LOCKED)/.test(String((err as { code?: unknown }).code)) ? 500 : 10_000);
           continue;
         }
       }
@@ -525,8 +533,11 @@ class RelayImpl extends EventEmitter implements Relay {
       const leaseEnd = this.leases.get(mail.id);
       // A lease this relay could not renew may already belong to another relay: do not send.
       if (leaseEnd === undefined || leaseEnd - performance.now() < this.leaseMs / 3) {
-        this.leases.delete(mail.id);
-        this.log.warn({ id: mail.id, messageId: mail.messageId }, "lease ran out before the hand-off started; leaving the mail to be rescued");
+        // Not handed over: give it back as not attempted (a no-op if another relay took it meanwhile).
+        this.log.debug({ id: mail.id, messageId: mail.messageId }, "lease ran short before the hand-off started; releasing the mail");
+        this.outcomes.push({ kind: "release", id: mail.id });
+        this.total.released++;
+        void this.flush();
         continue;
       }
       const p = this.handOff(mail).finally(() => {
@@ -603,8 +614,9 @@ class RelayImpl extends EventEmitter implements Relay {
     const transporter = this.transporter!;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
+      // Through setImmediate: after a blocked event loop, a reply already waiting in the socket wins over the timer.
       timer = setTimeout(
-        () => reject(new HandoffTimeoutError(`The hand-off did not finish within ${this.handoffTimeoutMs} ms (handoffTimeoutMs).`)),
+        () => setImmediate(() => reject(new HandoffTimeoutError(`The hand-off did not finish within ${this.handoffTimeoutMs} ms (handoffTimeoutMs).`))),
         this.handoffTimeoutMs,
       );
     });
@@ -641,7 +653,7 @@ class RelayImpl extends EventEmitter implements Relay {
       const batch = this.outcomes;
       this.outcomes = [];
       try {
-        await this.store!.complete(this.id, this.id, batch);
+        await this.store!.complete(this.owner, this.id, batch);
       } catch (err) {
         if (isTransientDatabaseError(err)) {
           // Keep them for the next try. The rows stay leased to this relay meanwhile.
@@ -667,7 +679,7 @@ class RelayImpl extends EventEmitter implements Relay {
   private async flushOneByOne(batch: readonly Outcome[]): Promise<void> {
     for (const o of batch) {
       try {
-        await this.store!.complete(this.id, this.id, [o]);
+        await this.store!.complete(this.owner, this.id, [o]);
         this.leases.delete(o.id);
       } catch (err) {
         if (isTransientDatabaseError(err)) {
@@ -689,7 +701,7 @@ class RelayImpl extends EventEmitter implements Relay {
     if (!this.store || this.leases.size === 0) return;
     const ids = [...this.leases.keys()];
     try {
-      const kept = new Set(await this.store.renew(this.id, ids, this.leaseMs));
+      const kept = new Set(await this.store.renew(this.owner, ids, this.leaseMs));
       this.databaseUp();
       const leaseEnd = performance.now() + this.leaseMs;
       for (const id of ids) {
@@ -713,7 +725,7 @@ class RelayImpl extends EventEmitter implements Relay {
     if (now - this.lastRescue < Math.min(5000, this.leaseMs / 2)) return;
     this.lastRescue = now;
     try {
-      const rescued = await this.store!.rescue(this.policy, 1000);
+      const rescued = await this.store!.rescue(this.owner, this.policy, 1000);
       this.databaseUp();
       if (rescued.length > 0) {
         this.total.rescued += rescued.length;

@@ -81,7 +81,7 @@ RETURNING id`;
 export const RESCUE = `
 WITH expired AS (
   SELECT id, lease_owner FROM mail_outbox
-  WHERE status = 'sending' AND lease_expires_at < now()
+  WHERE status = 'sending' AND lease_expires_at < now() AND lease_owner IS DISTINCT FROM $4
   ORDER BY lease_expires_at
   LIMIT $2
   FOR UPDATE SKIP LOCKED
@@ -185,11 +185,11 @@ export function postgresRelayStore(pool: pg.Pool): RelayStore {
       return rows.map((r) => r.id);
     },
 
-    async rescue(policy: LeaseExpiryPolicy, limit) {
+    async rescue(self, policy: LeaseExpiryPolicy, limit) {
       const { rows } = await pool.query<{ id: string; message_id: string; status: RescuedMail["status"]; previous_owner: string | null }>({
         name: "mail_outbox_rescue",
         text: RESCUE,
-        values: [policy === "hold" ? "held" : "pending", limit, LEASE_EXPIRED_MESSAGE],
+        values: [policy === "hold" ? "held" : "pending", limit, LEASE_EXPIRED_MESSAGE, self],
       });
       return rows.map((r) => ({ id: r.id, messageId: r.message_id, status: r.status, previousOwner: r.previous_owner }));
     },

@@ -75,7 +75,7 @@ WHERE id = @id AND status = 'sending' AND lease_owner = @owner`;
 
 export const FIND_EXPIRED = `
 SELECT id, message_id, lease_owner, attempts, max_attempts FROM mail_outbox
-WHERE status = 'sending' AND lease_expires_at < @now
+WHERE status = 'sending' AND lease_expires_at < @now AND lease_owner IS NOT @self
 ORDER BY lease_expires_at
 LIMIT @limit`;
 
@@ -106,7 +106,7 @@ export function sqliteRelayStore(db: Database.Database): RelayStore {
   const release = db.prepare(RELEASE);
   const insertAttempt = db.prepare(INSERT_ATTEMPT);
   const renew = db.prepare(RENEW);
-  const findExpired = db.prepare<{ now: string; limit: number }, { id: string; message_id: string; lease_owner: string | null; attempts: number; max_attempts: number }>(FIND_EXPIRED);
+  const findExpired = db.prepare<{ now: string; limit: number; self: string }, { id: string; message_id: string; lease_owner: string | null; attempts: number; max_attempts: number }>(FIND_EXPIRED);
   const rescueOne = db.prepare(RESCUE_ONE);
 
   const completeAll = db.transaction((owner: string, relayName: string, outcomes: readonly Outcome[]) => {
@@ -156,10 +156,10 @@ export function sqliteRelayStore(db: Database.Database): RelayStore {
     return ids.filter((id) => renew.run({ id, owner, leaseExpiresAt }).changes === 1);
   });
 
-  const rescueAll = db.transaction((policy: LeaseExpiryPolicy, limit: number) => {
+  const rescueAll = db.transaction((self: string, policy: LeaseExpiryPolicy, limit: number) => {
     const now = toSqliteTime(new Date());
     const out: RescuedMail[] = [];
-    for (const row of findExpired.all({ now, limit })) {
+    for (const row of findExpired.all({ now, limit, self })) {
       const status = row.attempts >= row.max_attempts ? "dead" : policy === "hold" ? "held" : "pending";
       if (rescueOne.run({ id: row.id, status, error: LEASE_EXPIRED_MESSAGE, now }).changes !== 1) continue;
       insertAttempt.run({
@@ -208,8 +208,8 @@ export function sqliteRelayStore(db: Database.Database): RelayStore {
     async renew(owner, ids, leaseMs) {
       return ids.length === 0 ? [] : renewAll(owner, ids, leaseMs);
     },
-    async rescue(policy, limit) {
-      return rescueAll(policy, limit);
+    async rescue(self, policy, limit) {
+      return rescueAll(self, policy, limit);
     },
   };
 }

@@ -86,8 +86,12 @@ export interface RelayStore {
   complete(owner: string, relayName: string, outcomes: readonly Outcome[]): Promise<number>;
   /** Extend the lease on rows `owner` still holds; returns the ids still held. */
   renew(owner: string, ids: readonly string[], leaseMs: number): Promise<string[]>;
-  /** Move rows whose lease expired (their relay died) back to pending, or to held, per policy. */
-  rescue(policy: LeaseExpiryPolicy, limit: number): Promise<RescuedMail[]>;
+  /**
+   * Move rows whose lease expired (their relay died) back to pending, or to held, per policy.
+   * Never the rows of `self`: a relay that was only slow (a long GC pause, a blocked event loop)
+   * still holds its hand-offs and renews or records them itself.
+   */
+  rescue(self: string, policy: LeaseExpiryPolicy, limit: number): Promise<RescuedMail[]>;
 }
 
 export const LEASE_EXPIRED_MESSAGE =
