@@ -139,7 +139,8 @@ function positiveInt(name: string, value: number | undefined, fallback: number, 
 function isConnectRefused(err: unknown): boolean {
   const e = err as { code?: unknown; errno?: unknown; responseCode?: unknown; cause?: { code?: unknown } } | null;
   if (!e || e.responseCode !== undefined) return false;
-  return e.code === "ECONNREFUSED" || e.errno === "ECONNREFUSED" || e.cause?.code === "ECONNREFUSED" || e.code === "ECONNECTION";
+  // Not ECONNECTION: nodemailer also reports a connection closed after DATA (the MTA may have the mail) that way.
+  return e.code === "ECONNREFUSED" || e.errno === "ECONNREFUSED" || e.cause?.code === "ECONNREFUSED";
 }
 
 /**
