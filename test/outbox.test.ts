@@ -9,6 +9,7 @@ import { freshSqlite, freshPostgres, prismaClientFor } from "./support/db.js";
 import { startTestSmtp, type TestSmtp } from "./support/smtp.js";
 import { needPostgres } from "./support/services.js";
 import { expectEnqueued, expectNotEnqueued } from "../src/testing.js";
+import { main } from "../src/cli.js";
 
 const FAST = { pollIntervalMs: 50, leaseMs: 3000, backoff: { baseMs: 100, maxMs: 500, jitter: 0 }, logger: false as const };
 
@@ -188,6 +189,15 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.equal(dead.status, "dead");
       assert.match(dead.last_error ?? "", /No such user/);
       assert.equal(smtp.countByMessageId().get(hard.messageId), undefined);
+
+      // The operator fixes the mailbox and replays the dead mail from the CLI: same Message-ID, delivered.
+      const out: string[] = [];
+      const io = { stdout: { write: (c: string) => (out.push(c), true) }, stderr: { write: (c: string) => (out.push(c), true) }, env: { DATABASE_URL: fx.url } };
+      assert.equal(await main(["replay", "--status", "dead", "--since", "1h", "--json"], io as never), 0, out.join(""));
+      assert.equal((await relay().runOnce()).sent, 1);
+      assert.equal(smtp.countByMessageId().get(hard.messageId), 1);
+      const after = new Map((await rows(fx.url)).map((row) => [row.message_id, row]));
+      assert.equal(after.get(hard.messageId)?.status, "sent");
     });
   });
 }
