@@ -18,7 +18,8 @@ import type { Registry } from "prom-client";
 import { openDatabase, type Db } from "./db.js";
 import { OptionsError, RelayStateError, HandoffTimeoutError, DatabaseUnavailableError } from "./errors.js";
 import { createTransporter, type TransportSpec } from "./transport.js";
-import { classifyError, toHandoffResult } from "./classify.js";
+import type { RawSender } from "./smtp-pipelined.js";
+import { classifyError, toHandoffResult, type SentMessageInfoLike } from "./classify.js";
 import { newId } from "./ids.js";
 import { defaultLogger, silentLogger, type Logger } from "./logger.js";
 import { postgresRelayStore } from "./sql/postgres.js";
@@ -613,6 +614,7 @@ class RelayImpl extends EventEmitter implements Relay {
 
   private async sendWithTimeout(mail: ClaimedMail) {
     const transporter = this.transporter!;
+    const sendRaw = (transporter.transporter as Partial<RawSender>).sendRaw?.bind(transporter.transporter);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       // Through setImmediate: after a blocked event loop, a reply already waiting in the socket wins over the timer.
@@ -622,7 +624,12 @@ class RelayImpl extends EventEmitter implements Relay {
       );
     });
     const send = pRetry(
-      () => transporter.sendMail({ envelope: { from: mail.envelopeFrom, to: [...mail.envelopeTo] }, raw: mail.raw, messageId: mail.messageId }),
+      // A transport that takes composed messages directly skips nodemailer's Mailer (a MimeNode,
+      // header and address normalisation per message) for bytes that are already final.
+      (): Promise<SentMessageInfoLike> =>
+        sendRaw
+          ? sendRaw({ from: mail.envelopeFrom, to: mail.envelopeTo }, mail.raw)
+          : transporter.sendMail({ envelope: { from: mail.envelopeFrom, to: [...mail.envelopeTo] }, raw: mail.raw, messageId: mail.messageId }),
       {
         retries: this.connectRetries,
         minTimeout: 100,

@@ -37,6 +37,7 @@ import { redactUrl } from "./db.js";
 import { classifyError } from "./classify.js";
 import { createSendmailTransport, checkSendmailPath, DEFAULT_SENDMAIL_PATH } from "./sendmail.js";
 import { createSendmailBsTransport } from "./sendmail-bs.js";
+import { createPipelinedSmtpTransport } from "./smtp-pipelined.js";
 
 /** A nodemailer transport object or nodemailer transport options, used as they are. */
 export type TransportOptions = Transport | SMTPPoolOptions | SMTPTransportOptions;
@@ -74,12 +75,13 @@ const SMTP_PARAMS = [
   "requireTLS",
   "ignoreTLS",
   "rejectUnauthorized",
+  "pipelining",
 ] as const;
 const SENDMAIL_PARAMS = ["timeout", "maxConnections"] as const;
 const SENDMAIL_BS_PARAMS = ["timeout", "maxConnections", "maxMessages", "name"] as const;
 
 type ParsedSpec =
-  | { readonly kind: "smtp"; readonly options: SMTPPoolOptions; readonly display: string }
+  | { readonly kind: "smtp"; readonly options: SMTPPoolOptions; readonly display: string; readonly pipelined: boolean }
   | { readonly kind: "sendmail"; readonly path: string; readonly timeoutMs: number; readonly maxProcesses: number; readonly display: string }
   | {
       readonly kind: "sendmail-bs";
@@ -231,8 +233,15 @@ function parseSpec(spec: string, defaults: CreateTransporterOptions): ParsedSpec
       options.auth = { user: decode(spec, url.username, "user name"), pass: decode(spec, url.password, "password") };
     }
     const shown = redactUrl(trimmed);
+    // `?pipelining=true`: the lean pipelining transport (src/smtp-pipelined.ts), opt-in. It speaks
+    // plain SMTP only (no STARTTLS, no AUTH), so it is refused for smtps:// and with credentials or requireTLS.
+    const pipelined = boolParam(spec, params, "pipelining") ?? false;
+    if (pipelined && (secure || options.auth || options.requireTLS)) {
+      throw new TransportConfigError(`${redactUrl(trimmed)}: pipelining=true speaks plain SMTP only (no TLS, no AUTH); use it for a local MTA, or drop it.`);
+    }
     return {
       kind: "smtp",
+      pipelined,
       options,
       display: `${shown} (pooled SMTP${secure ? " over TLS" : ""} to ${options.host}:${port}, ${options.maxConnections} connections)`,
     };
@@ -282,6 +291,20 @@ export function createTransporter(spec: TransportSpec, options: CreateTransporte
   const parsed = parseSpec(spec, options);
   switch (parsed.kind) {
     case "smtp":
+      if (parsed.pipelined) {
+        const o = parsed.options;
+        return nodemailer.createTransport(
+          createPipelinedSmtpTransport({
+            host: o.host!,
+            port: Number(o.port),
+            maxConnections: o.maxConnections ?? 5,
+            maxMessages: o.maxMessages === undefined || o.maxMessages === Infinity ? 1000 : Number(o.maxMessages),
+            name: o.name ?? "localhost",
+            connectionTimeoutMs: o.connectionTimeout ?? 15_000,
+            socketTimeoutMs: o.socketTimeout ?? 60_000,
+          }),
+        );
+      }
       return nodemailer.createTransport(parsed.options);
     case "sendmail":
       return nodemailer.createTransport(createSendmailTransport({ path: parsed.path, timeoutMs: parsed.timeoutMs, maxProcesses: parsed.maxProcesses }));

@@ -1,0 +1,265 @@
+/**
+ * A pooled SMTP transport for the relay's hot path that pipelines (RFC 2920): MAIL FROM, every
+ * RCPT TO and DATA go out in one write, the message and its final dot in a second one, so a
+ * message costs two writes and two round trips instead of nodemailer's four or more. It carries
+ * messages that are already composed (`raw`), which is all the relay sends.
+ *
+ * It implements nodemailer's transport interface (`name`, `version`, `send`, `verify`, `close`,
+ * `isIdle`), so `createTransporter` can hand it out like any transport, plus `sendRaw(envelope, raw)`,
+ * which the relay calls directly to skip nodemailer's Mailer (no MimeNode per message).
+ *
+ * Scope: plain SMTP, no STARTTLS and no AUTH: `createTransporter` picks it only for a loopback MTA
+ * (a local Postfix or smarthost sidecar) without credentials and without requireTLS, or when the
+ * URL says `pipelining=true`; everything else keeps nodemailer's pool. Errors carry `code` and
+ * `responseCode` as nodemailer's do, so `classifyError` treats them alike.
+ */
+import net from "node:net";
+import type { Transport } from "nodemailer";
+
+export interface RawEnvelope {
+  readonly from: string;
+  readonly to: readonly string[];
+}
+
+export interface RawSendResult {
+  readonly response: string;
+  readonly accepted: string[];
+  readonly rejected: string[];
+  readonly rejectedErrors: { recipient: string; response: string; responseCode: number }[];
+}
+
+/** A transport that can hand over an already composed message without nodemailer's Mailer. */
+export interface RawSender {
+  sendRaw(envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult>;
+}
+
+export interface PipelinedSmtpOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly maxConnections: number;
+  /** Messages per connection before it is replaced. */
+  readonly maxMessages: number;
+  readonly name: string;
+  readonly connectionTimeoutMs: number;
+  readonly socketTimeoutMs: number;
+}
+
+interface Reply {
+  readonly code: number;
+  readonly text: string;
+}
+
+function smtpError(message: string, code: string, responseCode?: number, response?: string): Error {
+  return Object.assign(new Error(message), { code, ...(responseCode !== undefined ? { responseCode, response } : {}) });
+}
+
+/** RFC 5321 4.5.2: a line that starts with "." gets a second one. */
+function dotStuff(raw: Buffer): Buffer {
+  if (raw[0] !== 0x2e && raw.indexOf("\n.") < 0) return raw;
+  return Buffer.from(raw.toString("latin1").replace(/^\./, "..").replace(/\n\./g, "\n.."), "latin1");
+}
+
+class Connection {
+  private readonly socket: net.Socket;
+  private buffer = "";
+  private lines: string[] = [];
+  private readonly waiting: { resolve: (r: Reply) => void; reject: (e: Error) => void }[] = [];
+  broken: Error | null = null;
+  messages = 0;
+  readonly opened: Promise<void>;
+
+  constructor(private readonly o: PipelinedSmtpOptions) {
+    const socket = net.connect({ host: o.host, port: o.port });
+    this.socket = socket;
+    this.socket.setNoDelay(true);
+    this.socket.setTimeout(o.socketTimeoutMs, () => this.fail(smtpError("Timeout", "ETIMEDOUT")));
+    this.socket.on("data", (d: Buffer) => this.onData(d.toString("latin1")));
+    this.socket.on("error", (e: Error & { code?: string }) => this.fail(smtpError(e.message, e.code === "ECONNREFUSED" ? "ECONNREFUSED" : "ESOCKET")));
+    this.socket.on("close", () => this.fail(smtpError("Connection closed", "ECONNECTION")));
+    const timer = setTimeout(() => this.fail(smtpError("Connection timeout", "ETIMEDOUT")), o.connectionTimeoutMs);
+    this.opened = (async () => {
+      try {
+        const greeting = await this.reply();
+        if (greeting.code !== 220) throw smtpError(greeting.text, "EPROTOCOL", greeting.code, greeting.text);
+        socket.write(`EHLO ${o.name}\r\n`);
+        const ehlo = await this.reply();
+        if (ehlo.code !== 250) throw smtpError(ehlo.text, "EPROTOCOL", ehlo.code, ehlo.text);
+        if (!/^250[ -]PIPELINING\b/im.test(ehlo.text)) throw smtpError("The server does not offer PIPELINING", "EPROTOCOL");
+      } finally {
+        clearTimeout(timer);
+      }
+    })();
+    this.opened.catch(() => this.close());
+  }
+
+  private fail(e: Error): void {
+    this.broken ??= e;
+    for (const w of this.waiting.splice(0)) w.reject(e);
+    this.socket.destroy();
+  }
+
+  private onData(chunk: string): void {
+    this.buffer += chunk;
+    let i: number;
+    while ((i = this.buffer.indexOf("\n")) >= 0) {
+      const line = this.buffer.slice(0, i).replace(/\r$/, "");
+      this.buffer = this.buffer.slice(i + 1);
+      this.lines.push(line);
+      if (line[3] !== "-") {
+        const text = this.lines.join("\n");
+        this.lines = [];
+        const w = this.waiting.shift();
+        if (w) w.resolve({ code: Number(line.slice(0, 3)), text });
+        else this.fail(smtpError(`Unexpected reply: ${text}`, "EPROTOCOL"));
+      }
+    }
+  }
+
+  private reply(): Promise<Reply> {
+    if (this.broken) return Promise.reject(this.broken);
+    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
+  }
+
+  async send(envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> {
+    try {
+      return await this.transaction(envelope, raw);
+    } catch (err) {
+      // The server refused part of the transaction: reset it before the connection is reused
+      // (a MAIL FROM it accepted would otherwise make the next one a "nested MAIL command").
+      if (!this.broken && (err as { responseCode?: number }).responseCode !== undefined) {
+        const r = this.reply();
+        this.socket.write("RSET\r\n");
+        const reset = await r.catch(() => null);
+        if (!reset || reset.code !== 250) this.fail(smtpError("RSET failed", "EPROTOCOL"));
+      }
+      throw err;
+    }
+  }
+
+  private async transaction(envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> {
+    const replies = [this.reply(), ...envelope.to.map(() => this.reply()), this.reply()];
+    for (const r of replies) r.catch(() => {});
+    this.socket.write(`MAIL FROM:<${envelope.from}>\r\n${envelope.to.map((t) => `RCPT TO:<${t}>\r\n`).join("")}DATA\r\n`);
+    const [mail, ...rest] = await Promise.all(replies);
+    const data = rest.pop()!;
+    if (mail!.code >= 400) {
+      if (data.code === 354) await this.abortData();
+      throw smtpError(`Mail command failed: ${mail!.text}`, "EENVELOPE", mail!.code, mail!.text);
+    }
+    const accepted: string[] = [];
+    const rejectedErrors: RawSendResult["rejectedErrors"] = [];
+    rest.forEach((r, i) => {
+      const recipient = envelope.to[i]!;
+      if (r.code < 300) accepted.push(recipient);
+      else rejectedErrors.push({ recipient, response: r.text, responseCode: r.code });
+    });
+    if (accepted.length === 0 || data.code !== 354) {
+      if (data.code === 354) await this.abortData();
+      // A deferred (4xx) recipient makes the whole failure transient, as with nodemailer.
+      const first = rejectedErrors.find((e) => e.responseCode < 500) ?? rejectedErrors[0];
+      throw Object.assign(smtpError(first ? `Can't send mail - all recipients were rejected: ${first.response}` : `Data command failed: ${data.text}`, first ? "EENVELOPE" : "EPROTOCOL", first?.responseCode ?? data.code, first?.response ?? data.text), { rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors });
+    }
+    const final = this.reply();
+    const body = dotStuff(raw);
+    this.socket.write(Buffer.concat([body, Buffer.from(body[body.length - 1] === 0x0a ? ".\r\n" : "\r\n.\r\n", "latin1")]));
+    const end = await final;
+    if (end.code !== 250) throw smtpError(`Message failed: ${end.text}`, "EMESSAGE", end.code, end.text);
+    this.messages++;
+    return { response: end.text, accepted, rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors };
+  }
+
+  /** After 354 with no recipient left: send an empty message? No: end DATA at once and RSET, as nodemailer does. */
+  private async abortData(): Promise<void> {
+    const r = this.reply();
+    this.socket.write(".\r\nRSET\r\n");
+    await r.catch(() => {});
+    await this.reply().catch(() => {});
+  }
+
+  close(): void {
+    if (!this.broken) this.socket.end("QUIT\r\n");
+    this.broken ??= smtpError("Connection closed", "ECONNECTION");
+  }
+}
+
+export function createPipelinedSmtpTransport(o: PipelinedSmtpOptions): Transport & RawSender & { close(): void; isIdle(): boolean; verify(): Promise<true> } {
+  const idle: Connection[] = [];
+  const waiters: { resolve: (c: Connection) => void; reject: (e: Error) => void }[] = [];
+  let open = 0;
+  let closed = false;
+
+  const acquire = (): Promise<Connection> => {
+    if (closed) return Promise.reject(smtpError("The transport is closed", "ECONNECTION"));
+    let c = idle.pop();
+    while (c?.broken) {
+      open--;
+      c = idle.pop();
+    }
+    if (c) return Promise.resolve(c);
+    if (open < o.maxConnections) {
+      open++;
+      const conn = new Connection(o);
+      return conn.opened.then(
+        () => conn,
+        (e: Error) => {
+          open--;
+          throw e;
+        },
+      );
+    }
+    return new Promise((resolve, reject) => waiters.push({ resolve, reject }));
+  };
+  const release = (c: Connection): void => {
+    if (c.broken || c.messages >= o.maxMessages || closed) {
+      c.close();
+      open--;
+      // A waiter gets a fresh connection.
+      const w = waiters.shift();
+      if (w) acquire().then(w.resolve, w.reject);
+      return;
+    }
+    const w = waiters.shift();
+    if (w) w.resolve(c);
+    else idle.push(c);
+  };
+  const sendRaw = async (envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> => {
+    const c = await acquire();
+    try {
+      return await c.send(envelope, raw);
+    } finally {
+      release(c);
+    }
+  };
+  return {
+    name: "SMTP (pipelined)",
+    version: "1.0.0",
+    sendRaw,
+    send(mail, callback) {
+      const envelope = mail.data.envelope as RawEnvelope | undefined;
+      const raw = mail.data.raw;
+      if (!envelope || !Buffer.isBuffer(raw)) {
+        callback(smtpError("The pipelined SMTP transport sends only composed messages (envelope and raw Buffer)", "EMESSAGE"), undefined as never);
+        return;
+      }
+      sendRaw(envelope, raw).then(
+        (r) => callback(null, { envelope, messageId: String((mail.data as { messageId?: unknown }).messageId ?? ""), ...r } as never),
+        (e: Error) => callback(e, undefined as never),
+      );
+    },
+    async verify(): Promise<true> {
+      const c = new Connection(o);
+      try {
+        await c.opened;
+      } finally {
+        c.close();
+      }
+      return true;
+    },
+    isIdle: () => open < o.maxConnections || idle.length > 0,
+    close() {
+      closed = true;
+      for (const c of idle.splice(0)) c.close();
+      for (const w of waiters.splice(0)) w.reject(smtpError("The transport is closed", "ECONNECTION"));
+    },
+  };
+}

@@ -1,0 +1,83 @@
+/**
+ * The opt-in pipelining SMTP transport (`smtp://host:port?pipelining=true`), against the real
+ * in-process SMTP server: bytes arrive exactly as composed, replies are classified like
+ * nodemailer's, and a refused transaction leaves the connection usable.
+ */
+import { describe, it, after } from "node:test";
+import assert from "node:assert/strict";
+import { createTransporter, classifyError, createRelay, mailOutbox, TransportConfigError } from "../src/index.js";
+import { startTestSmtp } from "./support/smtp.js";
+import { freshSqlite, prismaClientFor } from "./support/db.js";
+import type { RawSender } from "../src/smtp-pipelined.js";
+
+function rawMessage(id: string, body: string): Buffer {
+  return Buffer.from([`From: a@example.com`, `To: b@example.com`, `Message-ID: <${id}@example.com>`, `Subject: t`, ``, body, ``].join("\r\n"));
+}
+
+describe("pipelining SMTP transport", async () => {
+  const smtp = await startTestSmtp();
+  after(() => smtp.close());
+  const transporter = createTransporter(`${smtp.url}?pipelining=true&maxConnections=2`);
+  const raw = (transporter.transporter as unknown as RawSender).sendRaw.bind(transporter.transporter);
+  after(() => transporter.close());
+
+  it("hands over the composed bytes exactly, dot-stuffing lines that start with a dot", async () => {
+    const sent = rawMessage("dots", [".", ".leading dot", "..two dots", "end."].join("\r\n"));
+    const r = await raw({ from: "a@example.com", to: ["b@example.com"] }, sent);
+    assert.match(r.response, /^250 .*queued as/);
+    const got = smtp.messages.find((m) => m.messageId === "<dots@example.com>");
+    assert.ok(got);
+    assert.equal(got.raw.toString("latin1").replace(/\r\n$/, ""), sent.toString("latin1").replace(/\r\n$/, ""));
+  });
+
+  it("reports accepted and refused recipients, and keeps the connection usable after a refused transaction", async () => {
+    smtp.setFaults((ctx) => {
+      if (ctx.phase === "rcpt" && ctx.recipient?.startsWith("nobody")) return { reply: 550, message: "5.1.1 No such user" };
+      if (ctx.phase === "mail" && ctx.session > 0 && smtp.messages.length === 2) return undefined;
+      return undefined;
+    });
+    const r = await raw({ from: "a@example.com", to: ["x@example.com", "nobody@example.com"] }, rawMessage("partial", "x"));
+    assert.deepEqual(r.accepted, ["x@example.com"]);
+    assert.deepEqual(r.rejected, ["nobody@example.com"]);
+    const err = await raw({ from: "a@example.com", to: ["nobody1@example.com", "nobody2@example.com"] }, rawMessage("none", "x")).catch((e: unknown) => e);
+    assert.equal(classifyError(err).kind, "permanent");
+    assert.equal(classifyError(err).responseCode, 550);
+    smtp.setFaults((ctx) => (ctx.phase === "rcpt" ? { reply: 451, message: "4.3.0 later" } : undefined));
+    const soft = await raw({ from: "a@example.com", to: ["y@example.com"] }, rawMessage("soft", "x")).catch((e: unknown) => e);
+    assert.equal(classifyError(soft).kind, "transient");
+    smtp.setFaults((ctx) => (ctx.phase === "mail" ? { reply: 553, message: "5.7.1 Sender refused" } : undefined));
+    const sender = await raw({ from: "bad@example.com", to: ["y@example.com"] }, rawMessage("sender", "x")).catch((e: unknown) => e);
+    assert.equal(classifyError(sender).kind, "permanent");
+    smtp.setFaults(null);
+    const ok = await raw({ from: "a@example.com", to: ["z@example.com"] }, rawMessage("after", "x"));
+    assert.deepEqual(ok.accepted, ["z@example.com"]);
+    assert.equal(smtp.countByMessageId().get("<after@example.com>"), 1);
+  });
+
+  it("a refused connection is a transient failure", async () => {
+    const down = createTransporter("smtp://127.0.0.1:1?pipelining=true");
+    const err = await (down.transporter as unknown as RawSender).sendRaw({ from: "a@example.com", to: ["b@example.com"] }, rawMessage("down", "x")).catch((e: unknown) => e);
+    down.close();
+    assert.equal(classifyError(err).kind, "transient");
+  });
+
+  it("is refused with TLS or credentials, which it does not speak", () => {
+    assert.throws(() => createTransporter("smtps://127.0.0.1:465?pipelining=true"), TransportConfigError);
+    assert.throws(() => createTransporter("smtp://u:secret@127.0.0.1:25?pipelining=true"), (e: unknown) => e instanceof TransportConfigError && !String(e).includes("secret"));
+  });
+
+  it("carries the relay: 300 enqueued mails each arrive once", async () => {
+    const fx = await freshSqlite();
+    const prisma: any = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));
+    try {
+      const mails = await prisma.outboxEmail.enqueueMany(Array.from({ length: 300 }, (_, i) => ({ to: `p${i}@example.com`, subject: `p ${i}`, text: `.line ${i}\n.\nend` })));
+      const counts = await createRelay({ databaseUrl: fx.url, transport: `${smtp.url}?pipelining=true`, logger: false }).runOnce();
+      assert.equal(counts.sent, 300);
+      const seen = smtp.countByMessageId();
+      for (const m of mails) assert.equal(seen.get(m.messageId), 1);
+    } finally {
+      await prisma.$disconnect();
+      await fx.cleanup();
+    }
+  });
+});
