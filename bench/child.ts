@@ -27,6 +27,8 @@ interface WorkerCommon {
   readonly collectSent: boolean;
   /** Send `progress` messages as mails are recorded (scale-out). */
   readonly reportProgress: boolean;
+  /** Sample process.memoryUsage() every this many ms (0: never). */
+  readonly memorySampleMs?: number;
 }
 
 export type WorkerConfig =
@@ -56,6 +58,8 @@ export interface WorkerResult {
   readonly maxRssKb: number;
   readonly cpuMs: number;
   readonly sentAt: [string, number][];
+  /** [ms since ready, rss, heapUsed, external + arrayBuffers] in kB, when sampling was asked for. */
+  readonly memory: [number, number, number, number][];
 }
 
 export interface ProducerResult {
@@ -120,6 +124,13 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   await send({ type: "ready" });
   // Fail fast instead of hanging when mails stop being recorded (a broken contender).
   const readyAt = nowMs();
+  const memory: [number, number, number, number][] = [];
+  const sampler = cfg.memorySampleMs
+    ? setInterval(() => {
+        const m = process.memoryUsage();
+        memory.push([Math.round(nowMs() - readyAt), m.rss >> 10, m.heapUsed >> 10, (m.external + m.arrayBuffers) >> 10]);
+      }, cfg.memorySampleMs)
+    : null;
   let stalled: string | null = null;
   const watchdog = setInterval(() => {
     const since = lastRecorded ?? firstClaim ?? readyAt;
@@ -133,6 +144,7 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   else await new Promise<void>((resolve) => process.once("message", () => resolve()));
   done = true;
   clearInterval(watchdog);
+  if (sampler) clearInterval(sampler);
   const cpu = cpuMs() - cpu0;
   if (stalled) {
     await send({ type: "error", message: stalled });
@@ -140,7 +152,7 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     return;
   }
   await running.stop();
-  await send({ type: "result", firstClaim, lastRecorded, recorded, sent, maxRssKb: process.resourceUsage().maxRSS, cpuMs: cpu, sentAt });
+  await send({ type: "result", firstClaim, lastRecorded, recorded, sent, maxRssKb: process.resourceUsage().maxRSS, cpuMs: cpu, sentAt, memory });
 }
 
 async function runProducer(cfg: ProducerConfig): Promise<void> {
@@ -168,9 +180,11 @@ async function runProducer(cfg: ProducerConfig): Promise<void> {
   let maxLag = 0;
   let i = 0;
   while (i < cfg.count) {
-    const now = nowMs();
-    while (i < cfg.count && start + i * interval <= now) {
-      maxLag = Math.max(maxLag, now - (start + i * interval));
+    // At most one transaction per connection in flight: when the database falls behind, the
+    // schedule slips (maxLagMs says by how much) instead of queueing in the pool.
+    while (inFlight.size >= cfg.connections) await Promise.race(inFlight);
+    while (i < cfg.count && start + i * interval <= nowMs() && inFlight.size < cfg.connections) {
+      maxLag = Math.max(maxLag, nowMs() - (start + i * interval));
       const mid = ids[i++]!;
       const p: Promise<void> = producer.enqueue(mid).then(
         () => {

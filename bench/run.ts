@@ -140,6 +140,8 @@ export interface MemoryRun {
   readonly maxRssKb: number;
   readonly perSecond: number;
   readonly delivered: boolean;
+  /** Once a second: [ms, rss, heapUsed, external + arrayBuffers] in kB. */
+  readonly samples: [number, number, number, number][];
 }
 
 export interface BenchResults {
@@ -500,7 +502,7 @@ async function memoryPhase(ctx: Ctx): Promise<MemoryRun[]> {
       const key = `memory-${backlog}`;
       const dir = profileDirFor(ctx, key);
       const child = await startChild<WorkerResult>(
-        { role: "worker", expected: drain, collectSent: false, reportProgress: false, ...workerConfig("relay-pg", store, ctx.sink.url) } as WorkerConfig,
+        { role: "worker", expected: drain, collectSent: false, reportProgress: false, memorySampleMs: 1000, ...workerConfig("relay-pg", store, ctx.sink.url) } as WorkerConfig,
         { timeoutMs: 900_000, ...(dir ? { cpuProfDir: dir } : {}) },
       );
       const r = await child.result;
@@ -510,7 +512,7 @@ async function memoryPhase(ctx: Ctx): Promise<MemoryRun[]> {
       const delivered = o.done >= drain && r.sent >= drain && (drain < backlog || o.left === 0);
       if (!delivered) ctx.failures.push(`memory ${backlog}: ${o.done} sent of ${drain}, ${r.sent} 250s`);
       const perSecond = (drain / ((r.lastRecorded ?? Number.NaN) - (r.firstClaim ?? Number.NaN))) * 1000;
-      out.push({ backlog, mails: drain, loadMs, maxRssKb: r.maxRssKb, perSecond, delivered });
+      out.push({ backlog, mails: drain, loadMs, maxRssKb: r.maxRssKb, perSecond, delivered, samples: r.memory });
       ctx.opts.log(`memory: ${fmt(drain)} of a ${fmt(backlog)} backlog: peak RSS ${fmt(r.maxRssKb / 1024, 1)} MB, ${fmt(perSecond)} mails/s`);
     } finally {
       await store.cleanup();
@@ -547,6 +549,7 @@ async function machine(sink: Sink): Promise<Record<string, string>> {
     return r.rows.map((x) => `${x.name}=${x.setting}${x.unit ?? ""}`).join(", ");
   }).catch(() => "n/a");
   return {
+    source: `prisma-mail-outbox at ${cmd("git", ["-C", root, "describe", "--always", "--dirty"])}${process.env.BENCH_SRC_DIR ? ` with src/ replaced by ${process.env.BENCH_SRC_DIR} (BENCH_SRC_DIR)` : ""}`,
     CPU: `${cpus[0]?.model ?? "?"}, ${cpus.length} cores (os.availableParallelism() = ${os.availableParallelism()})`,
     memory: `${fmt(os.totalmem() / 2 ** 30, 1)} GiB`,
     OS: `${os.type()} ${os.release()} (${cmd("sh", ["-c", ". /etc/os-release && echo $PRETTY_NAME"])})`,
