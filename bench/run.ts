@@ -180,7 +180,8 @@ function workerConfig(contender: ContenderName, store: Store, smtpUrl: string, e
         contender,
         settings: {
           url: store.url,
-          smtpUrl,
+          // BENCH_RELAY_SMTP_QUERY=pipelining=true measures the relay on the opt-in pipelining transport.
+          smtpUrl: process.env.BENCH_RELAY_SMTP_QUERY ? `${smtpUrl}${smtpUrl.includes("?") ? "&" : "?"}${process.env.BENCH_RELAY_SMTP_QUERY}` : smtpUrl,
           concurrency: CONCURRENCY,
           relayId: extra.relayId ?? `bench-${randomUUID().slice(0, 8)}`,
           batchSize: 100,
