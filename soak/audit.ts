@@ -225,14 +225,12 @@ export function audit(input: AuditInput): AuditResult {
   const unexplained: string[] = [];
   for (const [id, copies] of copiesById) {
     if (copies.length < 2 || !committed.has(id)) continue;
-    // A copy is extra when it went (also) to a recipient an earlier copy already reached: a mail
-    // sent again only to a recipient the MTA had deferred is not a duplicate.
-    const reached = new Set<string>();
-    let extra = 0;
-    for (const c of copies) {
-      if (c.recipients.some((r) => reached.has(r))) extra++;
-      for (const r of c.recipients) reached.add(r);
-    }
+    // Count per recipient: a mail sent again only to a recipient the MTA had deferred is not a
+    // duplicate, and one unknown outcome followed by a resend split over two partial attempts is
+    // one duplicate, not two. Extra copies = the most any one recipient got, minus one.
+    const perRecipient = new Map<string, number>();
+    for (const c of copies) for (const r of c.recipients) perRecipient.set(r, (perRecipient.get(r) ?? 0) + 1);
+    const extra = Math.max(0, ...[...perRecipient.values()].map((n) => n - 1));
     if (extra === 0) continue;
     duplicates++;
     extraCopies += extra;
@@ -281,7 +279,11 @@ export function audit(input: AuditInput): AuditResult {
     dead === 0 ? "dead 0" : deadOther.length === 0 ? `dead ${dead} (all with a 5xx reply recorded)` : `dead ${dead} (${dead5xx} with a 5xx reply recorded, ${deadOther.length} with another reason recorded)`;
   const boundParts = [`in flight at ${input.kills.length} kills`];
   if (input.dbRestarts.length) boundParts.push(`${input.dbRestarts.length} db restart${input.dbRestarts.length === 1 ? "" : "s"}`);
-  const causes = [`relay died ${dupRelayDied}`, `drop after DATA ${dupDrop}`, `timeout after accept ${dupTimeout}`];
+  const causes = [
+    `relay died ${dupRelayDied} of bound ${bound}: ${boundParts.join(" + ")}`,
+    `drop after DATA ${dupDrop}`,
+    `timeout after accept ${dupTimeout}`,
+  ];
   if (dupRelayTimeout) causes.push(`relay-side timeout after accept ${dupRelayTimeout}`);
   if (unexplained.length) causes.push(`unexplained ${unexplained.length}`);
   const peak = input.memory.map((m) => `${m.name} ${Math.round(m.peakRss / MB)}`).join(", ");
@@ -291,7 +293,7 @@ export function audit(input: AuditInput): AuditResult {
     deadText,
     `lost ${lost.length}`,
     `rolled-back delivered ${rolledBackDelivered.size}`,
-    `duplicates ${duplicates} (bound ${bound}: ${boundParts.join(" + ")}; ${causes.join(", ")})`,
+    `duplicates ${duplicates} (${causes.join("; ")})`,
     `stuck ${stuck.length}`,
     `relay kills ${sigkills}${sigterms ? ` (+${sigterms} SIGTERM)` : ""}`,
     `db restarts ${input.dbRestarts.length}`,

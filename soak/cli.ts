@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { DEFAULT_OPTIONS, runSoak, type SoakDatabase, type SoakOptions } from "./harness.js";
 import { DEFAULT_RATES, NO_FAULTS, type FaultRates } from "./faults.js";
+import { killAllRelays } from "./relays.js";
 
 const USAGE = `Usage: npm run soak -- [options]
 
@@ -109,14 +110,22 @@ const options: SoakOptions = {
   log: (line) => process.stderr.write(`soak: ${new Date().toISOString().slice(11, 19)} ${line}\n`),
 };
 
-// Ctrl-C: the relays and the MTA get the signal too (same process group); leave Postfix running.
-process.once("SIGINT", () => {
-  process.stderr.write("soak: interrupted; starting Postfix again if it was stopped\n");
-  void import("../test/support/postfix.js")
-    .then((p) => (existsSync("/usr/sbin/postfix") ? p.startPostfix() : undefined))
-    .catch(() => {})
-    .finally(() => process.exit(130));
-});
+// Interrupted: take the relay processes down (the MTA process follows its parent), start Postfix
+// again if the soak had stopped it, and stop the soak's own PostgreSQL cluster.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    process.stderr.write(`soak: ${signal}: stopping relays, starting Postfix again if it was stopped\n`);
+    killAllRelays();
+    void (async () => {
+      if (existsSync("/usr/sbin/postfix")) await (await import("../test/support/postfix.js")).startPostfix().catch(() => {});
+      if (options.pgCluster === "dedicated" && options.databases.includes("postgresql")) {
+        const pg = await import("./pg.js");
+        const version = pg.postgresVersion();
+        await pg.stopCluster({ version, name: pg.DEDICATED_CLUSTER, port: 0, url: "", ownedByUs: true }).catch(() => {});
+      }
+    })().finally(() => process.exit(130));
+  });
+}
 
 const report = await runSoak(options);
 for (const s of report.skipped) process.stdout.write(`skipped: ${s}\n`);

@@ -7,7 +7,7 @@
  * backends; a stretch with Postfix (`sendmail-bs:` and `sendmail:`, daemon stopped and started)
  * runs next to the first run when Postfix is installed (soak/postfix-stretch.ts).
  */
-import { mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { monitorEventLoopDelay } from "node:perf_hooks";
@@ -149,6 +149,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   // The producers share this process: its event-loop delay says how long their transactions may have stalled.
   const lag = monitorEventLoopDelay({ resolution: 20 });
   lag.enable();
+  let lastTick = Date.now();
+  const stallWatch = setInterval(() => {
+    const gap = Date.now() - lastTick;
+    if (gap > 2000) opts.log(`the harness's event loop stalled for ${gap} ms (its producers' transactions with it)`);
+    lastTick = Date.now();
+  }, 100);
   try {
     if (opts.databases.includes("postgresql")) {
       cluster = await prepareCluster(opts.pgCluster, opts.pgDatabase);
@@ -161,6 +167,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     opts.log(`soak finished in ${Math.round((Date.now() - started) / 1000)} s; harness event-loop delay p99 ${Math.round(lag.percentile(99) / 1e6)} ms, max ${Math.round(lag.max / 1e6)} ms`);
     return { results, passed: results.length > 0 && results.every((r) => r.passed), skipped, details: outcomes.flatMap((o) => o.details) };
   } finally {
+    clearInterval(stallWatch);
     if (cluster) {
       // Whatever happened, leave PostgreSQL accepting connections (or stopped, if it is ours).
       await waitForPostgres(cluster.url, 60_000).catch((err) => opts.log(`PostgreSQL did not come back: ${(err as Error).message}`));
@@ -413,6 +420,8 @@ async function runOne(
 
     // ---- audit
     const report = await mta.report();
+    // Kept with the relay logs, for looking into a failed audit.
+    writeFileSync(path.join(dir, "mta-copies.jsonl"), report.copies.map((c) => JSON.stringify(c)).join("\n"));
     const rows = await readRows(url);
     if (refusals) notes.push(`MTA refusals ${refusals}`);
     const result = audit({
@@ -476,7 +485,7 @@ async function runOne(
     await mta.close().catch(() => {});
     await prisma.$disconnect().catch(() => {});
     if (!keep) {
-      if (dialect === "sqlite") rmSync(dir, { recursive: true, force: true });
+      rmSync(dir, { recursive: true, force: true });
     } else {
       ctx.log(`kept for inspection: ${url} and ${dir}`);
     }

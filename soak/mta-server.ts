@@ -49,6 +49,8 @@ const kinds: CopyKind[] = [];
 /** Sessions whose current message has every recipient deferred. */
 const deferAll = new Set<number>();
 const copies: MtaCopy[] = [];
+/** When the server stopped listening: open sessions were cut, maybe between keeping a message and answering it. */
+const refusedAt: number[] = [];
 
 function hook(ctx: FaultContext): Fault | undefined {
   const r = config.rates;
@@ -125,17 +127,30 @@ function drain(): void {
 }
 const drainTimer = setInterval(drain, 250);
 
+/**
+ * A copy kept while its 250 was still to be written (immediately, or after a stall) when a
+ * refusal cut every open session: for the relay that is a drop after DATA.
+ */
+function cutByRefusal(c: MtaCopy): MtaCopy {
+  if (c.kind === "drop-kept") return c;
+  const answerBy = c.at + (c.kind === "stall-short" ? config.shortStallMs : c.kind === "stall-long" ? config.longStallMs : 0) + 100;
+  return refusedAt.some((t) => t >= c.at - 10 && t <= answerBy) ? { ...c, kind: "drop-kept" } : c;
+}
+
 process.on("message", (raw: unknown) => {
   const msg = raw as MtaCommand;
   void (async () => {
     try {
       let result: unknown = null;
       if (msg.cmd === "configure") config = msg.config;
-      else if (msg.cmd === "refuse") await smtp.refuseConnections();
+      else if (msg.cmd === "refuse") {
+        refusedAt.push(Date.now());
+        await smtp.refuseConnections();
+      }
       else if (msg.cmd === "accept") await smtp.acceptConnections();
       else if (msg.cmd === "report") {
         drain();
-        result = { copies, injected, sessions: smtp.sessions } satisfies MtaReport;
+        result = { copies: copies.map(cutByRefusal), injected, sessions: smtp.sessions } satisfies MtaReport;
       } else if (msg.cmd === "close") {
         clearInterval(drainTimer);
         await smtp.close();

@@ -111,7 +111,7 @@ export async function runProducers(o: ProducerOptions): Promise<void> {
     return parts.join(" ");
   };
 
-  /** A mail and its plan. `opKind` goes in the header; rollback mail is marked. */
+  /** Mail number `n` of operation `op`, and what the MTA should do with it; `marker`: the transaction will roll back. */
   const mail = (n: number, op: string, marker: boolean, key: string | null): { input: MailInput; plan: MailPlan } => {
     const to: string[] = [recipient(n)];
     const refused: string[] = [];

@@ -9,6 +9,14 @@ import { fileURLToPath } from "node:url";
 
 const ENTRY = fileURLToPath(new URL("./relay-process.ts", import.meta.url));
 
+/** Every relay process alive now, so an interrupted soak can take them down with it. */
+const live = new Set<ChildProcess>();
+
+/** SIGKILL every relay process of this soak (for Ctrl-C). */
+export function killAllRelays(): void {
+  for (const child of live) child.kill("SIGKILL");
+}
+
 export interface RelaySpec {
   /** Short name in reports: `pg-a`, `sqlite-a`, `postfix-bs`. */
   readonly name: string;
@@ -83,6 +91,7 @@ export class RelaySlot {
       stdio: ["ignore", "pipe", log],
     });
     closeSync(log);
+    live.add(child);
     const inc: Incarnation = {
       n,
       relayId,
@@ -121,6 +130,7 @@ export class RelaySlot {
     });
     this.exited = new Promise<void>((resolve) => {
       child.once("exit", (code, signal) => {
+        live.delete(child);
         inc.endedAt = Date.now();
         inc.exitCode = code;
         inc.exitSignal = signal;

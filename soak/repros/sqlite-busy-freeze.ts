@@ -5,7 +5,7 @@
  *
  * Another process holds `BEGIN IMMEDIATE` for 3 s, three times, while one relay hands 40 mails to
  * a prompt SMTP server (every reply delayed 300 ms, so hand-offs are in flight when the lock is taken).
- * Run: node --import tsx soak/repros/sqlite-busy-freeze.ts
+ * Run: node --import tsx soak/repros/sqlite-busy-freeze.ts (prints FIXED or REPRODUCED)
  */
 import { spawn } from "node:child_process";
 import { monitorEventLoopDelay } from "node:perf_hooks";
@@ -41,7 +41,12 @@ try {
   const uncertain = db.dialect === "sqlite" ? (db.db.prepare("SELECT count(*) AS n FROM mail_outbox WHERE uncertain_handoffs > 0").get() as { n: number }) : { n: -1 };
   await db.close();
   console.log(`relay event loop: max delay ${Math.round(lag.max / 1e6)} ms; timed-out attempts ${rows.n}; rows marked uncertain ${uncertain.n}; Message-IDs delivered twice ${dups} (no relay died)`);
-  if (dups > 0 || lag.max / 1e6 > 1000) console.log("REPRODUCED: the relay's event loop froze on the SQLite lock; hand-offs the MTA had answered timed out and were sent again.");
+  if (dups > 0 || uncertain.n > 0 || lag.max / 1e6 > 2000) {
+    console.log("REPRODUCED: the relay's event loop froze on the SQLite lock; mail was sent again although no relay died.");
+    process.exitCode = 1;
+  } else {
+    console.log("FIXED: no duplicate and no uncertain hand-off while another process held the write lock.");
+  }
 } finally {
   await prisma.$disconnect();
   await smtp.close();

@@ -51,7 +51,7 @@ describe("soak audit", () => {
   it("passes a run where every committed mail arrived once and nothing rolled back arrived", () => {
     const r = audit(clean());
     assert.equal(r.passed, true, r.failures.join("\n"));
-    assert.match(r.line, /^test: committed 3, delivered 3, dead 0, lost 0, rolled-back delivered 0, duplicates 0 \(bound 2: in flight at 1 kills;/);
+    assert.match(r.line, /^test: committed 3, delivered 3, dead 0, lost 0, rolled-back delivered 0, duplicates 0 \(relay died 0 of bound 2: in flight at 1 kills; drop after DATA 0; timeout after accept 0\)/);
     assert.match(r.line, /=> PASS$/);
   });
 
@@ -133,6 +133,16 @@ describe("soak audit", () => {
     assert.equal(r.counts.duplicates, 0);
     input.copies.push(copy("<a@x>", { recipients: ["bob@example.com"] }));
     assert.equal(audit(input).counts.dupUnexplained, 1);
+  });
+
+  it("counts one timeout followed by a resend split over two partial attempts as one duplicate", () => {
+    const input = clean();
+    input.copies[0] = copy("<a@x>", { recipients: ["ann@example.com", "bob@example.com"] }); // the relay timed out
+    input.copies.push(copy("<a@x>", { recipients: ["ann@example.com"] }), copy("<a@x>", { recipients: ["bob@example.com"] })); // bob deferred once
+    input.rows[0] = row("<a@x>", { timeouts: 1, attempts: 3 });
+    const r = audit(input);
+    assert.equal(r.passed, true, r.failures.join("\n"));
+    assert.equal(r.counts.extraCopies, 1);
   });
 
   it("fails on a row no relay will move on (held, or pending after settling)", () => {
