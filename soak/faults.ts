@@ -93,17 +93,8 @@ export interface MtaCopy {
   readonly at: number;
 }
 
-/** A small seeded PRNG (mulberry32). */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small seeded PRNG (mulberry32), the one the test SMTP server uses. */
+export { seededRandom as seeded } from "../test/support/smtp.js";
 
 /** An exponentially distributed delay with the given mean (for "random moments"). */
 export function expDelay(random: () => number, meanMs: number): number {
