@@ -942,3 +942,16 @@ function attemptFromSqlite(r: liteSql.SqliteAttemptRow): AttemptRecord {
     queueId: r.queue_id,
   };
 }
+
+/**
+ * SQLite only: rows whose time columns hold numbers instead of ISO-8601 text, which happens when
+ * the application's adapter is created with `timestampFormat: "unixepoch-ms"`. The relay compares
+ * times as text, so such rows would ignore `sendAt` and backoff. For `doctor`.
+ */
+export async function countNumericTimes(db: Db): Promise<number> {
+  if (db.dialect !== "sqlite") return 0;
+  const row = db.db
+    .prepare("SELECT count(*) AS n FROM mail_outbox WHERE typeof(next_attempt_at) <> 'text' OR typeof(send_at) <> 'text' OR typeof(created_at) <> 'text'")
+    .get() as { n: number };
+  return Number(row.n);
+}

@@ -24,6 +24,7 @@ import {
   type MailDetail,
   type MailRecord,
   type StatusReport,
+  countNumericTimes,
 } from "./admin.js";
 import { openDatabase, parseDatabaseUrl, redactUrl, type Db } from "./db.js";
 import { parseDuration, parseSince } from "./duration.js";
@@ -407,6 +408,22 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
         }
       } catch (e) {
         checks.push({ name: "schema", ok: false, detail: errorMessage(e) });
+      }
+      try {
+        if (db?.dialect === "sqlite" && checks.every((c) => c.ok)) {
+          const numeric = await countNumericTimes(db);
+          checks.push(
+            numeric === 0
+              ? { name: "times", ok: true, detail: "times are stored as ISO-8601 text, as the relay compares them" }
+              : {
+                  name: "times",
+                  ok: false,
+                  detail: `${numeric} row(s) store times as numbers: the application's PrismaBetterSqlite3 adapter uses timestampFormat "unixepoch-ms"; the relay needs the default "iso8601" (such rows are treated as due at once)`,
+                },
+          );
+        }
+      } catch (e) {
+        checks.push({ name: "times", ok: false, detail: errorMessage(e) });
       } finally {
         await db?.close().catch(() => {});
       }

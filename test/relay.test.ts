@@ -9,6 +9,7 @@ import { freshSqlite, freshPostgres, prismaClientFor } from "./support/db.js";
 import { startTestSmtp } from "./support/smtp.js";
 import { needPostgres } from "./support/services.js";
 import { Registry } from "prom-client";
+import { main } from "../src/cli.js";
 
 const quiet = { logger: false as const };
 
@@ -132,5 +133,30 @@ describe("relay without a database", () => {
       return true;
     });
     assert.ok(Date.now() - started < 20_000);
+  });
+});
+
+describe("doctor on SQLite", () => {
+  it("flags rows whose times an adapter with timestampFormat unixepoch-ms wrote as numbers", async () => {
+    const fx = await freshSqlite();
+    const prisma: any = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));
+    try {
+      await prisma.outboxEmail.enqueue({ to: "t@example.com", subject: "t", text: "x" });
+      const run = async () => {
+        const out: string[] = [];
+        const io = { stdout: { write: (c: string) => (out.push(c), true) }, stderr: { write: (c: string) => (out.push(c), true) }, env: { DATABASE_URL: fx.url, MAIL_OUTBOX_TRANSPORT: "sendmail:/bin/true" } };
+        const code = await main(["doctor", "--json"], io as never);
+        return { code, report: JSON.parse(out.join("")) as { checks: { name: string; ok: boolean; detail: string }[] } };
+      };
+      const good = await run();
+      assert.equal(good.report.checks.find((c) => c.name === "times")?.ok, true);
+      await query(fx.url, "UPDATE mail_outbox SET next_attempt_at = 1795870000000");
+      const bad = await run();
+      assert.equal(bad.code, 1);
+      assert.match(bad.report.checks.find((c) => c.name === "times")?.detail ?? "", /1 row\(s\) store times as numbers.*unixepoch-ms/);
+    } finally {
+      await prisma.$disconnect();
+      await fx.cleanup();
+    }
   });
 });
