@@ -594,7 +594,7 @@ describe("migrate and doctor", () => {
     assert.equal(d.code, 0, d.stdout + d.stderr);
     const report = JSON.parse(d.stdout);
     assert.equal(report.ok, true);
-    assert.deepEqual(report.checks.map((c: { name: string }) => c.name), ["database", "schema", "transport"]);
+    assert.deepEqual(report.checks.map((c: { name: string }) => c.name), ["database", "schema", "times", "transport"]);
     const text = await cli(["doctor"], { DATABASE_URL: url });
     assert.equal(text.code, 1, "no transport configured");
     assert.match(text.stdout, /^ok {4}database/m);
