@@ -4,12 +4,12 @@
  * Postfix daemon is stopped and started, and the `sendmail-bs:` relay is SIGKILLed once.
  * "Delivered" here means: in the test Maildir (scripts/install-postfix.sh), found by Message-ID.
  */
-import { readdirSync, openSync, readSync, closeSync, statSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { mailOutbox } from "../src/extension.js";
 import { prismaClientFor } from "../test/support/db.js";
 import { postfixReason } from "../test/support/services.js";
-import { startPostfix, stopPostfix, TEST_MAILDIR } from "../test/support/postfix.js";
+import { readHead, startPostfix, stopPostfix, TEST_MAILDIR } from "../test/support/postfix.js";
 import { audit, type AuditResult, type KillRecord } from "./audit.js";
 import { prepareDatabase, readRows, statusCounts, attemptSummary } from "./facts.js";
 import { OP_HEADER, ROLLBACK_OP, RUN_HEADER, seeded, type MtaCopy } from "./faults.js";
@@ -79,17 +79,10 @@ class MaildirScanner {
 
   /** undefined: could not read (moved meanwhile); null: not ours. */
   private read(file: string): { messageId: string; rollback: boolean; at: number; recipient: string } | null | undefined {
-    let head: string;
+    const head = readHead(file);
+    if (head === null) return undefined;
     let at: number;
     try {
-      const fd = openSync(file, "r");
-      try {
-        const buf = Buffer.alloc(16 * 1024);
-        const n = readSync(fd, buf, 0, buf.length, 0);
-        head = buf.subarray(0, n).toString("latin1");
-      } finally {
-        closeSync(fd);
-      }
       at = statSync(file).mtimeMs;
     } catch {
       return undefined;

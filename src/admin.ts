@@ -761,8 +761,8 @@ async function withDb<T>(dbOrUrl: DbOrUrl, fn: (db: Db) => Promise<T>): Promise<
 
 const UNREACHABLE_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH", "EPIPE", "28P01", "28000", "3D000", "57P03", "08006", "08001"]);
 
-/** The message of an error, also for AggregateError (whose own message may be empty). */
-function errorMessage(err: unknown): string {
+/** The message of an error, also for AggregateError (whose own message may be empty: "connect ECONNREFUSED" on ::1 and 127.0.0.1). */
+export function errorMessage(err: unknown): string {
   if (err instanceof AggregateError && err.message === "") {
     const inner = err.errors.map((e) => errorMessage(e)).filter((m) => m !== "");
     if (inner.length > 0) return [...new Set(inner)].join("; ");

@@ -25,6 +25,7 @@ import {
   type MailRecord,
   type StatusReport,
   countNumericTimes,
+  errorMessage,
 } from "./admin.js";
 import { openDatabase, parseDatabaseUrl, redactUrl, type Db } from "./db.js";
 import { parseDuration, parseSince } from "./duration.js";
@@ -463,16 +464,6 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
     else if (!(e instanceof MailOutboxError) && !usage) err("mail-outbox: (set MAIL_OUTBOX_DEBUG=1 for details)\n");
     return usage ? EXIT_USAGE : 1;
   }
-}
-
-/** The message of an error, also for AggregateError (whose own message may be empty: "connect ECONNREFUSED" on ::1 and 127.0.0.1). */
-function errorMessage(err: unknown): string {
-  if (err instanceof AggregateError && err.message === "") {
-    const inner = err.errors.map((e) => errorMessage(e)).filter((m) => m !== "");
-    if (inner.length > 0) return [...new Set(inner)].join("; ");
-  }
-  if (err instanceof Error) return err.message || String((err as { code?: unknown }).code ?? err.name);
-  return String(err);
 }
 
 // ---- argument parsing ---------------------------------------------------------------------

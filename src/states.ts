@@ -46,14 +46,3 @@ export const TRANSITIONS: Readonly<Record<Transition, { readonly from: readonly 
 export function isOutboxStatus(value: unknown): value is OutboxStatus {
   return typeof value === "string" && (STATUSES as readonly string[]).includes(value);
 }
-
-/** The statuses a transition may start from, as an SQL-ready list of literals (they are constants, never user input). */
-export function fromStatuses(t: Transition): readonly OutboxStatus[] {
-  return TRANSITIONS[t].from;
-}
-
-/** Statuses a row can still leave without an operator: the relay will move it on by itself. */
-export const ACTIVE_STATUSES: readonly OutboxStatus[] = ["pending", "sending"];
-
-/** Statuses no relay moves on by itself. */
-export const FINAL_STATUSES: readonly OutboxStatus[] = ["sent", "dead", "cancelled", "held"];

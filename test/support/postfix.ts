@@ -77,22 +77,27 @@ export async function withPostfixStopped<T>(fn: () => Promise<T>): Promise<T> {
 // Maildir files never change once delivered: remember each one's Message-ID.
 const headerCache = new Map<string, string | null>();
 
-function messageIdOfFile(file: string): string | null {
-  const cached = headerCache.get(file);
-  if (cached !== undefined) return cached;
-  let head: string;
+/** The first 16 KiB of a delivered mail file (its header), or null when it is gone (moved from new/ to cur/). */
+export function readHead(file: string): string | null {
   try {
     const fd = openSync(file, "r");
     try {
       const buf = Buffer.alloc(16 * 1024);
       const n = readSync(fd, buf, 0, buf.length, 0);
-      head = buf.subarray(0, n).toString("latin1");
+      return buf.subarray(0, n).toString("latin1");
     } finally {
       closeSync(fd);
     }
   } catch {
-    return null; // moved from new/ to cur/ meanwhile
+    return null;
   }
+}
+
+function messageIdOfFile(file: string): string | null {
+  const cached = headerCache.get(file);
+  if (cached !== undefined) return cached;
+  const head = readHead(file);
+  if (head === null) return null; // moved from new/ to cur/ meanwhile
   const end = head.search(/\r?\n\r?\n/);
   const unfolded = (end >= 0 ? head.slice(0, end) : head).replace(/\r?\n[ \t]+/g, " ");
   const m = /^message-id:[ \t]*(.*)$/im.exec(unfolded);
