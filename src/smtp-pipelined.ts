@@ -66,6 +66,8 @@ class Connection {
   private readonly waiting: { resolve: (r: Reply) => void; reject: (e: Error) => void }[] = [];
   broken: Error | null = null;
   messages = 0;
+  /** Whether the server offered PIPELINING (RFC 2920); without it, commands go one at a time. */
+  pipelining = false;
   readonly opened: Promise<void>;
 
   constructor(private readonly o: PipelinedSmtpOptions) {
@@ -84,7 +86,7 @@ class Connection {
         socket.write(`EHLO ${o.name}\r\n`);
         const ehlo = await this.reply();
         if (ehlo.code !== 250) throw smtpError(ehlo.text, "EPROTOCOL", ehlo.code, ehlo.text);
-        if (!/^250[ -]PIPELINING\b/im.test(ehlo.text)) throw smtpError("The server does not offer PIPELINING", "EPROTOCOL");
+        this.pipelining = /^250[ -]PIPELINING\b/im.test(ehlo.text);
       } finally {
         clearTimeout(timer);
       }
@@ -136,12 +138,37 @@ class Connection {
     }
   }
 
+  /** Send commands and collect one reply each: in one write when pipelining, else one at a time. */
+  private async commands(lines: readonly string[]): Promise<Reply[]> {
+    if (this.pipelining) {
+      const replies = lines.map(() => this.reply());
+      for (const r of replies) r.catch(() => {});
+      this.socket.write(lines.join(""));
+      return Promise.all(replies);
+    }
+    const out: Reply[] = [];
+    for (const line of lines) {
+      const r = this.reply();
+      this.socket.write(line);
+      out.push(await r);
+    }
+    return out;
+  }
+
   private async transaction(envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> {
-    const replies = [this.reply(), ...envelope.to.map(() => this.reply()), this.reply()];
-    for (const r of replies) r.catch(() => {});
-    this.socket.write(`MAIL FROM:<${envelope.from}>\r\n${envelope.to.map((t) => `RCPT TO:<${t}>\r\n`).join("")}DATA\r\n`);
-    const [mail, ...rest] = await Promise.all(replies);
-    const data = rest.pop()!;
+    const envelopeLines = [`MAIL FROM:<${envelope.from}>\r\n`, ...envelope.to.map((t) => `RCPT TO:<${t}>\r\n`)];
+    let replies: Reply[];
+    let data: Reply;
+    if (this.pipelining) {
+      replies = await this.commands([...envelopeLines, "DATA\r\n"]);
+      data = replies.pop()!;
+    } else {
+      // One at a time: stop at a refused MAIL FROM, and send DATA only if a recipient was accepted.
+      const [mailReply] = await this.commands([envelopeLines[0]!]);
+      replies = mailReply!.code >= 400 ? [mailReply!] : [mailReply!, ...(await this.commands(envelopeLines.slice(1)))];
+      data = replies.length > 1 && replies.slice(1).some((r) => r.code < 300) ? (await this.commands(["DATA\r\n"]))[0]! : { code: 0, text: "DATA not sent" };
+    }
+    const [mail, ...rest] = replies;
     if (mail!.code >= 400) {
       if (data.code === 354) await this.abortData();
       throw smtpError(`Mail command failed: ${mail!.text}`, "EENVELOPE", mail!.code, mail!.text);

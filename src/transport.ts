@@ -3,7 +3,7 @@
  *
  * | URL | transport |
  * | --- | --- |
- * | `smtp://[user:pass@]host[:port]` (port 25 by default) | pooled SMTP, STARTTLS when offered |
+ * | `smtp://[user:pass@]host[:port]` (port 25 by default) | pooled SMTP, STARTTLS when offered; to a loopback host, pipelined plain SMTP (see `pipelining`) |
  * | `smtps://[user:pass@]host[:port]` (port 465 by default) | pooled SMTP over TLS |
  * | `sendmail:` or `sendmail:/usr/sbin/sendmail` | pipe to the sendmail program (`-i -f from -- rcpts`), see `src/sendmail.ts` |
  * | `sendmail-bs:` or `sendmail-bs:/usr/sbin/sendmail` | SMTP over the stdin/stdout of `sendmail -bs`, pooled, see `src/sendmail-bs.ts` |
@@ -24,6 +24,7 @@
  * | `requireTLS` | smtp | `true`: refuse to send unless STARTTLS works | false |
  * | `ignoreTLS` | smtp | `true`: never use STARTTLS | false |
  * | `rejectUnauthorized` | smtp(s) | `false`: accept any TLS certificate | true |
+ * | `pipelining` | smtp | `true`: the lean pipelining transport (plain SMTP: no TLS, no AUTH); `false`: nodemailer's pool | `true` for a loopback host (127.0.0.0/8, ::1, localhost) without credentials, `requireTLS`, `rateLimit`, `maxRequeues` or `rejectUnauthorized`; else `false` |
  *
  * Credentials in the URL are percent-decoded (`smtp://me%40example.com:p%40ss@host`). Nothing
  * this module logs or throws contains the password.
@@ -233,21 +234,32 @@ function parseSpec(spec: string, defaults: CreateTransporterOptions): ParsedSpec
       options.auth = { user: decode(spec, url.username, "user name"), pass: decode(spec, url.password, "password") };
     }
     const shown = redactUrl(trimmed);
-    // `?pipelining=true`: the lean pipelining transport (src/smtp-pipelined.ts), opt-in. It speaks
-    // plain SMTP only (no STARTTLS, no AUTH), so it is refused for smtps:// and with credentials or requireTLS.
-    const pipelined = boolParam(spec, params, "pipelining") ?? false;
-    if (pipelined && (secure || options.auth || options.requireTLS)) {
+    // The lean pipelining transport (src/smtp-pipelined.ts) speaks plain SMTP only (no STARTTLS, no
+    // AUTH, no rate limit, no requeue). It is the default for a loopback MTA (a local Postfix or a
+    // smarthost sidecar), where STARTTLS protects nothing; `pipelining=false` turns it off and
+    // `pipelining=true` asks for it elsewhere. Everything else keeps nodemailer's pool.
+    const asked = boolParam(spec, params, "pipelining");
+    const plainOnly = secure || options.auth !== undefined || options.requireTLS === true;
+    if (asked === true && plainOnly) {
       throw new TransportConfigError(`${redactUrl(trimmed)}: pipelining=true speaks plain SMTP only (no TLS, no AUTH); use it for a local MTA, or drop it.`);
     }
+    const needsNodemailer = plainOnly || params.has("rateLimit") || params.has("maxRequeues") || params.has("rejectUnauthorized");
+    const pipelined = asked ?? (!needsNodemailer && isLoopbackHost(options.host!));
     return {
       kind: "smtp",
       pipelined,
       options,
-      display: `${shown} (pooled SMTP${secure ? " over TLS" : ""} to ${options.host}:${port}, ${options.maxConnections} connections)`,
+      display: `${shown} (${pipelined ? "pipelined plain SMTP" : `pooled SMTP${secure ? " over TLS" : ""}`} to ${options.host}:${port}, ${options.maxConnections} connections)`,
     };
   }
 
   throw configError(spec, `unknown scheme ${JSON.stringify(`${scheme}:`)}`);
+}
+
+/** 127.0.0.0/8, ::1 and `localhost`: an MTA on this machine. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\./.test(h);
 }
 
 function isTransporter(value: unknown): value is Transporter {

@@ -113,91 +113,95 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.equal(await userCount(fx.url), 2);
     });
 
-    it("keeps every mail while the SMTP server refuses connections, and delivers all of them once it is back", async (t) => {
-      if (!fx) return t.skip("no database");
-      await smtp.refuseConnections();
-      const ids = await prisma.outboxEmail.enqueueMany(
-        Array.from({ length: 20 }, (_, i) => ({ to: `outage${i}@example.com`, subject: `outage ${i}`, text: "x" })),
-      );
-      const r = relay({ connectRetries: 0 });
-      await r.start();
-      await new Promise((res) => setTimeout(res, 600));
-      assert.ok(r.counts().retried >= 1, "the relay tried and failed while the server was down");
-      assert.equal(r.counts().sent, 0);
-      await smtp.acceptConnections();
-      await smtp.waitFor(() => ids.every((x: { messageId: string }) => smtp.countByMessageId().has(x.messageId)), 15_000);
-      await r.stop();
-      const counts = smtp.countByMessageId();
-      for (const x of ids) assert.equal(counts.get(x.messageId), 1, `${x.messageId} delivered once`);
-      const byId = new Map((await rows(fx.url)).map((row) => [row.message_id, row]));
-      for (const x of ids) assert.equal(byId.get(x.messageId)?.status, "sent");
-    });
-
-    it("a recipient deferred with 4xx gets the same message on a later attempt, without resending to those who accepted it", async (t) => {
-      if (!fx) return t.skip("no database");
-      const mail = await prisma.outboxEmail.enqueue({ to: ["glad@example.com", "grey@example.com"], cc: "gone@example.com", subject: "partial", text: "x" });
-      let greylisted = 0;
-      smtp.setFaults((ctx) => {
-        if (ctx.phase === "rcpt" && ctx.recipient === "grey@example.com" && greylisted++ < 1) return { reply: 450, message: "4.2.0 Greylisted, come back later" };
-        if (ctx.phase === "rcpt" && ctx.recipient === "gone@example.com") return { reply: 550, message: "5.1.1 No such user" };
-        return undefined;
-      });
-      try {
-        const r = relay();
+    // The faults, through both SMTP transports: the pipelining one (the default for a loopback MTA)
+    // and nodemailer's pool (every other SMTP URL).
+    for (const [transport, query] of [["pipelined", ""], ["nodemailer pool", "?pipelining=false"]] as const) {
+      it(`keeps every mail while the SMTP server refuses connections, and delivers all of them once it is back (${transport})`, async (t) => {
+        if (!fx) return t.skip("no database");
+        await smtp.refuseConnections();
+        const ids = await prisma.outboxEmail.enqueueMany(
+          Array.from({ length: 20 }, (_, i) => ({ to: `outage${i}@example.com`, subject: `outage ${i}`, text: "x" })),
+        );
+        const r = relay({ connectRetries: 0, transport: smtp.url + query });
         await r.start();
-        await smtp.waitFor(() => smtp.messages.filter((m) => m.messageId === mail.messageId).length >= 2, 10_000);
-        await new Promise((res) => setTimeout(res, 200));
+        await new Promise((res) => setTimeout(res, 600));
+        assert.ok(r.counts().retried >= 1, "the relay tried and failed while the server was down");
+        assert.equal(r.counts().sent, 0);
+        await smtp.acceptConnections();
+        await smtp.waitFor(() => ids.every((x: { messageId: string }) => smtp.countByMessageId().has(x.messageId)), 15_000);
         await r.stop();
-      } finally {
-        smtp.setFaults(null);
-      }
-      const deliveries = smtp.messages.filter((m) => m.messageId === mail.messageId).map((m) => m.recipients);
-      assert.deepEqual(deliveries, [["glad@example.com"], ["grey@example.com"]]);
-      const db = await openDatabase(fx.url);
-      try {
-        const sql = "SELECT status, accepted, rejected, envelope_to FROM mail_outbox WHERE message_id = " + (db.dialect === "postgresql" ? "$1" : "?");
-        const row: any = db.dialect === "postgresql" ? (await db.pool.query(sql, [mail.messageId])).rows[0] : db.db.prepare(sql).get(mail.messageId);
-        const parse = (v: unknown) => (typeof v === "string" ? JSON.parse(v) : v);
-        assert.equal(row.status, "sent");
-        assert.deepEqual(parse(row.accepted), ["glad@example.com", "grey@example.com"]);
-        assert.deepEqual(parse(row.rejected).map((x: { recipient: string }) => x.recipient), ["gone@example.com"]);
-      } finally {
-        await db.close();
-      }
-    });
-
-    it("retries a 4xx, parks a 5xx as dead with the reply recorded", async (t) => {
-      if (!fx) return t.skip("no database");
-      const soft = await prisma.outboxEmail.enqueue({ to: "soft@example.com", subject: "soft", text: "x" });
-      const hard = await prisma.outboxEmail.enqueue({ to: "hard@example.com", subject: "hard", text: "x" });
-      let softFailures = 0;
-      smtp.setFaults((ctx) => {
-        if (ctx.phase === "rcpt" && ctx.recipient === "hard@example.com") return { reply: 550, message: "5.1.1 No such user here" };
-        if (ctx.phase === "rcpt" && ctx.recipient === "soft@example.com" && softFailures++ < 2) return { reply: 451, message: "4.3.0 Try again later" };
-        return undefined;
+        const counts = smtp.countByMessageId();
+        for (const x of ids) assert.equal(counts.get(x.messageId), 1, `${x.messageId} delivered once`);
+        const byId = new Map((await rows(fx.url)).map((row) => [row.message_id, row]));
+        for (const x of ids) assert.equal(byId.get(x.messageId)?.status, "sent");
       });
-      const r = relay();
-      await r.start();
-      await smtp.waitFor(() => smtp.countByMessageId().has(soft.messageId), 10_000);
-      await new Promise((res) => setTimeout(res, 300));
-      await r.stop();
-      smtp.setFaults(null);
-      const byId = new Map((await rows(fx.url)).map((row) => [row.message_id, row]));
-      assert.equal(byId.get(soft.messageId)?.status, "sent");
-      assert.equal(byId.get(soft.messageId)?.attempts, 3);
-      const dead = byId.get(hard.messageId)!;
-      assert.equal(dead.status, "dead");
-      assert.match(dead.last_error ?? "", /No such user/);
-      assert.equal(smtp.countByMessageId().get(hard.messageId), undefined);
 
-      // The operator fixes the mailbox and replays the dead mail from the CLI: same Message-ID, delivered.
-      const out: string[] = [];
-      const io = { stdout: { write: (c: string) => (out.push(c), true) }, stderr: { write: (c: string) => (out.push(c), true) }, env: { DATABASE_URL: fx.url } };
-      assert.equal(await main(["replay", "--status", "dead", "--since", "1h", "--json"], io as never), 0, out.join(""));
-      assert.equal((await relay().runOnce()).sent, 1);
-      assert.equal(smtp.countByMessageId().get(hard.messageId), 1);
-      const after = new Map((await rows(fx.url)).map((row) => [row.message_id, row]));
-      assert.equal(after.get(hard.messageId)?.status, "sent");
-    });
+      it(`a recipient deferred with 4xx gets the same message on a later attempt, without resending to those who accepted it (${transport})`, async (t) => {
+        if (!fx) return t.skip("no database");
+        const mail = await prisma.outboxEmail.enqueue({ to: ["glad@example.com", "grey@example.com"], cc: "gone@example.com", subject: "partial", text: "x" });
+        let greylisted = 0;
+        smtp.setFaults((ctx) => {
+          if (ctx.phase === "rcpt" && ctx.recipient === "grey@example.com" && greylisted++ < 1) return { reply: 450, message: "4.2.0 Greylisted, come back later" };
+          if (ctx.phase === "rcpt" && ctx.recipient === "gone@example.com") return { reply: 550, message: "5.1.1 No such user" };
+          return undefined;
+        });
+        try {
+          const r = relay({ transport: smtp.url + query });
+          await r.start();
+          await smtp.waitFor(() => smtp.messages.filter((m) => m.messageId === mail.messageId).length >= 2, 10_000);
+          await new Promise((res) => setTimeout(res, 200));
+          await r.stop();
+        } finally {
+          smtp.setFaults(null);
+        }
+        const deliveries = smtp.messages.filter((m) => m.messageId === mail.messageId).map((m) => m.recipients);
+        assert.deepEqual(deliveries, [["glad@example.com"], ["grey@example.com"]]);
+        const db = await openDatabase(fx.url);
+        try {
+          const sql = "SELECT status, accepted, rejected, envelope_to FROM mail_outbox WHERE message_id = " + (db.dialect === "postgresql" ? "$1" : "?");
+          const row: any = db.dialect === "postgresql" ? (await db.pool.query(sql, [mail.messageId])).rows[0] : db.db.prepare(sql).get(mail.messageId);
+          const parse = (v: unknown) => (typeof v === "string" ? JSON.parse(v) : v);
+          assert.equal(row.status, "sent");
+          assert.deepEqual(parse(row.accepted), ["glad@example.com", "grey@example.com"]);
+          assert.deepEqual(parse(row.rejected).map((x: { recipient: string }) => x.recipient), ["gone@example.com"]);
+        } finally {
+          await db.close();
+        }
+      });
+
+      it(`retries a 4xx, parks a 5xx as dead with the reply recorded (${transport})`, async (t) => {
+        if (!fx) return t.skip("no database");
+        const soft = await prisma.outboxEmail.enqueue({ to: "soft@example.com", subject: "soft", text: "x" });
+        const hard = await prisma.outboxEmail.enqueue({ to: "hard@example.com", subject: "hard", text: "x" });
+        let softFailures = 0;
+        smtp.setFaults((ctx) => {
+          if (ctx.phase === "rcpt" && ctx.recipient === "hard@example.com") return { reply: 550, message: "5.1.1 No such user here" };
+          if (ctx.phase === "rcpt" && ctx.recipient === "soft@example.com" && softFailures++ < 2) return { reply: 451, message: "4.3.0 Try again later" };
+          return undefined;
+        });
+        const r = relay({ transport: smtp.url + query });
+        await r.start();
+        await smtp.waitFor(() => smtp.countByMessageId().has(soft.messageId), 10_000);
+        await new Promise((res) => setTimeout(res, 300));
+        await r.stop();
+        smtp.setFaults(null);
+        const byId = new Map((await rows(fx.url)).map((row) => [row.message_id, row]));
+        assert.equal(byId.get(soft.messageId)?.status, "sent");
+        assert.equal(byId.get(soft.messageId)?.attempts, 3);
+        const dead = byId.get(hard.messageId)!;
+        assert.equal(dead.status, "dead");
+        assert.match(dead.last_error ?? "", /No such user/);
+        assert.equal(smtp.countByMessageId().get(hard.messageId), undefined);
+
+        // The operator fixes the mailbox and replays the dead mail from the CLI: same Message-ID, delivered.
+        const out: string[] = [];
+        const io = { stdout: { write: (c: string) => (out.push(c), true) }, stderr: { write: (c: string) => (out.push(c), true) }, env: { DATABASE_URL: fx.url } };
+        assert.equal(await main(["replay", "--status", "dead", "--since", "1h", "--json"], io as never), 0, out.join(""));
+        assert.equal((await relay({ transport: smtp.url + query }).runOnce()).sent, 1);
+        assert.equal(smtp.countByMessageId().get(hard.messageId), 1);
+        const after = new Map((await rows(fx.url)).map((row) => [row.message_id, row]));
+        assert.equal(after.get(hard.messageId)?.status, "sent");
+      });
+    }
   });
 }

@@ -1,11 +1,12 @@
 /**
- * The opt-in pipelining SMTP transport (`smtp://host:port?pipelining=true`), against the real
- * in-process SMTP server: bytes arrive exactly as composed, replies are classified like
- * nodemailer's, and a refused transaction leaves the connection usable.
+ * The pipelining SMTP transport (the default for `smtp://` to a loopback host, or
+ * `smtp://host:port?pipelining=true`), against the real in-process SMTP server: bytes arrive
+ * exactly as composed, replies are classified like nodemailer's, a refused transaction leaves the
+ * connection usable, and a server without PIPELINING gets the commands one at a time.
  */
 import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
-import { createTransporter, classifyError, createRelay, mailOutbox, TransportConfigError } from "../src/index.js";
+import { createTransporter, classifyError, createRelay, mailOutbox, TransportConfigError, describeTransport } from "../src/index.js";
 import { startTestSmtp } from "./support/smtp.js";
 import { freshSqlite, prismaClientFor } from "./support/db.js";
 import type { RawSender } from "../src/smtp-pipelined.js";
@@ -64,6 +65,58 @@ describe("pipelining SMTP transport", async () => {
   it("is refused with TLS or credentials, which it does not speak", () => {
     assert.throws(() => createTransporter("smtps://127.0.0.1:465?pipelining=true"), TransportConfigError);
     assert.throws(() => createTransporter("smtp://u:secret@127.0.0.1:25?pipelining=true"), (e: unknown) => e instanceof TransportConfigError && !String(e).includes("secret"));
+  });
+
+  it("is the default for a loopback host without credentials, and nodemailer's pool otherwise", () => {
+    const name = (spec: string) => {
+      const t = createTransporter(spec);
+      try {
+        return t.transporter.name;
+      } finally {
+        t.close();
+      }
+    };
+    assert.equal(name("smtp://127.0.0.1:2525"), "SMTP (pipelined)");
+    assert.equal(name("smtp://localhost:25"), "SMTP (pipelined)");
+    assert.equal(name("smtp://[::1]:25"), "SMTP (pipelined)");
+    assert.equal(name("smtp://127.0.0.1:2525?pipelining=false"), "SMTP (pool)");
+    assert.equal(name("smtp://u:p@127.0.0.1:2525"), "SMTP (pool)");
+    assert.equal(name("smtp://127.0.0.1:2525?requireTLS=true"), "SMTP (pool)");
+    assert.equal(name("smtp://127.0.0.1:2525?rateLimit=10"), "SMTP (pool)");
+    assert.equal(name("smtp://mail.example.com:25"), "SMTP (pool)");
+    assert.equal(name("smtp://mail.example.com:25?pipelining=true"), "SMTP (pipelined)");
+    assert.match(describeTransport("smtp://127.0.0.1:2525"), /pipelined plain SMTP/);
+    assert.match(describeTransport("smtp://mail.example.com"), /pooled SMTP/);
+  });
+
+  it("sends the commands one at a time to a server that does not offer PIPELINING", async () => {
+    const plain = await startTestSmtp({ hidePipelining: true });
+    const t = createTransporter(`${plain.url}?maxConnections=1`);
+    const send = (t.transporter as unknown as RawSender).sendRaw.bind(t.transporter);
+    try {
+      const ok = await send({ from: "a@example.com", to: ["x@example.com", "y@example.com"] }, rawMessage("lockstep", ".dot\r\nbody"));
+      assert.deepEqual(ok.accepted, ["x@example.com", "y@example.com"]);
+      plain.setFaults((ctx) => (ctx.phase === "rcpt" && ctx.recipient?.startsWith("nobody") ? { reply: 550, message: "5.1.1 No such user" } : undefined));
+      const part = await send({ from: "a@example.com", to: ["nobody@example.com", "z@example.com"] }, rawMessage("lockstep-part", "x"));
+      assert.deepEqual(part.rejected, ["nobody@example.com"]);
+      const none = await send({ from: "a@example.com", to: ["nobody@example.com"] }, rawMessage("lockstep-none", "x")).catch((e: unknown) => e);
+      assert.equal(classifyError(none).kind, "permanent");
+      plain.setFaults((ctx) => (ctx.phase === "mail" ? { reply: 451, message: "4.3.0 later" } : undefined));
+      const soft = await send({ from: "a@example.com", to: ["y@example.com"] }, rawMessage("lockstep-soft", "x")).catch((e: unknown) => e);
+      assert.equal(classifyError(soft).kind, "transient");
+      plain.setFaults(null);
+      await send({ from: "a@example.com", to: ["z@example.com"] }, rawMessage("lockstep-after", "x"));
+      const seen = plain.countByMessageId();
+      assert.deepEqual(
+        ["<lockstep@example.com>", "<lockstep-part@example.com>", "<lockstep-none@example.com>", "<lockstep-soft@example.com>", "<lockstep-after@example.com>"].map((id) => seen.get(id) ?? 0),
+        [1, 1, 0, 0, 1],
+      );
+      const got = plain.messages.find((m) => m.messageId === "<lockstep@example.com>")!;
+      assert.match(got.raw.toString("latin1"), /\r\n\.dot\r\nbody/);
+    } finally {
+      t.close();
+      await plain.close();
+    }
   });
 
   it("carries the relay: 300 enqueued mails each arrive once", async () => {

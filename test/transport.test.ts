@@ -323,7 +323,8 @@ describe("createTransporter", () => {
   });
 
   test("the accepted URL forms build the matching transports", () => {
-    assert.equal(createTransporter("smtp://127.0.0.1:2525").transporter.name, "SMTP (pool)");
+    assert.equal(createTransporter("smtp://127.0.0.1:2525").transporter.name, "SMTP (pipelined)");
+    assert.equal(createTransporter("smtp://127.0.0.1:2525?pipelining=false").transporter.name, "SMTP (pool)");
     assert.equal(createTransporter("smtps://u:p@mail.example.com").transporter.name, "SMTP (pool)");
     assert.equal(createTransporter("sendmail:").transporter.name, "sendmail-pipe");
     assert.equal(createTransporter("sendmail:/usr/sbin/sendmail?timeout=5000").transporter.name, "sendmail-pipe");

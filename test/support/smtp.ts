@@ -90,6 +90,8 @@ export interface StartTestSmtpOptions {
   readonly port?: number;
   /** Require AUTH with exactly these credentials (535 otherwise). Without it any credentials are accepted and AUTH is optional. */
   readonly auth?: { readonly user: string; readonly pass: string };
+  /** Leave PIPELINING out of the EHLO reply, as a server without RFC 2920 would. */
+  readonly hidePipelining?: boolean;
 }
 
 /** The Message-ID header of a raw message (unfolded, trimmed), or null. */
@@ -148,6 +150,7 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
     allowInsecureAuth: true,
     disabledCommands: ["STARTTLS"],
     hideSTARTTLS: true,
+    hidePIPELINING: options.hidePipelining ?? false,
     closeTimeout: 500,
     onAuth(auth, _session, callback) {
       if (options.auth && (auth.username !== options.auth.user || auth.password !== options.auth.pass)) {
