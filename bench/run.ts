@@ -165,7 +165,8 @@ export interface BenchResults {
 
 // ---- contender settings ------------------------------------------------------------------------
 
-const CONCURRENCY = 10;
+/** graphile-worker and pg-boss: jobs in flight (BENCH_CONCURRENCY to try others). */
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 10);
 
 /**
  * The settings each contender runs with. Our relay runs with its defaults (PostgreSQL wakes on
@@ -180,11 +181,9 @@ function workerConfig(contender: ContenderName, store: Store, smtpUrl: string, e
         contender,
         settings: {
           url: store.url,
-          // BENCH_RELAY_SMTP_QUERY=pipelining=true measures the relay on the opt-in pipelining transport.
+          // BENCH_RELAY_SMTP_QUERY=pipelining=false measures the relay on nodemailer's pool instead.
           smtpUrl: process.env.BENCH_RELAY_SMTP_QUERY ? `${smtpUrl}${smtpUrl.includes("?") ? "&" : "?"}${process.env.BENCH_RELAY_SMTP_QUERY}` : smtpUrl,
-          concurrency: CONCURRENCY,
           relayId: extra.relayId ?? `bench-${randomUUID().slice(0, 8)}`,
-          batchSize: 100,
           pollIntervalMs: contender === "relay-sqlite" ? 10 : 1000,
           ...(JSON.parse(process.env.BENCH_RELAY ?? "{}") as object),
         },
@@ -203,9 +202,9 @@ export const PGBOSS = { workers: 2, batchSize: 1000, pollingIntervalSeconds: 0.5
 
 function settingsTable(): Record<string, string> {
   return {
-    transport: `relay: createTransporter("smtp://127.0.0.1:PORT?maxConnections=10"); graphile-worker and pg-boss: nodemailer.createTransport({ pool: true, maxConnections: 10, maxMessages: 1000 }) (the same nodemailer SMTP pool and settings as of this run)`,
-    "relay-pg": `createRelay({ concurrency: ${CONCURRENCY}, batchSize: 100, leaseMs: 30000, pollIntervalMs: 1000 }) (defaults), LISTEN/NOTIFY wake-up`,
-    "relay-sqlite": `createRelay({ concurrency: ${CONCURRENCY}, batchSize: 100, pollIntervalMs: 10 }) (SQLite has no NOTIFY)`,
+    transport: `relay: createTransporter("smtp://127.0.0.1:PORT?maxConnections=10"), which for a loopback MTA is the library's pipelining SMTP transport (10 connections, up to 4 transactions in flight on each); graphile-worker and pg-boss: nodemailer.createTransport({ pool: true, maxConnections: 10, maxMessages: 1000 }). Every contender opens at most 10 SMTP connections`,
+    "relay-pg": `createRelay({ transport, pollIntervalMs: 1000 }): the defaults, which with this transport are concurrency 40 (its capacity, 10 x 4) and batchSize 200; LISTEN/NOTIFY wake-up`,
+    "relay-sqlite": `createRelay({ transport, pollIntervalMs: 10 }) (SQLite has no NOTIFY), otherwise as relay-pg`,
     "graphile-worker": `run({ concurrency: ${CONCURRENCY}, preset.worker: { localQueue: { size: ${GRAPHILE.localQueueSize} }, completeJobBatchDelay: ${GRAPHILE.completeJobBatchDelay} } }), NO_LOG_SUCCESS=1, one job per mail`,
     "pg-boss": `${PGBOSS.workers} x work(queue, { batchSize: ${PGBOSS.batchSize}, pollingIntervalSeconds: ${PGBOSS.pollingIntervalSeconds} }), the jobs of a batch sent in parallel, one job per mail`,
   };

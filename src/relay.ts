@@ -48,9 +48,12 @@ export interface RelayOptions {
   readonly transport: TransportSpec;
   /** Name of this relay in leases and attempt records. @default `${hostname}/${pid}/${random}` */
   readonly relayId?: string;
-  /** Hand-offs in flight at once. @default 10 */
+  /**
+   * Hand-offs in flight at once. @default 10, or what the transport says it carries at once when
+   * that is more: the pipelining SMTP transport carries `maxConnections` x 4 (20 by default)
+   */
   readonly concurrency?: number;
-  /** Rows claimed per statement. @default 100 */
+  /** Rows claimed per statement. @default 100, or 5 x concurrency when that is more */
   readonly batchSize?: number;
   /** How long a claim holds a row before another relay may take it over; renewed every third of it. @default 30_000 */
   readonly leaseMs?: number;
@@ -204,8 +207,8 @@ class RelayImpl extends EventEmitter implements Relay {
   /** The lease owner written into claimed rows: `id`, plus a per-process suffix when `relayId` was given. */
   private readonly owner: string;
   private readonly opts: RelayOptions;
-  private readonly concurrency: number;
-  private readonly batchSize: number;
+  private concurrency: number;
+  private batchSize: number;
   private readonly leaseMs: number;
   private readonly pollIntervalMs: number;
   private readonly handoffTimeoutMs: number;
@@ -325,6 +328,13 @@ class RelayImpl extends EventEmitter implements Relay {
     const t = this.opts.transport;
     this.transporter = createTransporter(t);
     this.ownsTransporter = this.transporter !== t;
+    // A transport that carries several hand-offs per connection (the pipelining SMTP transport)
+    // says how many it can take at once; the defaults grow to keep it busy.
+    const capacity = (this.transporter.transporter as { capacity?: unknown }).capacity;
+    if (this.opts.concurrency === undefined && typeof capacity === "number" && Number.isSafeInteger(capacity) && capacity > this.concurrency) {
+      this.concurrency = capacity;
+    }
+    if (this.opts.batchSize === undefined) this.batchSize = Math.max(this.batchSize, this.concurrency * 5);
   }
 
   async start(): Promise<void> {

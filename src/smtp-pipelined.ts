@@ -1,17 +1,21 @@
 /**
  * A pooled SMTP transport for the relay's hot path that pipelines (RFC 2920): MAIL FROM, every
  * RCPT TO and DATA go out in one write, the message and its final dot in a second one, so a
- * message costs two writes and two round trips instead of nodemailer's four or more. It carries
- * messages that are already composed (`raw`), which is all the relay sends.
+ * message costs two round trips instead of nodemailer's four or more. A connection carries up to
+ * `pipelineDepth` (4) transactions at once: the next one's commands follow a message's final dot
+ * in the same write, and the replies, which come back in order, are matched to them in order.
+ * It carries messages that are already composed (`raw`), which is all the relay sends. A server
+ * that does not offer PIPELINING gets one command at a time and one transaction per connection.
  *
  * It implements nodemailer's transport interface (`name`, `version`, `send`, `verify`, `close`,
  * `isIdle`), so `createTransporter` can hand it out like any transport, plus `sendRaw(envelope, raw)`,
- * which the relay calls directly to skip nodemailer's Mailer (no MimeNode per message).
+ * which the relay calls directly to skip nodemailer's Mailer (no MimeNode per message), and
+ * `capacity`, the hand-offs it carries at once, which sizes the relay's default concurrency.
  *
- * Scope: plain SMTP, no STARTTLS and no AUTH: `createTransporter` picks it only for a loopback MTA
- * (a local Postfix or smarthost sidecar) without credentials and without requireTLS, or when the
- * URL says `pipelining=true`; everything else keeps nodemailer's pool. Errors carry `code` and
- * `responseCode` as nodemailer's do, so `classifyError` treats them alike.
+ * Scope: plain SMTP, no STARTTLS and no AUTH: `createTransporter` picks it by default for a
+ * loopback MTA (a local Postfix or smarthost sidecar) without credentials, requireTLS, rateLimit
+ * or maxRequeues, or when the URL says `pipelining=true`; everything else keeps nodemailer's pool.
+ * Errors carry `code` and `responseCode` as nodemailer's do, so `classifyError` treats them alike.
  */
 import net from "node:net";
 import type { Transport } from "nodemailer";
@@ -42,6 +46,8 @@ export interface PipelinedSmtpOptions {
   readonly name: string;
   readonly connectionTimeoutMs: number;
   readonly socketTimeoutMs: number;
+  /** Transactions one connection carries at once when the server offers PIPELINING. @default 4 */
+  readonly pipelineDepth?: number;
 }
 
 interface Reply {
@@ -64,8 +70,14 @@ class Connection {
   private buffer = "";
   private lines: string[] = [];
   private readonly waiting: { resolve: (r: Reply) => void; reject: (e: Error) => void }[] = [];
+  /** Settles when the transaction before the next one has put its last bytes on the wire. */
+  private turn: Promise<void> = Promise.resolve();
+  private corked = false;
   broken: Error | null = null;
-  messages = 0;
+  /** Transactions started on this connection (counted against maxMessages). */
+  started = 0;
+  /** Transactions started and not yet answered. */
+  inflight = 0;
   /** Whether the server offered PIPELINING (RFC 2920); without it, commands go one at a time. */
   pipelining = false;
   readonly opened: Promise<void>;
@@ -122,15 +134,102 @@ class Connection {
     return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
   }
 
+  /**
+   * Write now, but let whatever else is written before the current microtasks finish go out in
+   * the same segment: the next transaction's MAIL FROM, RCPT TO and DATA follow a message's final
+   * dot in one write (RFC 2920 allows the message content to start a group).
+   */
+  private write(data: string | Buffer): void {
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    this.socket.write(data);
+  }
+
+  /**
+   * Hand over one message. With PIPELINING, a connection carries several transactions at once:
+   * each one sends its commands as soon as the one before has sent its message, and the replies,
+   * which come back in order, are matched to them in order. Without it, one transaction at a time.
+   */
   async send(envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> {
+    this.started++;
+    this.inflight++;
+    const before = this.turn;
+    let done!: () => void;
+    this.turn = new Promise((resolve) => (done = resolve));
+    let passed = false;
+    const pass = () => {
+      if (!passed) {
+        passed = true;
+        done();
+      }
+    };
     try {
-      return await this.transaction(envelope, raw);
+      await before;
+      if (this.broken) throw this.broken;
+      return await this.transaction(envelope, raw, this.pipelining ? pass : () => {});
+    } finally {
+      this.inflight--;
+      pass();
+    }
+  }
+
+  /** `sent` is called once the message and its final dot are written: the next transaction may start. */
+  private async transaction(envelope: RawEnvelope, raw: Buffer, sent: () => void): Promise<RawSendResult> {
+    let bodySent = false;
+    try {
+      const envelopeLines = [`MAIL FROM:<${envelope.from}>\r\n`, ...envelope.to.map((t) => `RCPT TO:<${t}>\r\n`)];
+      let replies: Reply[];
+      let data: Reply;
+      if (this.pipelining) {
+        replies = await this.commands([...envelopeLines, "DATA\r\n"]);
+        data = replies.pop()!;
+      } else {
+        // One at a time: stop at a refused MAIL FROM, and send DATA only if a recipient was accepted.
+        const [mailReply] = await this.commands([envelopeLines[0]!]);
+        replies = mailReply!.code >= 400 ? [mailReply!] : [mailReply!, ...(await this.commands(envelopeLines.slice(1)))];
+        data = replies.length > 1 && replies.slice(1).some((r) => r.code < 300) ? (await this.commands(["DATA\r\n"]))[0]! : { code: 0, text: "DATA not sent" };
+      }
+      const [mail, ...rest] = replies;
+      if (mail!.code >= 400) {
+        if (data.code === 354) await this.abortData();
+        throw smtpError(`Mail command failed: ${mail!.text}`, "EENVELOPE", mail!.code, mail!.text);
+      }
+      const accepted: string[] = [];
+      const rejectedErrors: RawSendResult["rejectedErrors"] = [];
+      rest.forEach((r, i) => {
+        const recipient = envelope.to[i]!;
+        if (r.code < 300) accepted.push(recipient);
+        else rejectedErrors.push({ recipient, response: r.text, responseCode: r.code });
+      });
+      if (accepted.length === 0 || data.code !== 354) {
+        if (data.code === 354) await this.abortData();
+        // A deferred (4xx) recipient makes the whole failure transient, as with nodemailer.
+        const first = rejectedErrors.find((e) => e.responseCode < 500) ?? rejectedErrors[0];
+        throw Object.assign(smtpError(first ? `Can't send mail - all recipients were rejected: ${first.response}` : `Data command failed: ${data.text}`, first ? "EENVELOPE" : "EPROTOCOL", first?.responseCode ?? data.code, first?.response ?? data.text), { rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors });
+      }
+      const final = this.reply();
+      const body = dotStuff(raw);
+      this.write(body);
+      this.write(body[body.length - 1] === 0x0a ? ".\r\n" : "\r\n.\r\n");
+      bodySent = true;
+      sent();
+      const end = await final;
+      if (end.code !== 250) throw smtpError(`Message failed: ${end.text}`, "EMESSAGE", end.code, end.text);
+      return { response: end.text, accepted, rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors };
     } catch (err) {
-      // The server refused part of the transaction: reset it before the connection is reused
-      // (a MAIL FROM it accepted would otherwise make the next one a "nested MAIL command").
-      if (!this.broken && (err as { responseCode?: number }).responseCode !== undefined) {
+      // Refused before the message went out: reset the transaction before the connection is used
+      // again (a MAIL FROM it accepted would otherwise make the next one a "nested MAIL command").
+      // After the final dot the transaction is over whatever the reply, and the next one may
+      // already be on the wire: no RSET then.
+      if (!bodySent && !this.broken && (err as { responseCode?: number }).responseCode !== undefined) {
         const r = this.reply();
-        this.socket.write("RSET\r\n");
+        this.write("RSET\r\n");
         const reset = await r.catch(() => null);
         if (!reset || reset.code !== 250) this.fail(smtpError("RSET failed", "EPROTOCOL"));
       }
@@ -143,64 +242,23 @@ class Connection {
     if (this.pipelining) {
       const replies = lines.map(() => this.reply());
       for (const r of replies) r.catch(() => {});
-      this.socket.write(lines.join(""));
+      this.write(lines.join(""));
       return Promise.all(replies);
     }
     const out: Reply[] = [];
     for (const line of lines) {
       const r = this.reply();
-      this.socket.write(line);
+      this.write(line);
       out.push(await r);
     }
     return out;
   }
 
-  private async transaction(envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> {
-    const envelopeLines = [`MAIL FROM:<${envelope.from}>\r\n`, ...envelope.to.map((t) => `RCPT TO:<${t}>\r\n`)];
-    let replies: Reply[];
-    let data: Reply;
-    if (this.pipelining) {
-      replies = await this.commands([...envelopeLines, "DATA\r\n"]);
-      data = replies.pop()!;
-    } else {
-      // One at a time: stop at a refused MAIL FROM, and send DATA only if a recipient was accepted.
-      const [mailReply] = await this.commands([envelopeLines[0]!]);
-      replies = mailReply!.code >= 400 ? [mailReply!] : [mailReply!, ...(await this.commands(envelopeLines.slice(1)))];
-      data = replies.length > 1 && replies.slice(1).some((r) => r.code < 300) ? (await this.commands(["DATA\r\n"]))[0]! : { code: 0, text: "DATA not sent" };
-    }
-    const [mail, ...rest] = replies;
-    if (mail!.code >= 400) {
-      if (data.code === 354) await this.abortData();
-      throw smtpError(`Mail command failed: ${mail!.text}`, "EENVELOPE", mail!.code, mail!.text);
-    }
-    const accepted: string[] = [];
-    const rejectedErrors: RawSendResult["rejectedErrors"] = [];
-    rest.forEach((r, i) => {
-      const recipient = envelope.to[i]!;
-      if (r.code < 300) accepted.push(recipient);
-      else rejectedErrors.push({ recipient, response: r.text, responseCode: r.code });
-    });
-    if (accepted.length === 0 || data.code !== 354) {
-      if (data.code === 354) await this.abortData();
-      // A deferred (4xx) recipient makes the whole failure transient, as with nodemailer.
-      const first = rejectedErrors.find((e) => e.responseCode < 500) ?? rejectedErrors[0];
-      throw Object.assign(smtpError(first ? `Can't send mail - all recipients were rejected: ${first.response}` : `Data command failed: ${data.text}`, first ? "EENVELOPE" : "EPROTOCOL", first?.responseCode ?? data.code, first?.response ?? data.text), { rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors });
-    }
-    const final = this.reply();
-    const body = dotStuff(raw);
-    this.socket.write(Buffer.concat([body, Buffer.from(body[body.length - 1] === 0x0a ? ".\r\n" : "\r\n.\r\n", "latin1")]));
-    const end = await final;
-    if (end.code !== 250) throw smtpError(`Message failed: ${end.text}`, "EMESSAGE", end.code, end.text);
-    this.messages++;
-    return { response: end.text, accepted, rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors };
-  }
-
-  /** After 354 with no recipient left: send an empty message? No: end DATA at once and RSET, as nodemailer does. */
+  /** After 354 with no recipient left: end the empty message at once and reset, as nodemailer does. */
   private async abortData(): Promise<void> {
     const r = this.reply();
-    this.socket.write(".\r\nRSET\r\n");
+    this.write(".\r\n");
     await r.catch(() => {});
-    await this.reply().catch(() => {});
   }
 
   close(): void {
@@ -209,57 +267,81 @@ class Connection {
   }
 }
 
-export function createPipelinedSmtpTransport(o: PipelinedSmtpOptions): Transport & RawSender & { close(): void; isIdle(): boolean; verify(): Promise<true> } {
-  const idle: Connection[] = [];
-  const waiters: { resolve: (c: Connection) => void; reject: (e: Error) => void }[] = [];
-  let open = 0;
+/** Transactions one connection carries at once when the server pipelines. */
+export const DEFAULT_PIPELINE_DEPTH = 4;
+
+export function createPipelinedSmtpTransport(o: PipelinedSmtpOptions): Transport & RawSender & { readonly capacity: number; close(): void; isIdle(): boolean; verify(): Promise<true> } {
+  const depth = Math.max(1, o.pipelineDepth ?? DEFAULT_PIPELINE_DEPTH);
+  const conns = new Set<Connection>();
+  const opening = new Set<Promise<Connection>>();
+  const waiters: (() => void)[] = [];
   let closed = false;
 
-  const acquire = (): Promise<Connection> => {
-    if (closed) return Promise.reject(smtpError("The transport is closed", "ECONNECTION"));
-    let c = idle.pop();
-    while (c?.broken) {
-      open--;
-      c = idle.pop();
-    }
-    if (c) return Promise.resolve(c);
-    if (open < o.maxConnections) {
-      open++;
-      const conn = new Connection(o);
-      return conn.opened.then(
-        () => conn,
-        (e: Error) => {
-          open--;
-          throw e;
-        },
-      );
-    }
-    return new Promise((resolve, reject) => waiters.push({ resolve, reject }));
-  };
-  const release = (c: Connection): void => {
-    if (c.broken || c.messages >= o.maxMessages || closed) {
+  const usable = (c: Connection) => !c.broken && c.started < o.maxMessages;
+  const retire = (c: Connection) => {
+    if (c.inflight === 0 && !usable(c)) {
+      conns.delete(c);
       c.close();
-      open--;
-      // A waiter gets a fresh connection.
-      const w = waiters.shift();
-      if (w) acquire().then(w.resolve, w.reject);
-      return;
     }
-    const w = waiters.shift();
-    if (w) w.resolve(c);
-    else idle.push(c);
   };
+  const wake = () => {
+    const w = waiters.shift();
+    if (w) w();
+  };
+
+  /** A connection with room for one more transaction: an idle one, a new one, or the least busy pipelining one. */
+  const acquire = async (): Promise<Connection> => {
+    for (;;) {
+      if (closed) throw smtpError("The transport is closed", "ECONNECTION");
+      let best: Connection | null = null;
+      for (const c of [...conns]) {
+        if (!usable(c)) {
+          retire(c);
+          continue;
+        }
+        if (c.inflight === 0) return c;
+        if (c.pipelining && c.inflight < depth && (!best || c.inflight < best.inflight)) best = c;
+      }
+      if (conns.size + opening.size < o.maxConnections) {
+        const conn = new Connection(o);
+        const ready = conn.opened.then(() => conn);
+        opening.add(ready);
+        try {
+          await ready;
+        } finally {
+          opening.delete(ready);
+          wake();
+        }
+        if (closed) {
+          conn.close();
+          continue;
+        }
+        conns.add(conn);
+        return conn;
+      }
+      if (best) return best;
+      await new Promise<void>((resolve) => waiters.push(resolve));
+    }
+  };
+
   const sendRaw = async (envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> => {
     const c = await acquire();
     try {
       return await c.send(envelope, raw);
     } finally {
-      release(c);
+      if (closed) {
+        if (c.inflight === 0) c.close();
+      } else {
+        retire(c);
+      }
+      wake();
     }
   };
   return {
     name: "SMTP (pipelined)",
     version: "1.0.0",
+    /** Hand-offs it carries at once when the server pipelines; the relay sizes its default concurrency by it. */
+    capacity: o.maxConnections * depth,
     sendRaw,
     send(mail, callback) {
       const envelope = mail.data.envelope as RawEnvelope | undefined;
@@ -282,11 +364,11 @@ export function createPipelinedSmtpTransport(o: PipelinedSmtpOptions): Transport
       }
       return true;
     },
-    isIdle: () => open < o.maxConnections || idle.length > 0,
+    isIdle: () => conns.size + opening.size < o.maxConnections || [...conns].some((c) => usable(c) && c.inflight < (c.pipelining ? depth : 1)),
     close() {
       closed = true;
-      for (const c of idle.splice(0)) c.close();
-      for (const w of waiters.splice(0)) w.reject(smtpError("The transport is closed", "ECONNECTION"));
+      for (const c of conns) if (c.inflight === 0) c.close();
+      for (const w of waiters.splice(0)) w();
     },
   };
 }

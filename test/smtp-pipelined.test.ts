@@ -119,6 +119,41 @@ describe("pipelining SMTP transport", async () => {
     }
   });
 
+  it("carries several transactions at once on one connection, each answered on its own", async () => {
+    const one = await startTestSmtp();
+    const t = createTransporter(`${one.url}?maxConnections=1`);
+    const send = (t.transporter as unknown as RawSender).sendRaw.bind(t.transporter);
+    one.setFaults((ctx) => {
+      if (ctx.phase === "rcpt" && ctx.recipient === "refused@example.com") return { reply: 550, message: "5.1.1 No such user" };
+      if (ctx.phase === "data" && ctx.messageId === "<burst-7@example.com>") return { reply: 452, message: "4.3.1 Out of memory" };
+      if (ctx.phase === "data" && ctx.messageId === "<burst-11@example.com>") return { reply: 554, message: "5.6.0 Bad message" };
+      return undefined;
+    });
+    try {
+      const results = await Promise.allSettled(
+        Array.from({ length: 40 }, (_, i) => send({ from: "a@example.com", to: [i === 3 ? "refused@example.com" : `r${i}@example.com`] }, rawMessage(`burst-${i}`, `.body ${i}`))),
+      );
+      const kinds = results.map((r) => (r.status === "fulfilled" ? "ok" : classifyError(r.reason).kind));
+      assert.equal(kinds[3], "permanent");
+      assert.equal(kinds[7], "transient");
+      assert.equal(kinds[11], "permanent");
+      assert.equal(kinds.filter((k) => k === "ok").length, 37);
+      const seen = one.countByMessageId();
+      results.forEach((r, i) => assert.equal(seen.get(`<burst-${i}@example.com>`) ?? 0, r.status === "fulfilled" ? 1 : 0, `burst-${i}`));
+      for (const r of results) if (r.status === "fulfilled") assert.match(r.value.response, /^250 /);
+      // Each reply went to its own transaction: the queue id in a 250 is that of the message recorded under it.
+      for (const [i, r] of results.entries()) {
+        if (r.status !== "fulfilled") continue;
+        const got = one.messages.find((m) => m.messageId === `<burst-${i}@example.com>`)!;
+        assert.ok(r.value.response.includes(got.queueId), `burst-${i}: ${r.value.response} vs ${got.queueId}`);
+      }
+      assert.equal(one.sessions, 1, "one connection carried them all");
+    } finally {
+      t.close();
+      await one.close();
+    }
+  });
+
   it("carries the relay: 300 enqueued mails each arrive once", async () => {
     const fx = await freshSqlite();
     const prisma: any = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));

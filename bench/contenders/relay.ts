@@ -7,11 +7,14 @@ import { COMPLETE_ACCEPTED } from "../../src/sql/sqlite.js";
 import { rawWith, type MailTemplate } from "../mail.js";
 import type { CommonSettings, Hooks, Producer, Running } from "./types.js";
 
-export interface RelaySettings extends CommonSettings {
+export interface RelaySettings extends Omit<CommonSettings, "concurrency"> {
   /** `postgresql://...?schema=...` or `file:...` */
   readonly url: string;
   readonly relayId: string;
-  readonly batchSize: number;
+  /** Unset: the relay's default (sized by the transport's capacity). */
+  readonly concurrency?: number;
+  /** Unset: the relay's default. */
+  readonly batchSize?: number;
   readonly pollIntervalMs: number;
 }
 
@@ -69,8 +72,8 @@ export async function startRelay(s: RelaySettings, hooks: Hooks): Promise<Runnin
     db,
     transport: s.smtpUrl,
     relayId: s.relayId,
-    concurrency: s.concurrency,
-    batchSize: s.batchSize,
+    ...(s.concurrency !== undefined ? { concurrency: s.concurrency } : {}),
+    ...(s.batchSize !== undefined ? { batchSize: s.batchSize } : {}),
     pollIntervalMs: s.pollIntervalMs,
     logger: false,
   });
