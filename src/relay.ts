@@ -633,21 +633,25 @@ class RelayImpl extends EventEmitter implements Relay {
         this.handoffTimeoutMs,
       );
     });
-    const send = pRetry(
-      // A transport that takes composed messages directly skips nodemailer's Mailer (a MimeNode,
-      // header and address normalisation per message) for bytes that are already final.
-      (): Promise<SentMessageInfoLike> =>
-        sendRaw
-          ? sendRaw({ from: mail.envelopeFrom, to: mail.envelopeTo }, mail.raw)
-          : transporter.sendMail({ envelope: { from: mail.envelopeFrom, to: [...mail.envelopeTo] }, raw: mail.raw, messageId: mail.messageId }),
-      {
-        retries: this.connectRetries,
-        minTimeout: 100,
+    // A transport that takes composed messages directly skips nodemailer's Mailer (a MimeNode,
+    // header and address normalisation per message) for bytes that are already final.
+    const once = (): Promise<SentMessageInfoLike> =>
+      sendRaw
+        ? sendRaw({ from: mail.envelopeFrom, to: mail.envelopeTo }, mail.raw)
+        : transporter.sendMail({ envelope: { from: mail.envelopeFrom, to: [...mail.envelopeTo] }, raw: mail.raw, messageId: mail.messageId });
+    // A refused connection (a local MTA restarting) is retried within the attempt, with p-retry;
+    // the common case, a hand-off that works, does not pay for the retry machinery.
+    const send = once().catch((error: unknown) => {
+      if (this.connectRetries === 0 || !this.running || !isConnectRefused(error)) throw error;
+      // Waits 100 ms, then 200, 400... up to 1 s between tries, `connectRetries` more tries in all.
+      return sleep(100).then(() => pRetry(once, {
+        retries: this.connectRetries - 1,
+        minTimeout: 200,
         maxTimeout: 1000,
         factor: 2,
-        shouldRetry: ({ error }) => this.running && isConnectRefused(error),
-      },
-    );
+        shouldRetry: ({ error: e }) => this.running && isConnectRefused(e),
+      }));
+    });
     try {
       return await Promise.race([send, timeout]);
     } finally {
