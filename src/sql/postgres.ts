@@ -3,7 +3,7 @@
  * every value a bound parameter, batches passed as arrays and expanded with unnest().
  * Time comes from the database clock (now()), so relays on hosts with skewed clocks agree.
  */
-import type pg from "pg";
+import pg from "pg";
 import type { ClaimedMail, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
 import { LEASE_EXPIRED_MESSAGE, attemptColumns } from "./types.js";
 
@@ -24,8 +24,22 @@ SET status = 'sending',
     updated_at = now()
 FROM due
 WHERE m.id = due.id
-RETURNING m.id, m.message_id, m.envelope_from, m.envelope_to, m.raw, m.priority,
+RETURNING m.id::text, m.message_id, m.envelope_from, m.envelope_to::text, m.raw, m.priority,
           m.attempts, m.max_attempts, m.uncertain_handoffs`;
+
+/**
+ * The claim's rows come back in binary: the message bytes as they are, instead of hex text twice
+ * their size that would then be decoded (most of what a claim allocates). Every other column is
+ * text or int4, which pg decodes in binary itself; bytea is taken as the Buffer pg hands over.
+ */
+const CLAIM_TYPES = {
+  getTypeParser(oid: number, format?: string): (value: never) => unknown {
+    if (format === "binary" && oid === BYTEA_OID) return (value: Buffer) => value;
+    return pgTypes.getTypeParser(oid, format as "text");
+  },
+};
+const BYTEA_OID = 17;
+const pgTypes = pg.types;
 
 /**
  * Record a batch of outcomes and their attempts in one statement.
@@ -108,7 +122,7 @@ interface ClaimRow {
   id: string;
   message_id: string;
   envelope_from: string;
-  envelope_to: string[];
+  envelope_to: string;
   raw: Buffer;
   priority: number;
   attempts: number;
@@ -121,13 +135,15 @@ export function postgresRelayStore(pool: pg.Pool): RelayStore {
     dialect: "postgresql",
 
     async claim(owner, limit, leaseMs) {
-      const { rows } = await pool.query<ClaimRow>({ name: "mail_outbox_claim", text: CLAIM, values: [owner, limit, leaseMs] });
+      // `binary` is a QueryConfig option of pg that its type definitions leave out.
+      const config = { name: "mail_outbox_claim", text: CLAIM, values: [owner, limit, leaseMs], binary: true, types: CLAIM_TYPES } as pg.QueryConfig;
+      const { rows } = await pool.query<ClaimRow>(config);
       return rows.map(
         (r): ClaimedMail => ({
           id: r.id,
           messageId: r.message_id,
           envelopeFrom: r.envelope_from,
-          envelopeTo: r.envelope_to,
+          envelopeTo: JSON.parse(r.envelope_to) as string[],
           raw: r.raw,
           priority: r.priority,
           attempts: r.attempts,
