@@ -26,7 +26,7 @@ function hookPostgres(pool: pg.Pool, hooks: Hooks): void {
   (pool as unknown as { query: AnyFn }).query = (...args: unknown[]) => {
     const result = query(...args);
     const config = args[0] as { name?: string } | undefined;
-    if (config?.name === "mail_outbox_complete" && result instanceof Promise) {
+    if ((config?.name === "mail_outbox_complete" || config?.name === "mail_outbox_complete_sent") && result instanceof Promise) {
       result.then((r: { rows: { changed?: number }[] }) => hooks.recorded(r.rows[0]?.changed ?? 0), () => {});
     }
     return result;
