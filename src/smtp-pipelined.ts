@@ -48,6 +48,19 @@ export interface PipelinedSmtpOptions {
   readonly socketTimeoutMs: number;
   /** Transactions one connection carries at once when the server offers PIPELINING. @default 4 */
   readonly pipelineDepth?: number;
+  /**
+   * A full SMTP client to switch to, for good, when the server answers 530 (it requires STARTTLS
+   * or AUTH before mail, which this client does not speak): `createTransporter` passes nodemailer's
+   * pool with the same URL's options. Without it, 530 is a permanent failure like any 5xx.
+   */
+  readonly fallback?: () => FallbackSender;
+}
+
+/** What the pipelined transport needs of the client it falls back to (a nodemailer Transporter). */
+export interface FallbackSender {
+  sendMail(mail: { envelope: { from: string; to: string[] }; raw: Buffer }): Promise<RawSendResult>;
+  close(): void;
+  isIdle?(): boolean;
 }
 
 interface Reply {
@@ -324,10 +337,29 @@ export function createPipelinedSmtpTransport(o: PipelinedSmtpOptions): Transport
     }
   };
 
+  let fallback: FallbackSender | null = null;
+  const viaFallback = (envelope: RawEnvelope, raw: Buffer) => fallback!.sendMail({ envelope: { from: envelope.from, to: [...envelope.to] }, raw });
+
   const sendRaw = async (envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> => {
+    if (fallback) return viaFallback(envelope, raw);
     const c = await acquire();
     try {
       return await c.send(envelope, raw);
+    } catch (err) {
+      // 530: the MTA wants STARTTLS or AUTH first (5.7.0). The message was not taken; hand it, and
+      // every later one, to the full client instead of parking it as a permanent failure.
+      if ((err as { responseCode?: number }).responseCode === 530 && o.fallback && !closed) {
+        if (!fallback) {
+          fallback = o.fallback();
+          process.emitWarning(
+            `${o.host}:${o.port} answered ${JSON.stringify((err as { response?: string }).response ?? "530")}: it requires STARTTLS or AUTH, which the pipelining SMTP client does not speak; switching to nodemailer's SMTP pool. Add ?pipelining=false to the transport URL to start with it.`,
+            { code: "MAIL_OUTBOX_PIPELINING_FALLBACK" },
+          );
+          for (const idle of conns) if (idle.inflight === 0) idle.close();
+        }
+        return viaFallback(envelope, raw);
+      }
+      throw err;
     } finally {
       if (closed) {
         if (c.inflight === 0) c.close();
@@ -364,11 +396,12 @@ export function createPipelinedSmtpTransport(o: PipelinedSmtpOptions): Transport
       }
       return true;
     },
-    isIdle: () => conns.size + opening.size < o.maxConnections || [...conns].some((c) => usable(c) && c.inflight < (c.pipelining ? depth : 1)),
+    isIdle: () => (fallback ? (fallback.isIdle?.() ?? true) : conns.size + opening.size < o.maxConnections || [...conns].some((c) => usable(c) && c.inflight < (c.pipelining ? depth : 1))),
     close() {
       closed = true;
       for (const c of conns) if (c.inflight === 0) c.close();
       for (const w of waiters.splice(0)) w();
+      fallback?.close();
     },
   };
 }

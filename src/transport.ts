@@ -38,7 +38,7 @@ import { redactUrl } from "./db.js";
 import { classifyError } from "./classify.js";
 import { createSendmailTransport, checkSendmailPath, DEFAULT_SENDMAIL_PATH } from "./sendmail.js";
 import { createSendmailBsTransport } from "./sendmail-bs.js";
-import { createPipelinedSmtpTransport } from "./smtp-pipelined.js";
+import { createPipelinedSmtpTransport, type FallbackSender } from "./smtp-pipelined.js";
 
 /** A nodemailer transport object or nodemailer transport options, used as they are. */
 export type TransportOptions = Transport | SMTPPoolOptions | SMTPTransportOptions;
@@ -314,6 +314,8 @@ export function createTransporter(spec: TransportSpec, options: CreateTransporte
             name: o.name ?? "localhost",
             connectionTimeoutMs: o.connectionTimeout ?? 15_000,
             socketTimeoutMs: o.socketTimeout ?? 60_000,
+            // A local MTA that demands STARTTLS or AUTH (530) gets nodemailer's pool instead, for good.
+            fallback: () => nodemailer.createTransport(o) as unknown as FallbackSender,
           }),
         );
       }

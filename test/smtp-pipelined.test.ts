@@ -154,6 +154,31 @@ describe("pipelining SMTP transport", async () => {
     }
   });
 
+  it("switches to nodemailer's pool for good when the MTA demands STARTTLS or AUTH (530), losing no mail", async () => {
+    const strict = await startTestSmtp();
+    // The first connection (the pipelining client's) is refused with 530 at MAIL FROM, as Postfix
+    // does with smtpd_tls_security_level=encrypt; later connections (nodemailer's) are served.
+    strict.setFaults((ctx) => (ctx.phase === "mail" && ctx.session === 1 ? { reply: 530, message: "5.7.0 Must issue a STARTTLS command first" } : undefined));
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on("warning", onWarning);
+    const t = createTransporter(`${strict.url}?maxConnections=1`);
+    const send = (t.transporter as unknown as RawSender).sendRaw.bind(t.transporter);
+    try {
+      const results = await Promise.all(Array.from({ length: 6 }, (_, i) => send({ from: "a@example.com", to: [`f${i}@example.com`] }, rawMessage(`fallback-${i}`, "x"))));
+      for (const r of results) assert.match(r.response, /^250 /);
+      const seen = strict.countByMessageId();
+      for (let i = 0; i < 6; i++) assert.equal(seen.get(`<fallback-${i}@example.com>`), 1, `fallback-${i}`);
+      assert.ok(strict.messages.every((m) => m.session > 1), "nothing was taken on the refused connection");
+      await new Promise((r) => setImmediate(r));
+      assert.equal(warnings.filter((w) => (w as { code?: string }).code === "MAIL_OUTBOX_PIPELINING_FALLBACK").length, 1);
+    } finally {
+      process.off("warning", onWarning);
+      t.close();
+      await strict.close();
+    }
+  });
+
   it("carries the relay: 300 enqueued mails each arrive once", async () => {
     const fx = await freshSqlite();
     const prisma: any = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));
