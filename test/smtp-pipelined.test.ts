@@ -7,12 +7,26 @@
 import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
 import { createTransporter, classifyError, createRelay, mailOutbox, TransportConfigError, describeTransport } from "../src/index.js";
-import { startTestSmtp } from "./support/smtp.js";
+import { startTestSmtp, type StartTestSmtpOptions, type TestSmtp } from "./support/smtp.js";
 import { freshSqlite, prismaClientFor } from "./support/db.js";
 import type { RawSender } from "../src/smtp-pipelined.js";
 
 function rawMessage(id: string, body: string): Buffer {
   return Buffer.from([`From: a@example.com`, `To: b@example.com`, `Message-ID: <${id}@example.com>`, `Subject: t`, ``, body, ``].join("\r\n"));
+}
+
+type Send = RawSender["sendRaw"];
+
+/** A server of its own and a one-connection pipelining transport to it, both closed afterwards. */
+async function withOneConnection(options: StartTestSmtpOptions, fn: (server: TestSmtp, send: Send) => Promise<void>): Promise<void> {
+  const server = await startTestSmtp(options);
+  const t = createTransporter(`${server.url}?maxConnections=1`);
+  try {
+    await fn(server, (t.transporter as unknown as RawSender).sendRaw.bind(t.transporter));
+  } finally {
+    t.close();
+    await server.close();
+  }
 }
 
 describe("pipelining SMTP transport", async () => {
@@ -90,10 +104,7 @@ describe("pipelining SMTP transport", async () => {
   });
 
   it("sends the commands one at a time to a server that does not offer PIPELINING", async () => {
-    const plain = await startTestSmtp({ hidePipelining: true });
-    const t = createTransporter(`${plain.url}?maxConnections=1`);
-    const send = (t.transporter as unknown as RawSender).sendRaw.bind(t.transporter);
-    try {
+    await withOneConnection({ hidePipelining: true }, async (plain, send) => {
       const ok = await send({ from: "a@example.com", to: ["x@example.com", "y@example.com"] }, rawMessage("lockstep", ".dot\r\nbody"));
       assert.deepEqual(ok.accepted, ["x@example.com", "y@example.com"]);
       plain.setFaults((ctx) => (ctx.phase === "rcpt" && ctx.recipient?.startsWith("nobody") ? { reply: 550, message: "5.1.1 No such user" } : undefined));
@@ -113,23 +124,17 @@ describe("pipelining SMTP transport", async () => {
       );
       const got = plain.messages.find((m) => m.messageId === "<lockstep@example.com>")!;
       assert.match(got.raw.toString("latin1"), /\r\n\.dot\r\nbody/);
-    } finally {
-      t.close();
-      await plain.close();
-    }
+    });
   });
 
   it("carries several transactions at once on one connection, each answered on its own", async () => {
-    const one = await startTestSmtp();
-    const t = createTransporter(`${one.url}?maxConnections=1`);
-    const send = (t.transporter as unknown as RawSender).sendRaw.bind(t.transporter);
-    one.setFaults((ctx) => {
-      if (ctx.phase === "rcpt" && ctx.recipient === "refused@example.com") return { reply: 550, message: "5.1.1 No such user" };
-      if (ctx.phase === "data" && ctx.messageId === "<burst-7@example.com>") return { reply: 452, message: "4.3.1 Out of memory" };
-      if (ctx.phase === "data" && ctx.messageId === "<burst-11@example.com>") return { reply: 554, message: "5.6.0 Bad message" };
-      return undefined;
-    });
-    try {
+    await withOneConnection({}, async (one, send) => {
+      one.setFaults((ctx) => {
+        if (ctx.phase === "rcpt" && ctx.recipient === "refused@example.com") return { reply: 550, message: "5.1.1 No such user" };
+        if (ctx.phase === "data" && ctx.messageId === "<burst-7@example.com>") return { reply: 452, message: "4.3.1 Out of memory" };
+        if (ctx.phase === "data" && ctx.messageId === "<burst-11@example.com>") return { reply: 554, message: "5.6.0 Bad message" };
+        return undefined;
+      });
       const results = await Promise.allSettled(
         Array.from({ length: 40 }, (_, i) => send({ from: "a@example.com", to: [i === 3 ? "refused@example.com" : `r${i}@example.com`] }, rawMessage(`burst-${i}`, `.body ${i}`))),
       );
@@ -148,34 +153,28 @@ describe("pipelining SMTP transport", async () => {
         assert.ok(r.value.response.includes(got.queueId), `burst-${i}: ${r.value.response} vs ${got.queueId}`);
       }
       assert.equal(one.sessions, 1, "one connection carried them all");
-    } finally {
-      t.close();
-      await one.close();
-    }
+    });
   });
 
   it("switches to nodemailer's pool for good when the MTA demands STARTTLS or AUTH (530), losing no mail", async () => {
-    const strict = await startTestSmtp();
-    // The first connection (the pipelining client's) is refused with 530 at MAIL FROM, as Postfix
-    // does with smtpd_tls_security_level=encrypt; later connections (nodemailer's) are served.
-    strict.setFaults((ctx) => (ctx.phase === "mail" && ctx.session === 1 ? { reply: 530, message: "5.7.0 Must issue a STARTTLS command first" } : undefined));
     const warnings: Error[] = [];
     const onWarning = (w: Error) => warnings.push(w);
     process.on("warning", onWarning);
-    const t = createTransporter(`${strict.url}?maxConnections=1`);
-    const send = (t.transporter as unknown as RawSender).sendRaw.bind(t.transporter);
     try {
-      const results = await Promise.all(Array.from({ length: 6 }, (_, i) => send({ from: "a@example.com", to: [`f${i}@example.com`] }, rawMessage(`fallback-${i}`, "x"))));
-      for (const r of results) assert.match(r.response, /^250 /);
-      const seen = strict.countByMessageId();
-      for (let i = 0; i < 6; i++) assert.equal(seen.get(`<fallback-${i}@example.com>`), 1, `fallback-${i}`);
-      assert.ok(strict.messages.every((m) => m.session > 1), "nothing was taken on the refused connection");
+      await withOneConnection({}, async (strict, send) => {
+        // The first connection (the pipelining client's) is refused with 530 at MAIL FROM, as Postfix
+        // does with smtpd_tls_security_level=encrypt; later connections (nodemailer's) are served.
+        strict.setFaults((ctx) => (ctx.phase === "mail" && ctx.session === 1 ? { reply: 530, message: "5.7.0 Must issue a STARTTLS command first" } : undefined));
+        const results = await Promise.all(Array.from({ length: 6 }, (_, i) => send({ from: "a@example.com", to: [`f${i}@example.com`] }, rawMessage(`fallback-${i}`, "x"))));
+        for (const r of results) assert.match(r.response, /^250 /);
+        const seen = strict.countByMessageId();
+        for (let i = 0; i < 6; i++) assert.equal(seen.get(`<fallback-${i}@example.com>`), 1, `fallback-${i}`);
+        assert.ok(strict.messages.every((m) => m.session > 1), "nothing was taken on the refused connection");
+      });
       await new Promise((r) => setImmediate(r));
       assert.equal(warnings.filter((w) => (w as { code?: string }).code === "MAIL_OUTBOX_PIPELINING_FALLBACK").length, 1);
     } finally {
       process.off("warning", onWarning);
-      t.close();
-      await strict.close();
     }
   });
 
