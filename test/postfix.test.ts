@@ -19,6 +19,7 @@ import {
   findDelivered,
   deliveredCount,
   queueIdsForMessageId,
+  queueIdsByMessageId,
   logLinesForQueueId,
   waitForLog,
   withPostfixStopped,
@@ -395,6 +396,28 @@ describe("the relay into real Postfix", () => {
       }
     });
   }
+
+  test("smtp://127.0.0.1:25 with transactions pipelined back to back: each of 300 mails records the queue id Postfix logged for it", async (t) => {
+    if (!needPostfix(t)) return;
+    const mails: { messageId: string }[] = await prisma.outboxEmail.enqueueMany(
+      Array.from({ length: 300 }, (_, i) => ({ to: TEST_ADDRESS, subject: `burst ${i}`, text: `burst mail ${i}` })),
+    );
+    // Two connections carry up to 4 transactions each: replies must be matched to the right mail.
+    const counts = await createRelay({ databaseUrl: fx!.url, transport: "smtp://127.0.0.1:25?maxConnections=2", ...quick }).runOnce();
+    assert.equal(counts.sent, 300);
+    // Postfix logs through postlogd, a little after its 250: wait for the last mail's line.
+    const last = mails.at(-1)!.messageId.slice(1, -1);
+    for (const deadline = Date.now() + 15_000; !queueIdsByMessageId().has(last); await new Promise((r) => setTimeout(r, 100))) {
+      if (Date.now() > deadline) assert.fail(`Postfix did not log ${last} within 15 s`);
+    }
+    const logged = queueIdsByMessageId();
+    for (const m of mails) {
+      const r = await row(m.messageId);
+      assert.equal(r?.status, "sent");
+      assert.ok(r?.mta_queue_id, `${m.messageId} has a queue id`);
+      assert.deepEqual(logged.get(m.messageId.slice(1, -1)), [r!.mta_queue_id], `${m.messageId}: recorded ${r!.mta_queue_id}, logged ${logged.get(m.messageId.slice(1, -1))}`);
+    }
+  });
 
   test("with the Postfix daemon stopped, sendmail-bs: times out and retries, and the mail arrives after Postfix starts", async (t) => {
     if (!needPostfix(t)) return;

@@ -178,6 +178,17 @@ export function queueIdsForMessageId(messageId: string): string[] {
   return [...readLog().matchAll(re)].map((m) => m[1]!);
 }
 
+/** Every Message-ID Postfix logged, with the queue ids it gave it (one read of the log). */
+export function queueIdsByMessageId(): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const m of readLog().matchAll(/postfix\/cleanup\[\d+\]: ([0-9A-Za-z]+): message-id=<?([^>\s]+)>?\s*$/gm)) {
+    const list = out.get(m[2]!) ?? [];
+    list.push(m[1]!);
+    out.set(m[2]!, list);
+  }
+  return out;
+}
+
 /** Every log line about this queue id (`...: QUEUEID: ...`). */
 export function logLinesForQueueId(queueId: string): string[] {
   return readLog()
