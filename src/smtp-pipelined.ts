@@ -110,7 +110,14 @@ class Connection {
         if (greeting.code !== 220) throw smtpError(greeting.text, "EPROTOCOL", greeting.code, greeting.text);
         socket.write(`EHLO ${o.name}\r\n`);
         const ehlo = await this.reply();
-        if (ehlo.code !== 250) throw smtpError(ehlo.text, "EPROTOCOL", ehlo.code, ehlo.text);
+        if (ehlo.code === 421) throw smtpError(ehlo.text, "ECONNECTION", ehlo.code, ehlo.text);
+        if (ehlo.code !== 250) {
+          // A server without ESMTP: HELO, as nodemailer does, and no pipelining.
+          socket.write(`HELO ${o.name}\r\n`);
+          const helo = await this.reply();
+          if (helo.code !== 250) throw smtpError(helo.text, "EPROTOCOL", helo.code, helo.text);
+          return;
+        }
         this.pipelining = /^250[ -]PIPELINING\b/im.test(ehlo.text);
       } finally {
         clearTimeout(timer);

@@ -127,6 +127,14 @@ describe("pipelining SMTP transport", async () => {
     });
   });
 
+  it("greets a server without ESMTP with HELO, and hands mail over one command at a time", async () => {
+    await withOneConnection({ disableEhlo: true }, async (old, send) => {
+      const results = await Promise.all([0, 1, 2].map((i) => send({ from: "a@example.com", to: [`h${i}@example.com`] }, rawMessage(`helo-${i}`, "x"))));
+      for (const r of results) assert.match(r.response, /^250 /);
+      assert.deepEqual([0, 1, 2].map((i) => old.countByMessageId().get(`<helo-${i}@example.com>`)), [1, 1, 1]);
+    });
+  });
+
   it("carries several transactions at once on one connection, each answered on its own", async () => {
     await withOneConnection({}, async (one, send) => {
       one.setFaults((ctx) => {

@@ -92,6 +92,8 @@ export interface StartTestSmtpOptions {
   readonly auth?: { readonly user: string; readonly pass: string };
   /** Leave PIPELINING out of the EHLO reply, as a server without RFC 2920 would. */
   readonly hidePipelining?: boolean;
+  /** Answer EHLO with 500, as a server without ESMTP would (HELO still works). */
+  readonly disableEhlo?: boolean;
 }
 
 /** The Message-ID header of a raw message (unfolded, trimmed), or null. */
@@ -148,7 +150,7 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
     logger: false,
     authOptional: options.auth === undefined,
     allowInsecureAuth: true,
-    disabledCommands: ["STARTTLS"],
+    disabledCommands: ["STARTTLS", ...(options.disableEhlo ? ["EHLO"] : [])],
     hideSTARTTLS: true,
     hidePIPELINING: options.hidePipelining ?? false,
     closeTimeout: 500,
