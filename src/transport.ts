@@ -20,7 +20,7 @@
  * | `maxMessages` | smtp(s), sendmail-bs | messages per connection before it is replaced | 1000 |
  * | `maxRequeues` | smtp(s) | times nodemailer's pool resends a message whose connection dropped | 0: the relay retries itself |
  * | `rateLimit`, `rateDelta` | smtp(s) | at most `rateLimit` messages per `rateDelta` ms | unlimited, 1000 |
- * | `name` | smtp(s), sendmail-bs | hostname sent in EHLO | the machine's hostname (`localhost` for sendmail-bs) |
+ * | `name` | smtp(s), sendmail-bs | hostname sent in EHLO | the machine's hostname if it has a dot, else `[127.0.0.1]` (`localhost` for sendmail-bs) |
  * | `requireTLS` | smtp | `true`: refuse to send unless STARTTLS works | false |
  * | `ignoreTLS` | smtp | `true`: never use STARTTLS | false |
  * | `rejectUnauthorized` | smtp(s) | `false`: accept any TLS certificate | true |
@@ -29,6 +29,7 @@
  * Credentials in the URL are percent-decoded (`smtp://me%40example.com:p%40ss@host`). Nothing
  * this module logs or throws contains the password.
  */
+import os from "node:os";
 import nodemailer from "nodemailer";
 import type { Transport, Transporter } from "nodemailer";
 import type { SMTPPoolOptions } from "nodemailer/lib/smtp-pool";
@@ -256,6 +257,13 @@ function parseSpec(spec: string, defaults: CreateTransporterOptions): ParsedSpec
   throw configError(spec, `unknown scheme ${JSON.stringify(`${scheme}:`)}`);
 }
 
+/** The EHLO name nodemailer would send: the host name if it is qualified, else `[127.0.0.1]`. */
+function ehloName(): string {
+  const host = os.hostname();
+  if (!host.includes(".")) return "[127.0.0.1]";
+  return /^\d+\.\d+\.\d+\.\d+$/.test(host) ? `[${host}]` : host;
+}
+
 /** 127.0.0.0/8, ::1 and `localhost`: an MTA on this machine. */
 export function isLoopbackHost(host: string): boolean {
   const h = host.toLowerCase().replace(/^\[(.*)\]$/, "$1");
@@ -311,7 +319,7 @@ export function createTransporter(spec: TransportSpec, options: CreateTransporte
             port: Number(o.port),
             maxConnections: o.maxConnections ?? 5,
             maxMessages: o.maxMessages === undefined || o.maxMessages === Infinity ? 1000 : Number(o.maxMessages),
-            name: o.name ?? "localhost",
+            name: o.name ?? ehloName(),
             connectionTimeoutMs: o.connectionTimeout ?? 15_000,
             socketTimeoutMs: o.socketTimeout ?? 60_000,
             // A local MTA that demands STARTTLS or AUTH (530) gets nodemailer's pool instead, for good.
