@@ -138,6 +138,11 @@ class Connection {
     while ((i = this.buffer.indexOf("\n")) >= 0) {
       const line = this.buffer.slice(0, i).replace(/\r$/, "");
       this.buffer = this.buffer.slice(i + 1);
+      if (!/^[2-5]\d\d(?:[ -]|$)/.test(line)) {
+        // Not an SMTP reply: the connection cannot be trusted to pair replies with commands.
+        this.fail(smtpError(`Invalid reply from the server: ${JSON.stringify(line.slice(0, 200))}`, "EPROTOCOL"));
+        return;
+      }
       this.lines.push(line);
       if (line[3] !== "-") {
         const text = this.lines.join("\n");
@@ -227,11 +232,17 @@ class Connection {
         if (r.code < 300) accepted.push(recipient);
         else rejectedErrors.push({ recipient, response: r.text, responseCode: r.code });
       });
-      if (accepted.length === 0 || data.code !== 354) {
+      const rejected = { rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors };
+      if (accepted.length === 0) {
         if (data.code === 354) await this.abortData();
         // A deferred (4xx) recipient makes the whole failure transient, as with nodemailer.
-        const first = rejectedErrors.find((e) => e.responseCode < 500) ?? rejectedErrors[0];
-        throw Object.assign(smtpError(first ? `Can't send mail - all recipients were rejected: ${first.response}` : `Data command failed: ${data.text}`, first ? "EENVELOPE" : "EPROTOCOL", first?.responseCode ?? data.code, first?.response ?? data.text), { rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors });
+        const first = rejectedErrors.find((e) => e.responseCode < 500) ?? rejectedErrors[0]!;
+        throw Object.assign(smtpError(`Can't send mail - all recipients were rejected: ${first.response}`, "EENVELOPE", first.responseCode, first.response), rejected);
+      }
+      if (data.code !== 354) {
+        // Some recipient was accepted: the DATA reply decides (a 451 here is "try later", whatever a
+        // refused recipient said).
+        throw Object.assign(smtpError(`Data command failed: ${data.text}`, "EENVELOPE", data.code, data.text), rejected);
       }
       const final = this.reply();
       const body = dotStuff(raw);

@@ -8,6 +8,7 @@ import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
 import { createTransporter, classifyError, createRelay, mailOutbox, TransportConfigError, describeTransport } from "../src/index.js";
 import { startTestSmtp, type StartTestSmtpOptions, type TestSmtp } from "./support/smtp.js";
+import { startScriptedSmtp } from "./support/scripted-smtp.js";
 import { freshSqlite, prismaClientFor } from "./support/db.js";
 import type { RawSender } from "../src/smtp-pipelined.js";
 
@@ -133,6 +134,37 @@ describe("pipelining SMTP transport", async () => {
       for (const r of results) assert.match(r.response, /^250 /);
       assert.deepEqual([0, 1, 2].map((i) => old.countByMessageId().get(`<helo-${i}@example.com>`)), [1, 1, 1]);
     });
+  });
+
+  for (const pipelining of [true, false]) {
+    it(`a DATA deferred with 4xx after one recipient was accepted and one refused is transient (${pipelining ? "pipelined" : "one at a time"})`, async () => {
+      const peer = await startScriptedSmtp({ pipelining, rcpt: (a) => (a.startsWith("bad") ? "550 5.1.1 No such user" : "250 2.1.5 Ok"), data: () => "451 4.3.0 Error: queue file write error" });
+      const t = createTransporter(`smtp://127.0.0.1:${peer.port}?maxConnections=1`);
+      try {
+        const err = await (t.transporter as unknown as RawSender).sendRaw({ from: "a@example.com", to: ["good@example.com", "bad@example.com"] }, rawMessage("data451", "x")).catch((e: unknown) => e);
+        const c = classifyError(err);
+        assert.equal(c.kind, "transient");
+        assert.equal(c.responseCode, 451);
+        assert.ok(!peer.log.includes("<body>"), "no message was sent");
+      } finally {
+        t.close();
+        await peer.close();
+      }
+    });
+  }
+
+  it("a reply line that is not SMTP fails the connection, and the mail is a transient failure", async () => {
+    const peer = await startScriptedSmtp({ rcpt: () => "hello there" });
+    const t = createTransporter(`smtp://127.0.0.1:${peer.port}?maxConnections=1`);
+    try {
+      const err = await (t.transporter as unknown as RawSender).sendRaw({ from: "a@example.com", to: ["x@example.com"] }, rawMessage("garbage", "x")).catch((e: unknown) => e);
+      const c = classifyError(err);
+      assert.equal(c.kind, "transient");
+      assert.equal(c.code, "EPROTOCOL");
+    } finally {
+      t.close();
+      await peer.close();
+    }
   });
 
   it("carries several transactions at once on one connection, each answered on its own", async () => {
