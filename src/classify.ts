@@ -63,6 +63,11 @@ export function redactSecrets(text: string): string {
     .replace(/\b(pass(?:word)?|secret|token)=([^\s&]+)/gi, "$1=***");
 }
 
+/** nodemailer's `err.command` for the steps that open a session, before any mail is named. */
+function isSessionCommand(command: unknown): boolean {
+  return typeof command === "string" && /^(?:CONN|EHLO|HELO|LHLO|STARTTLS|AUTH\b)/i.test(command);
+}
+
 function responseCodeOf(err: unknown): number | null {
   const rc = field(err, "responseCode");
   if (typeof rc === "number" && Number.isInteger(rc) && rc >= 200 && rc <= 599) return rc;
@@ -78,6 +83,9 @@ function responseCodeOf(err: unknown): number | null {
  *   carries a 4xx if any recipient was only deferred, else the 5xx.
  * - Authentication, TLS and proxy failures are transient whatever the reply: they are fixed in
  *   the configuration, and the mail should go out once they are.
+ * - So is a session refused before any mail was named (nodemailer's `err.command` CONN, EHLO,
+ *   HELO, LHLO, STARTTLS or AUTH ...), even with a 5xx such as a `554` greeting: it says nothing
+ *   about this mail.
  * - `EENVELOPE` / `EMAXRECIPIENTS` without a reply (nodemailer refused the addresses itself) are
  *   permanent.
  * - Everything else is transient: connection errors (`ECONNECTION`, `ETIMEDOUT`, `ESOCKET`,
@@ -106,6 +114,10 @@ export function classifyError(err: unknown): ClassifiedFailure {
 
   let kind: HandoffFailureKind = "transient";
   if (code !== null && CONFIGURATION_CODES.has(code)) {
+    kind = "transient";
+  } else if (isSessionCommand(field(err, "command"))) {
+    // Refused while opening the session (greeting, EHLO/HELO, STARTTLS, AUTH): the MTA said
+    // nothing about this mail, so it is retried, even after a 5xx such as "554 No SMTP service".
     kind = "transient";
   } else if (responseCode !== null) {
     kind = responseCode >= 500 && responseCode !== 503 ? "permanent" : "transient";

@@ -106,16 +106,17 @@ class Connection {
     const timer = setTimeout(() => this.fail(smtpError("Connection timeout", "ETIMEDOUT")), o.connectionTimeoutMs);
     this.opened = (async () => {
       try {
+        // Errors here carry nodemailer's `command` (CONN, EHLO, HELO): a refused session is not a refused mail.
         const greeting = await this.reply();
-        if (greeting.code !== 220) throw smtpError(greeting.text, "EPROTOCOL", greeting.code, greeting.text);
+        if (greeting.code !== 220) throw Object.assign(smtpError(`Invalid greeting: ${greeting.text}`, "EPROTOCOL", greeting.code, greeting.text), { command: "CONN" });
         socket.write(`EHLO ${o.name}\r\n`);
         const ehlo = await this.reply();
-        if (ehlo.code === 421) throw smtpError(ehlo.text, "ECONNECTION", ehlo.code, ehlo.text);
+        if (ehlo.code === 421) throw Object.assign(smtpError(ehlo.text, "ECONNECTION", ehlo.code, ehlo.text), { command: "EHLO" });
         if (ehlo.code !== 250) {
           // A server without ESMTP: HELO, as nodemailer does, and no pipelining.
           socket.write(`HELO ${o.name}\r\n`);
           const helo = await this.reply();
-          if (helo.code !== 250) throw smtpError(helo.text, "EPROTOCOL", helo.code, helo.text);
+          if (helo.code !== 250) throw Object.assign(smtpError(helo.text, "EPROTOCOL", helo.code, helo.text), { command: "HELO" });
           return;
         }
         this.pipelining = /^250[ -]PIPELINING\b/im.test(ehlo.text);

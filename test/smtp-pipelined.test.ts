@@ -153,6 +153,25 @@ describe("pipelining SMTP transport", async () => {
     });
   }
 
+  it("a session refused at the greeting (554) is a transient failure through either SMTP client: the MTA said nothing about the mail", async () => {
+    const peer = await startScriptedSmtp({ greeting: "554 5.7.1 No SMTP service here" });
+    try {
+      for (const query of ["", "&pipelining=false"]) {
+        const t = createTransporter(`smtp://127.0.0.1:${peer.port}?maxConnections=1${query}`);
+        try {
+          const err = await t.sendMail({ envelope: { from: "a@example.com", to: ["x@example.com"] }, raw: rawMessage("greet", "x") }).catch((e: unknown) => e);
+          const c = classifyError(err);
+          assert.equal(c.kind, "transient", `${t.transporter.name}: ${c.message}`);
+          assert.equal(c.responseCode, 554);
+        } finally {
+          t.close();
+        }
+      }
+    } finally {
+      await peer.close();
+    }
+  });
+
   it("a reply line that is not SMTP fails the connection, and the mail is a transient failure", async () => {
     const peer = await startScriptedSmtp({ rcpt: () => "hello there" });
     const t = createTransporter(`smtp://127.0.0.1:${peer.port}?maxConnections=1`);

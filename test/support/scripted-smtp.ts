@@ -6,6 +6,8 @@
 import net from "node:net";
 
 export interface SmtpScript {
+  /** The greeting. @default "220 scripted ESMTP" */
+  readonly greeting?: string;
   /** The reply to RCPT TO for this address. @default "250 2.1.5 Ok" */
   readonly rcpt?: (address: string) => string;
   /** The reply to DATA; a 354 lets the message in. @default "354 go ahead" */
@@ -28,7 +30,7 @@ export async function startScriptedSmtp(script: SmtpScript): Promise<ScriptedSmt
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
     socket.on("error", () => {});
-    socket.write("220 scripted ESMTP\r\n");
+    socket.write(`${script.greeting ?? "220 scripted ESMTP"}\r\n`);
     let buffer = "";
     let inData = false;
     socket.on("data", (chunk: Buffer) => {
