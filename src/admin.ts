@@ -15,6 +15,7 @@ import { STATUSES, TRANSITIONS, isOutboxStatus } from "./states.js";
 import type { JsonValue } from "./types.js";
 import * as pgSql from "./sql/postgres-admin.js";
 import * as liteSql from "./sql/sqlite-admin.js";
+import type { TargetRow } from "./sql/types.js";
 
 /** An open database, or a URL (`file:...`, `postgresql://...`) to open for this one call. */
 export type DbOrUrl = Db | string;
@@ -368,13 +369,13 @@ export async function showMail(dbOrUrl: DbOrUrl, idOrMessageId: string, options:
       if (row === undefined) throw notFound(idOrMessageId, db);
       mail = mailFromPg(row);
       raw = row.raw;
-      attemptLog = (await pgSql.listAttempts(db.pool, row.id)).map(attemptFromPg);
+      attemptLog = (await pgSql.listAttempts(db.pool, row.id)).map((r) => attemptRecord(r, r.started_at));
     } else {
       const row = liteSql.findMail(db.db, id, messageId, withRaw);
       if (row === undefined) throw notFound(idOrMessageId, db);
       mail = mailFromSqlite(row);
       raw = row.raw;
-      attemptLog = liteSql.listAttempts(db.db, row.id).map(attemptFromSqlite);
+      attemptLog = liteSql.listAttempts(db.db, row.id).map((r) => attemptRecord(r, sqliteDate(r.started_at)));
     }
     const detail: MailDetail = { ...mail, attemptLog };
     return withRaw ? { ...detail, raw: raw == null ? Buffer.alloc(0) : Buffer.from(raw) } : detail;
@@ -562,7 +563,7 @@ interface BulkOutcome {
   readonly notFound: string[];
 }
 
-type Target = pgSql.PgTargetRow;
+type Target = TargetRow;
 type Filter = pgSql.PgFilter & liteSql.SqliteFilter;
 type LogRow = { id: string; emailId: string; response: string };
 
@@ -911,28 +912,13 @@ function mailFromSqlite(r: liteSql.SqliteMailRow): MailRecord {
   );
 }
 
-function attemptFromPg(r: pgSql.PgAttemptRow): AttemptRecord {
+/** An attempt row as either database returns it; `startedAt` turns its time into a Date. */
+function attemptRecord(r: pgSql.PgAttemptRow | liteSql.SqliteAttemptRow, startedAt: Date): AttemptRecord {
   return {
     id: r.id,
     attempt: Number(r.attempt),
     relay: r.relay,
-    startedAt: r.started_at,
-    durationMs: Number(r.duration_ms),
-    outcome: r.outcome,
-    response: r.response,
-    responseCode: r.response_code === null ? null : Number(r.response_code),
-    errorCode: r.error_code,
-    error: r.error,
-    queueId: r.queue_id,
-  };
-}
-
-function attemptFromSqlite(r: liteSql.SqliteAttemptRow): AttemptRecord {
-  return {
-    id: r.id,
-    attempt: Number(r.attempt),
-    relay: r.relay,
-    startedAt: sqliteDate(r.started_at),
+    startedAt,
     durationMs: Number(r.duration_ms),
     outcome: r.outcome,
     response: r.response,

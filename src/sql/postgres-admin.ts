@@ -4,6 +4,7 @@
  * `states.ts`. Table and column names are fixed (the pool's `search_path` selects the schema).
  */
 import type pg from "pg";
+import { MAIL_COLUMNS, type TargetRow } from "./types.js";
 
 /** A pool or a client checked out of it (inside a transaction). */
 export interface Queryable {
@@ -53,20 +54,6 @@ export interface PgAttemptRow {
   error: string | null;
   queue_id: string | null;
 }
-
-/** What a bulk change needs to know about a row before it changes it. */
-export interface PgTargetRow {
-  id: string;
-  message_id: string;
-  status: string;
-  attempts: number;
-  last_error: string | null;
-  uncertain_handoffs: number;
-}
-
-const MAIL_COLUMNS = `id, message_id, status, priority, idempotency_key, envelope_from, envelope_to, subject, size,
-  metadata, attempts, max_attempts, send_at, next_attempt_at, lease_owner, lease_expires_at, last_error,
-  mta_response, mta_queue_id, accepted, rejected, uncertain_handoffs, created_at, updated_at, sent_at`;
 
 /**
  * The filter shared by list, replay and purge. `null` means "no constraint".
@@ -166,8 +153,8 @@ export async function listAttempts(q: Queryable, emailId: string): Promise<PgAtt
 }
 
 /** The rows a bulk change (replay, cancel) would touch, locked until the transaction ends when `lock`. */
-export async function selectTargets(q: Queryable, f: PgFilter, lock: boolean): Promise<PgTargetRow[]> {
-  const r = await q.query<PgTargetRow>(
+export async function selectTargets(q: Queryable, f: PgFilter, lock: boolean): Promise<TargetRow[]> {
+  const r = await q.query<TargetRow>(
     `SELECT id, message_id, status, attempts, last_error, uncertain_handoffs
      FROM mail_outbox
      WHERE ${FILTER}

@@ -4,8 +4,8 @@
  * Time comes from the database clock (now()), so relays on hosts with skewed clocks agree.
  */
 import pg from "pg";
-import type { ClaimedMail, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
-import { LEASE_EXPIRED_MESSAGE, attemptColumns } from "./types.js";
+import type { ClaimRow, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
+import { LEASE_EXPIRED_MESSAGE, attemptColumns, toClaimedMails } from "./types.js";
 
 /** Claim due rows. SKIP LOCKED lets several relays claim side by side without waiting on each other. */
 export const CLAIM = `
@@ -147,18 +147,6 @@ WITH expired AS (
 )
 SELECT id, message_id, status, previous_owner FROM upd`;
 
-interface ClaimRow {
-  id: string;
-  message_id: string;
-  envelope_from: string;
-  envelope_to: string;
-  raw: Buffer;
-  priority: number;
-  attempts: number;
-  max_attempts: number;
-  uncertain_handoffs: number;
-}
-
 export function postgresRelayStore(pool: pg.Pool): RelayStore {
   return {
     dialect: "postgresql",
@@ -167,19 +155,7 @@ export function postgresRelayStore(pool: pg.Pool): RelayStore {
       // `binary` is a QueryConfig option of pg that its type definitions leave out.
       const config = { name: "mail_outbox_claim", text: CLAIM, values: [owner, limit, leaseMs], binary: true, types: CLAIM_TYPES } as pg.QueryConfig;
       const { rows } = await pool.query<ClaimRow>(config);
-      return rows.map(
-        (r): ClaimedMail => ({
-          id: r.id,
-          messageId: r.message_id,
-          envelopeFrom: r.envelope_from,
-          envelopeTo: JSON.parse(r.envelope_to) as string[],
-          raw: r.raw,
-          priority: r.priority,
-          attempts: r.attempts,
-          maxAttempts: r.max_attempts,
-          uncertainHandoffs: r.uncertain_handoffs,
-        }),
-      ).sort((a, b) => b.priority - a.priority);
+      return toClaimedMails(rows);
     },
 
     async complete(owner, relayName, outcomes) {

@@ -6,6 +6,7 @@
  */
 import type Database from "better-sqlite3";
 import { toSqliteTime } from "../db.js";
+import { MAIL_COLUMNS, type TargetRow } from "./types.js";
 
 type Db = Database.Database;
 
@@ -52,19 +53,6 @@ export interface SqliteAttemptRow {
   error: string | null;
   queue_id: string | null;
 }
-
-export interface SqliteTargetRow {
-  id: string;
-  message_id: string;
-  status: string;
-  attempts: number;
-  last_error: string | null;
-  uncertain_handoffs: number;
-}
-
-const MAIL_COLUMNS = `id, message_id, status, priority, idempotency_key, envelope_from, envelope_to, subject, size,
-  metadata, attempts, max_attempts, send_at, next_attempt_at, lease_owner, lease_expires_at, last_error,
-  mta_response, mta_queue_id, accepted, rejected, uncertain_handoffs, created_at, updated_at, sent_at`;
 
 /** The filter shared by list, replay and cancel; named parameters, NULL means "no constraint". */
 const FILTER = `(@byIds = 0 OR id IN (SELECT value FROM json_each(@ids)) OR message_id IN (SELECT value FROM json_each(@messageIds)))
@@ -170,7 +158,7 @@ export function listAttempts(db: Db, emailId: string): SqliteAttemptRow[] {
 }
 
 /** The rows a bulk change (replay, cancel) would touch. Run inside an IMMEDIATE transaction to hold them. */
-export function selectTargets(db: Db, f: SqliteFilter): SqliteTargetRow[] {
+export function selectTargets(db: Db, f: SqliteFilter): TargetRow[] {
   return db
     .prepare(
       `SELECT id, message_id, status, attempts, last_error, uncertain_handoffs
@@ -178,7 +166,7 @@ export function selectTargets(db: Db, f: SqliteFilter): SqliteTargetRow[] {
        WHERE ${FILTER}
        ORDER BY created_at, id`,
     )
-    .all(filterParams(f)) as SqliteTargetRow[];
+    .all(filterParams(f)) as TargetRow[];
 }
 
 /**

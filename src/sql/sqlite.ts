@@ -6,8 +6,8 @@
 import type Database from "better-sqlite3";
 import { randomUUID } from "node:crypto";
 import { toSqliteTime } from "../db.js";
-import type { ClaimedMail, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
-import { LEASE_EXPIRED_MESSAGE, attemptColumns } from "./types.js";
+import type { ClaimRow, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
+import { LEASE_EXPIRED_MESSAGE, attemptColumns, toClaimedMails } from "./types.js";
 
 export const CLAIM = `
 UPDATE mail_outbox
@@ -84,18 +84,6 @@ UPDATE mail_outbox
 SET status = @status, uncertain_handoffs = uncertain_handoffs + 1, last_error = @error,
     lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = @now, updated_at = @now
 WHERE id = @id AND status = 'sending' AND lease_expires_at < @now`;
-
-interface ClaimRow {
-  id: string;
-  message_id: string;
-  envelope_from: string;
-  envelope_to: string;
-  raw: Buffer;
-  priority: number;
-  attempts: number;
-  max_attempts: number;
-  uncertain_handoffs: number;
-}
 
 export function sqliteRelayStore(db: Database.Database): RelayStore {
   const claim = db.prepare<{ owner: string; leaseExpiresAt: string; now: string; limit: number }, ClaimRow>(CLAIM);
@@ -186,21 +174,7 @@ export function sqliteRelayStore(db: Database.Database): RelayStore {
     async claim(owner, limit, leaseMs) {
       const now = new Date();
       const rows = claim.all({ owner, limit, now: toSqliteTime(now), leaseExpiresAt: toSqliteTime(new Date(now.getTime() + leaseMs)) });
-      return rows
-        .map(
-          (r): ClaimedMail => ({
-            id: r.id,
-            messageId: r.message_id,
-            envelopeFrom: r.envelope_from,
-            envelopeTo: JSON.parse(r.envelope_to) as string[],
-            raw: r.raw,
-            priority: r.priority,
-            attempts: r.attempts,
-            maxAttempts: r.max_attempts,
-            uncertainHandoffs: r.uncertain_handoffs,
-          }),
-        )
-        .sort((a, b) => b.priority - a.priority);
+      return toClaimedMails(rows);
     },
     async complete(owner, relayName, outcomes) {
       return outcomes.length === 0 ? 0 : completeAll(owner, relayName, outcomes);

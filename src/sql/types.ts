@@ -14,6 +14,53 @@ export interface ClaimedMail {
   readonly uncertainHandoffs: number;
 }
 
+/** A claimed row as both databases' CLAIM returns it (`envelope_to` as JSON text). */
+export interface ClaimRow {
+  id: string;
+  message_id: string;
+  envelope_from: string;
+  envelope_to: string;
+  raw: Buffer;
+  priority: number;
+  attempts: number;
+  max_attempts: number;
+  uncertain_handoffs: number;
+}
+
+/** Claimed rows as the relay takes them, highest priority first. */
+export function toClaimedMails(rows: readonly ClaimRow[]): ClaimedMail[] {
+  return rows
+    .map(
+      (r): ClaimedMail => ({
+        id: r.id,
+        messageId: r.message_id,
+        envelopeFrom: r.envelope_from,
+        envelopeTo: JSON.parse(r.envelope_to) as string[],
+        raw: r.raw,
+        priority: r.priority,
+        attempts: r.attempts,
+        maxAttempts: r.max_attempts,
+        uncertainHandoffs: r.uncertain_handoffs,
+      }),
+    )
+    .sort((a, b) => b.priority - a.priority);
+}
+
+/** What a bulk change (replay, cancel) needs to know about a row before it changes it. */
+export interface TargetRow {
+  id: string;
+  message_id: string;
+  status: string;
+  attempts: number;
+  last_error: string | null;
+  uncertain_handoffs: number;
+}
+
+/** The columns `list` and `show` read (everything but `raw`), the same on both databases. */
+export const MAIL_COLUMNS = `id, message_id, status, priority, idempotency_key, envelope_from, envelope_to, subject, size,
+  metadata, attempts, max_attempts, send_at, next_attempt_at, lease_owner, lease_expires_at, last_error,
+  mta_response, mta_queue_id, accepted, rejected, uncertain_handoffs, created_at, updated_at, sent_at`;
+
 /** The outcome of one claimed row, written back in a batch by `complete`. */
 export type Outcome =
   | (AttemptRecord & {
