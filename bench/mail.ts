@@ -4,7 +4,7 @@
  * only in the Message-ID, whose length never changes, so every mail has exactly the same size.
  */
 import { randomUUID } from "node:crypto";
-import { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_BYTES } from "../src/compose.js";
+import { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_MESSAGE_BYTES } from "../src/compose.js";
 
 export const FROM = "shop@example.com";
 export const TO = "customer@example.net";
@@ -40,7 +40,7 @@ export function newMessageId(id: string = randomUUID()): string {
 
 /** Compose the template: a ~2 KiB message (headers + quoted-printable-free text body). */
 export async function mailTemplate(targetBytes = 2048): Promise<MailTemplate> {
-  const defaults = { maxAttempts: DEFAULT_MAX_ATTEMPTS, maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES, messageIdDomain: MESSAGE_ID_DOMAIN };
+  const defaults = { maxAttempts: DEFAULT_MAX_ATTEMPTS, maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES, maxHeaderBytes: DEFAULT_MAX_HEADER_BYTES, messageIdDomain: MESSAGE_ID_DOMAIN };
   const probe = { from: `Shop <${FROM}>`, to: TO, subject: "Your order has shipped", text: body(100) };
   const first = await composeMail(probe, defaults);
   const input = { ...probe, text: body(100 + Math.max(0, targetBytes - first.raw.length)) };

@@ -16,6 +16,11 @@ import type { ComposeDefaults, ComposedMail, JsonValue, MailInput } from "./type
 
 /** Default `maxMessageBytes`: 10 MiB, the usual limit of mail providers (Gmail takes 25 MB, many 10 MB). */
 export const DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024;
+/**
+ * Default `maxHeaderBytes`: 100,000 bytes, below Postfix's `header_size_limit` (102,400), past which
+ * Postfix silently truncates the header section instead of refusing the mail.
+ */
+export const DEFAULT_MAX_HEADER_BYTES = 100_000;
 /** Default `maxAttempts` before a mail is parked as dead. */
 export const DEFAULT_MAX_ATTEMPTS = 25;
 /** At most this many attachments per mail. */

@@ -3,7 +3,7 @@
  * caller's transaction.
  */
 import { Prisma } from "@prisma/client/extension";
-import { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_BYTES, validateComposeDefaults } from "./compose.js";
+import { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_MESSAGE_BYTES, validateComposeDefaults } from "./compose.js";
 import { DuplicateIdempotencyKeyError, InvalidMailError, OptionsError } from "./errors.js";
 import type { AddressInput, ComposeDefaults, ComposedMail, MailInput } from "./types.js";
 
@@ -14,6 +14,8 @@ export interface MailOutboxOptions {
   readonly maxAttempts?: number;
   /** Largest composed message, in bytes. @default 10 MiB */
   readonly maxMessageBytes?: number;
+  /** Largest composed header section, in bytes. @default 100,000 (below Postfix's `header_size_limit`) */
+  readonly maxHeaderBytes?: number;
   /** Right-hand side of generated Message-IDs. @default the sender's domain */
   readonly messageIdDomain?: string;
 }
@@ -39,6 +41,7 @@ function resolveDefaults(options: MailOutboxOptions): ComposeDefaults {
   const defaults: ComposeDefaults = {
     maxAttempts: options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
     maxMessageBytes: options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+    maxHeaderBytes: options.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
     ...(options.defaultFrom !== undefined ? { defaultFrom: options.defaultFrom } : {}),
     ...(options.messageIdDomain !== undefined ? { messageIdDomain: options.messageIdDomain } : {}),
   };

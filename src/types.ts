@@ -48,6 +48,8 @@ export interface ComposeDefaults {
   readonly maxAttempts: number;
   /** Size limit of the composed RFC 5322 message in bytes. */
   readonly maxMessageBytes: number;
+  /** Size limit of the composed header section (everything before the first empty line) in bytes. */
+  readonly maxHeaderBytes: number;
   /** Right-hand side of generated Message-IDs; default: the sender's domain. */
   readonly messageIdDomain?: string;
 }

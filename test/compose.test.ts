@@ -8,6 +8,7 @@ import {
   validateComposeDefaults,
   normalizeEmailAddress,
   DEFAULT_MAX_ATTEMPTS,
+  DEFAULT_MAX_HEADER_BYTES,
   DEFAULT_MAX_MESSAGE_BYTES,
   RESERVED_HEADERS,
 } from "../src/compose.js";
@@ -19,6 +20,7 @@ const NOW = new Date("2031-05-06T07:08:09.000Z");
 const DEFAULTS: ComposeDefaults = {
   maxAttempts: DEFAULT_MAX_ATTEMPTS,
   maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
+  maxHeaderBytes: DEFAULT_MAX_HEADER_BYTES,
 };
 const FROM = "Shop <shop@example.com>";
 const BASE = { from: FROM, to: "ann@example.com", subject: "Hello", text: "Hi" };
