@@ -42,9 +42,10 @@ export interface SentMessageInfoLike {
 
 /**
  * Error codes that mean the mail itself cannot be sent as it is, even without an SMTP reply:
- * nodemailer refused the envelope before talking to the server.
+ * nodemailer refused the envelope before talking to the server, or the message has 8-bit bytes
+ * and the server does not offer 8BITMIME (`EightBitMimeError`, nothing was sent).
  */
-const PERMANENT_LOCAL_CODES = new Set(["EENVELOPE", "EMAXRECIPIENTS"]);
+const PERMANENT_LOCAL_CODES = new Set(["EENVELOPE", "EMAXRECIPIENTS", "E8BITMIME"]);
 
 /**
  * Codes whose reply code says something about the configuration, not about the mail: a wrong
@@ -87,7 +88,8 @@ function responseCodeOf(err: unknown): number | null {
  *   HELO, LHLO, STARTTLS or AUTH ...), even with a 5xx such as a `554` greeting: it says nothing
  *   about this mail.
  * - `EENVELOPE` / `EMAXRECIPIENTS` without a reply (nodemailer refused the addresses itself) are
- *   permanent.
+ *   permanent, and so is `E8BITMIME` (an 8-bit message for a server without 8BITMIME, not sent;
+ *   see `EightBitMimeError`).
  * - Everything else is transient: connection errors (`ECONNECTION`, `ETIMEDOUT`, `ESOCKET`,
  *   `ECONNREFUSED`, `EDNS`, `EPROTOCOL`...), a sendmail program that failed (`ESENDMAIL`, see
  *   `SendmailExitError`), a hand-off that timed out (`HandoffTimeoutError`), and anything unknown.

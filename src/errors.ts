@@ -43,6 +43,27 @@ export class MailTooLargeError extends InvalidMailError {
 }
 
 /**
+ * The header section of the composed message (every byte before the first empty line) is larger
+ * than `maxHeaderBytes` (default 100,000). Nothing was written. MTAs cut such a header section
+ * rather than refuse the mail: Postfix truncates it past `header_size_limit` (102,400 by default).
+ * `size` is the composed header size, or a lower bound when `atLeast` (refused before composing).
+ */
+export class HeaderTooLargeError extends InvalidMailError {
+  override name = "HeaderTooLargeError";
+  readonly size: number;
+  readonly limit: number;
+  constructor(size: number, limit: number, options?: { atLeast?: boolean }) {
+    super([
+      `headers: the header section of the message is ${options?.atLeast === true ? "at least " : ""}${size} bytes, over the limit of ${limit} bytes, ` +
+        "past which MTAs cut it (Postfix's header_size_limit is 102,400); put fewer recipients in to and cc (use bcc, or send several mails), " +
+        "shorten the subject or the extra headers, or raise maxHeaderBytes if your MTA takes more",
+    ]);
+    this.size = size;
+    this.limit = limit;
+  }
+}
+
+/**
  * A mail with this idempotency key is already in the outbox. Nothing was written;
  * `existingId` and `existingMessageId` name the row that holds the key.
  *
@@ -88,6 +109,24 @@ export class SchemaError extends MailOutboxError {
   override name = "SchemaError";
 }
 
+/**
+ * The outbox tables are missing, or lack a column the relay reads or writes, or have one of
+ * another type: a setup step (`mail-outbox migrate`, or `prisma migrate deploy` when the outbox
+ * models are in your Prisma migrations) was skipped, or a table was dropped. The relay refuses to
+ * start with it, and reports it (event `warning`, log level error) when a table disappears while
+ * it runs. `problems` has one sentence per problem; `missingTables` names the tables that are gone.
+ */
+export class SchemaNotReadyError extends SchemaError {
+  override name = "SchemaNotReadyError";
+  readonly problems: readonly string[];
+  readonly missingTables: readonly string[];
+  constructor(message: string, problems: readonly string[], missingTables: readonly string[], options?: { cause?: unknown }) {
+    super(message, options);
+    this.problems = problems;
+    this.missingTables = missingTables;
+  }
+}
+
 /** No row matches the id or Message-ID given to a CLI or admin function. */
 export class NotFoundError extends MailOutboxError {
   override name = "NotFoundError";
@@ -129,6 +168,26 @@ export class SendmailExitError extends MailOutboxError {
     this.exitCode = exitCode;
     this.signal = signal;
     this.stderr = stderr;
+  }
+}
+
+/**
+ * The message has 8-bit bytes and the MTA does not offer 8BITMIME (RFC 6152), so it was not
+ * sent: such a server may strip the eighth bit or refuse the data. Permanent (code `E8BITMIME`):
+ * the same bytes would meet the same server again.
+ */
+export class EightBitMimeError extends MailOutboxError {
+  override name = "EightBitMimeError";
+  readonly code = "E8BITMIME";
+  /** Where the first byte >= 0x80 is in the stored message; -1 when not known. */
+  readonly offset: number;
+  constructor(server: string, offset: number) {
+    super(
+      `Not sent: the message has 8-bit bytes${offset >= 0 ? ` (the first at byte ${offset})` : ""} and ${server} does not offer 8BITMIME (RFC 6152). ` +
+        "Enable 8BITMIME on that MTA (Postfix, Exim and Sendmail offer it unless configured not to; Postfix: check smtpd_discard_ehlo_keywords) " +
+        "or point the relay at one that offers it, then replay the mail (mail-outbox replay <id>); or send it again as a new mail composed 7-bit.",
+    );
+    this.offset = offset;
   }
 }
 

@@ -23,11 +23,11 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { Duplex } from "node:stream";
 import type net from "node:net";
-import SMTPPool from "nodemailer/lib/smtp-pool";
 import type { SMTPPoolOptions, SMTPPoolSendCallback, SMTPPoolSentMessageInfo } from "nodemailer/lib/smtp-pool";
 import type { MailMessage, NodemailerError, VerifyCallback } from "nodemailer";
 import { HandoffTimeoutError, SendmailExitError, TransportConfigError } from "./errors.js";
 import { checkSendmailPath, DEFAULT_SENDMAIL_PATH, sendmailProblem } from "./sendmail.js";
+import { WireSmtpPool } from "./wire.js";
 
 export interface SendmailBsTransportOptions {
   /** Absolute path of the sendmail program. @default "/usr/sbin/sendmail" */
@@ -180,9 +180,12 @@ export class ChildProcessSocket extends Duplex {
 
 /**
  * nodemailer's SMTP pool whose connections are `<program> -bs` child processes, and whose
- * timeouts come back as `HandoffTimeoutError`.
+ * timeouts come back as `HandoffTimeoutError`. Line ends and 8-bit content are handled as on
+ * every transport (`WireSmtpPool`, src/wire.ts): lone CR/LF become CRLF, an 8-bit message is
+ * declared `BODY=8BITMIME` (Postfix's stand-alone smtpd offers it), or refused with
+ * `EightBitMimeError` when the program's SMTP server does not offer it.
  */
-export class SendmailBsPool extends SMTPPool {
+export class SendmailBsPool extends WireSmtpPool {
   readonly program: string;
   readonly timeoutMs: number;
 
@@ -212,6 +215,10 @@ export class SendmailBsPool extends SMTPPool {
     this.program = program;
     this.timeoutMs = timeoutMs;
     this.name = "sendmail-bs";
+  }
+
+  protected override serverName(): string {
+    return `${this.program} -bs`;
   }
 
   override getSocket(_options: SMTPPoolOptions, callback: (err: Error | null, socketOptions?: { connection?: net.Socket } | false) => void): void {

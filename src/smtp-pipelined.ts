@@ -16,9 +16,16 @@
  * loopback MTA (a local Postfix or smarthost sidecar) without credentials, requireTLS, rateLimit
  * or maxRequeues, or when the URL says `pipelining=true`; everything else keeps nodemailer's pool.
  * Errors carry `code` and `responseCode` as nodemailer's do, so `classifyError` treats them alike.
+ *
+ * What goes into DATA is what every transport writes (src/wire.ts): lone CR/LF normalised to
+ * CRLF, then dot-stuffed. A message with 8-bit bytes is declared `BODY=8BITMIME` when the server
+ * offered 8BITMIME in its EHLO reply; otherwise it fails with `EightBitMimeError` (permanent)
+ * before any command of its transaction is written.
  */
 import net from "node:net";
 import type { Transport } from "nodemailer";
+import { EightBitMimeError } from "./errors.js";
+import { eightBitAt, toSmtpData } from "./wire.js";
 
 export interface RawEnvelope {
   readonly from: string;
@@ -72,12 +79,6 @@ function smtpError(message: string, code: string, responseCode?: number, respons
   return Object.assign(new Error(message), { code, ...(responseCode !== undefined ? { responseCode, response } : {}) });
 }
 
-/** RFC 5321 4.5.2: a line that starts with "." gets a second one. */
-function dotStuff(raw: Buffer): Buffer {
-  if (raw[0] !== 0x2e && raw.indexOf("\n.") < 0) return raw;
-  return Buffer.from(raw.toString("latin1").replace(/^\./, "..").replace(/\n\./g, "\n.."), "latin1");
-}
-
 class Connection {
   private readonly socket: net.Socket;
   private buffer = "";
@@ -93,6 +94,8 @@ class Connection {
   inflight = 0;
   /** Whether the server offered PIPELINING (RFC 2920); without it, commands go one at a time. */
   pipelining = false;
+  /** Whether the server offered 8BITMIME (RFC 6152); without it, 8-bit messages are refused unsent. */
+  eightBitMime = false;
   readonly opened: Promise<void>;
 
   constructor(private readonly o: PipelinedSmtpOptions) {
@@ -120,6 +123,7 @@ class Connection {
           return;
         }
         this.pipelining = /^250[ -]PIPELINING\b/im.test(ehlo.text);
+        this.eightBitMime = /^250[ -]8BITMIME\b/im.test(ehlo.text);
       } finally {
         clearTimeout(timer);
       }
@@ -209,7 +213,12 @@ class Connection {
   private async transaction(envelope: RawEnvelope, raw: Buffer, sent: () => void): Promise<RawSendResult> {
     let bodySent = false;
     try {
-      const envelopeLines = [`MAIL FROM:<${envelope.from}>\r\n`, ...envelope.to.map((t) => `RCPT TO:<${t}>\r\n`)];
+      // RFC 6152: 8-bit bytes go only to a server that offers 8BITMIME, declared on MAIL FROM. To
+      // one that does not, nothing is sent (no command either): a permanent EightBitMimeError.
+      const eightBit = eightBitAt(raw);
+      if (eightBit >= 0 && !this.eightBitMime) throw new EightBitMimeError(`${this.o.host}:${this.o.port}`, eightBit);
+      const mailFrom = `MAIL FROM:<${envelope.from}>${eightBit >= 0 ? " BODY=8BITMIME" : ""}\r\n`;
+      const envelopeLines = [mailFrom, ...envelope.to.map((t) => `RCPT TO:<${t}>\r\n`)];
       let replies: Reply[];
       let data: Reply;
       if (this.pipelining) {
@@ -246,7 +255,9 @@ class Connection {
         throw Object.assign(smtpError(`Data command failed: ${data.text}`, "EENVELOPE", data.code, data.text), rejected);
       }
       const final = this.reply();
-      const body = dotStuff(raw);
+      // Lone CR/LF normalised to CRLF and dot-stuffed (src/wire.ts): no bare CR before a "." can
+      // end DATA early at a receiver that treats a bare CR as a line end.
+      const body = toSmtpData(raw);
       this.write(body);
       this.write(body[body.length - 1] === 0x0a ? ".\r\n" : "\r\n.\r\n");
       bodySent = true;

@@ -5,8 +5,12 @@
  * | --- | --- |
  * | `smtp://[user:pass@]host[:port]` (port 25 by default) | pooled SMTP, STARTTLS when offered; to a loopback host, pipelined plain SMTP (see `pipelining`) |
  * | `smtps://[user:pass@]host[:port]` (port 465 by default) | pooled SMTP over TLS |
- * | `sendmail:` or `sendmail:/usr/sbin/sendmail` | pipe to the sendmail program (`-i -f from -- rcpts`), see `src/sendmail.ts` |
+ * | `sendmail:` or `sendmail:/usr/sbin/sendmail` | pipe to the sendmail program (`-i [-B 8BITMIME] -f from -- rcpts`), see `src/sendmail.ts` |
  * | `sendmail-bs:` or `sendmail-bs:/usr/sbin/sendmail` | SMTP over the stdin/stdout of `sendmail -bs`, pooled, see `src/sendmail-bs.ts` |
+ *
+ * Every one of them writes the same bytes for a stored message (src/wire.ts): lone CR/LF become
+ * CRLF (LF for the sendmail pipe), and 8-bit content is declared (`BODY=8BITMIME`, `-B 8BITMIME`)
+ * or, for a server without 8BITMIME, not sent (`EightBitMimeError`, permanent).
  *
  * Query parameters (all optional; unknown ones are refused so typos show):
  *
@@ -31,6 +35,7 @@
  */
 import os from "node:os";
 import nodemailer from "nodemailer";
+import Mailer from "nodemailer/lib/mailer";
 import type { Transport, Transporter } from "nodemailer";
 import type { SMTPPoolOptions } from "nodemailer/lib/smtp-pool";
 import type { SMTPTransportOptions } from "nodemailer/lib/smtp-transport";
@@ -40,6 +45,7 @@ import { classifyError } from "./classify.js";
 import { createSendmailTransport, checkSendmailPath, DEFAULT_SENDMAIL_PATH } from "./sendmail.js";
 import { createSendmailBsTransport } from "./sendmail-bs.js";
 import { createPipelinedSmtpTransport, type FallbackSender } from "./smtp-pipelined.js";
+import { WireSmtpPool } from "./wire.js";
 
 /** A nodemailer transport object or nodemailer transport options, used as they are. */
 export type TransportOptions = Transport | SMTPPoolOptions | SMTPTransportOptions;
@@ -323,11 +329,13 @@ export function createTransporter(spec: TransportSpec, options: CreateTransporte
             connectionTimeoutMs: o.connectionTimeout ?? 15_000,
             socketTimeoutMs: o.socketTimeout ?? 60_000,
             // A local MTA that demands STARTTLS or AUTH (530) gets nodemailer's pool instead, for good.
-            fallback: () => nodemailer.createTransport(o) as unknown as FallbackSender,
+            fallback: () => new Mailer(new WireSmtpPool(o), o) as unknown as FallbackSender,
           }),
         );
       }
-      return nodemailer.createTransport(parsed.options);
+      // nodemailer's pool, with the line-end and 8BITMIME handling every transport shares (src/wire.ts).
+      // (new Mailer(pool, options) is what nodemailer.createTransport(options) builds, with this pool.)
+      return new Mailer(new WireSmtpPool(parsed.options), parsed.options) as Transporter;
     case "sendmail":
       return nodemailer.createTransport(createSendmailTransport({ path: parsed.path, timeoutMs: parsed.timeoutMs, maxProcesses: parsed.maxProcesses }));
     case "sendmail-bs":

@@ -87,13 +87,13 @@ describe("local sendmail programs that fail (stand-ins, no MTA needed)", () => {
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  test("sendmail: the program gets -i -f <from> -- <recipients> and the message on stdin", async () => {
+  test("sendmail: the program gets -i [-B 8BITMIME] -f <from> -- <recipients> and the message on stdin", async () => {
     const out = path.join(dir, "capture");
     const program = script("capture-sendmail", `printf '%s\\n' "$@" > ${out}.args; cat > ${out}.stdin; exit 0`);
     const transporter = createTransporter(`sendmail:${program}`);
     const m = mail(["ann@example.com", "bob@example.com"]);
     const result = toHandoffResult(await transporter.sendMail(m.sendOptions));
-    assert.deepEqual(readFileSync(`${out}.args`, "utf8").trimEnd().split("\n"), ["-i", "-f", "app@localhost", "--", "ann@example.com", "bob@example.com"]);
+    assert.deepEqual(readFileSync(`${out}.args`, "utf8").trimEnd().split("\n"), ["-i", "-B", "8BITMIME", "-f", "app@localhost", "--", "ann@example.com", "bob@example.com"]); // the body is 8-bit ("Grüße")
     assert.deepEqual(readFileSync(`${out}.stdin`), Buffer.from(m.raw.toString("latin1").replace(/\r\n/g, "\n"), "latin1"));
     assert.equal(result.response, "sendmail exited 0");
     assert.equal(result.queueId, null);
@@ -193,10 +193,10 @@ describe("local sendmail programs that fail (stand-ins, no MTA needed)", () => {
   });
 
   test("sendmail-bs: a program that goes silent in the middle of the session times out too", async () => {
-    // Greets and answers EHLO, then never answers MAIL FROM.
+    // Greets and answers EHLO (offering 8BITMIME: the test mail is 8-bit), then never answers MAIL FROM.
     const program = script(
       "stall-bs",
-      `printf '220 fake ESMTP\\r\\n'; read line; printf '250 fake\\r\\n'; read line; sleep 30`,
+      `printf '220 fake ESMTP\\r\\n'; read line; printf '250-fake\\r\\n250 8BITMIME\\r\\n'; read line; sleep 30`,
     );
     const transporter = createTransporter(`sendmail-bs:${program}?timeout=500`);
     try {

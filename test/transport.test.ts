@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import nodemailer from "nodemailer";
 import { createTransporter, describeTransport, verifyTransport } from "../src/transport.js";
 import { classifyError, parseQueueId, toHandoffResult } from "../src/classify.js";
-import { HandoffTimeoutError, SendmailExitError, TransportConfigError } from "../src/errors.js";
+import { EightBitMimeError, HandoffTimeoutError, SendmailExitError, TransportConfigError } from "../src/errors.js";
 import { startTestSmtp, failTimes, rejectRecipients, combineFaults } from "./support/smtp.js";
 
 let seq = 0;
@@ -398,6 +398,8 @@ describe("classifying MTA answers", () => {
       [{ code: "ETLS" }, "transient"],
       [new SendmailExitError("sendmail exited with code 75", 75, null, "temp"), "transient"],
       [new HandoffTimeoutError("silent"), "transient"],
+      [new EightBitMimeError("127.0.0.1:25", 42), "permanent"],
+      [{ code: "E8BITMIME" }, "permanent"],
       [Object.assign(new Error("Permanent failure: 550 in the text only"), {}), "transient"],
       ["a string", "transient"],
       [null, "transient"],

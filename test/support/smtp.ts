@@ -19,7 +19,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import { SMTPServer } from "smtp-server";
 import type { SMTPServerSession, SMTPServerDataStream } from "smtp-server";
 
@@ -62,6 +62,8 @@ export interface ReceivedMessage {
   /** The user name that authenticated, if any. */
   readonly authUser: string | null;
   readonly session: number;
+  /** The parameters of its MAIL FROM command, upper-cased keys (`{ BODY: "8BITMIME" }`); `{}` for none. */
+  readonly mailFromArgs: Record<string, string>;
 }
 
 export interface TestSmtp {
@@ -77,6 +79,10 @@ export interface TestSmtp {
   setFaults(hook: FaultHook | null): void;
   /** Connections accepted so far. */
   readonly sessions: number;
+  /** Every MAIL FROM the server answered, taken or not, in order, with its parameters. */
+  readonly mailFroms: { readonly address: string; readonly args: Record<string, string> }[];
+  /** Every byte clients sent, all sessions in order of arrival (empty unless `captureWire`). */
+  wire(): Buffer;
   /** Stop listening and drop open connections: new connections get ECONNREFUSED. */
   refuseConnections(): Promise<void>;
   /** Listen again, on the same port. */
@@ -94,6 +100,10 @@ export interface StartTestSmtpOptions {
   readonly hidePipelining?: boolean;
   /** Answer EHLO with 500, as a server without ESMTP would (HELO still works). */
   readonly disableEhlo?: boolean;
+  /** Leave 8BITMIME out of the EHLO reply, as a server without RFC 6152 would. */
+  readonly hide8BitMime?: boolean;
+  /** Keep every byte clients send (see `wire()`), for tests of what goes over the socket. */
+  readonly captureWire?: boolean;
 }
 
 /** The Message-ID header of a raw message (unfolded, trimmed), or null. */
@@ -119,6 +129,10 @@ function defaultText(code: number): string {
 export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise<TestSmtp> {
   let hook: FaultHook | null = options.faults ?? null;
   const messages: ReceivedMessage[] = [];
+  const mailFroms: { address: string; args: Record<string, string> }[] = [];
+  const wireChunks: Buffer[] = [];
+  const argsOf = (args: unknown): Record<string, string> =>
+    typeof args === "object" && args !== null ? Object.fromEntries(Object.entries(args).map(([k, v]) => [k.toUpperCase(), String(v)])) : {};
   const events = new EventEmitter();
   events.setMaxListeners(0);
   const sessionNumbers = new Map<string, number>();
@@ -153,6 +167,7 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
     disabledCommands: ["STARTTLS", ...(options.disableEhlo ? ["EHLO"] : [])],
     hideSTARTTLS: true,
     hidePIPELINING: options.hidePipelining ?? false,
+    hide8BITMIME: options.hide8BitMime ?? false,
     closeTimeout: 500,
     onAuth(auth, _session, callback) {
       if (options.auth && (auth.username !== options.auth.user || auth.password !== options.auth.pass)) {
@@ -166,7 +181,8 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
       sessionNumbers.set(session.id, sessions);
       apply({ phase: "connect", session: sessions }, session, callback);
     },
-    onMailFrom(_address, session, callback) {
+    onMailFrom(address, session, callback) {
+      mailFroms.push({ address: address.address, args: argsOf(address.args) });
       apply({ phase: "mail", session: sessionNo(session) }, session, callback);
     },
     onRcptTo(address, session, callback) {
@@ -192,6 +208,7 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
             replyDropped,
             authUser: typeof session.user === "string" ? session.user : null,
             session: sessionNo(session),
+            mailFromArgs: argsOf(from ? from.args : undefined),
           });
           events.emit("message");
           return queueId;
@@ -212,6 +229,11 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
   });
   // Connection errors (a client that resets) are reported here; without a listener they would crash the test.
   server.on("error", () => {});
+  if (options.captureWire) {
+    // A second 'connection' listener, after smtp-server's own: the client sends nothing before
+    // the greeting, so no byte arrives before smtp-server reads the socket too.
+    server.server.on("connection", (socket: Socket) => socket.on("data", (chunk: Buffer) => wireChunks.push(chunk)));
+  }
 
   function dropConnection(session: SMTPServerSession): void {
     for (const connection of server.connections) {
@@ -251,6 +273,8 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
     port,
     url: `smtp://127.0.0.1:${port}`,
     messages,
+    mailFroms,
+    wire: () => Buffer.concat(wireChunks),
     get sessions() {
       return sessions;
     },
