@@ -10,12 +10,18 @@ import { domainToASCII } from "node:url";
 import addressparser from "nodemailer/lib/addressparser";
 import MailComposer from "nodemailer/lib/mail-composer";
 import type { MailComposerAttachment } from "nodemailer/lib/mail-composer";
-import { InvalidMailError, MailTooLargeError, OptionsError } from "./errors.js";
+import { HeaderTooLargeError, InvalidMailError, MailOutboxError, MailTooLargeError, OptionsError } from "./errors.js";
 import { newId } from "./ids.js";
+import { bareLineEndAt } from "./wire.js";
 import type { ComposeDefaults, ComposedMail, JsonValue, MailInput } from "./types.js";
 
-/** Default `maxMessageBytes`: 10 MiB, the usual limit of mail providers (Gmail takes 25 MB, many 10 MB). */
-export const DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024;
+/**
+ * Default `maxMessageBytes`: 10,000,000 bytes. Postfix's default `message_size_limit` is 10,240,000 and
+ * counts the header fields it adds on the way (Received, Return-Path...), so this leaves 240,000 bytes
+ * for those; a larger default would let mail through enqueue that Postfix then refuses (SMTP: dead) or
+ * defers for good (`sendmail` exits 75). Raise it together with your MTA's limit.
+ */
+export const DEFAULT_MAX_MESSAGE_BYTES = 10_000_000;
 /**
  * Default `maxHeaderBytes`: 100,000 bytes, below Postfix's `header_size_limit` (102,400), past which
  * Postfix silently truncates the header section instead of refusing the mail.
@@ -23,6 +29,11 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024;
 export const DEFAULT_MAX_HEADER_BYTES = 100_000;
 /** Default `maxAttempts` before a mail is parked as dead. */
 export const DEFAULT_MAX_ATTEMPTS = 25;
+/**
+ * At most this many distinct envelope recipients (to, cc and bcc together) per mail: Postfix's default
+ * `smtpd_recipient_limit`, past which it answers 452 to every further RCPT TO. Send several mails instead.
+ */
+export const MAX_RECIPIENTS = 1000;
 /** At most this many attachments per mail. */
 export const MAX_ATTACHMENTS = 100;
 /** `metadata` may serialise to at most this many bytes of JSON (UTF-8). */
@@ -99,6 +110,25 @@ const FIELD_NAME = /^[\x21-\x39\x3b-\x7e]+$/;
 const MIME_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+";
 const CONTENT_TYPE = new RegExp(`^${MIME_TOKEN}/${MIME_TOKEN}(?:\\s*;.*)?$`);
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+/** A CR not followed by LF, or an LF not preceded by CR. */
+const LONE_LINE_BREAK = /\r(?!\n)|(?<!\r)\n/;
+/** Each of CRLF, CR and LF is one line break. */
+const LINE_BREAK = /\r\n|\r|\n/g;
+/** Refused in single-line text: C0 controls but tab, DEL, C1 controls, and the Unicode line and paragraph separators. */
+const FORBIDDEN_CHAR = /[\x01-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]/;
+const FORBIDDEN_CHAR_OR_TAB = /[\x01-\x1f\x7f-\x9f\u2028\u2029]/;
+/** The Date.prototype.getTime intrinsic: reads a real Date's time without calling anything the input overrides. */
+const dateGetTime = Date.prototype.getTime;
+/** The %TypedArray%.prototype getters, likewise: a Uint8Array subclass or a changed prototype cannot answer for them. */
+const TYPED_ARRAY_PROTO = Object.getPrototypeOf(Uint8Array.prototype) as object;
+const typedArrayGetter = (name: string): ((this: unknown) => unknown) => {
+  const get = Object.getOwnPropertyDescriptor(TYPED_ARRAY_PROTO, name)?.get;
+  if (get === undefined) throw new Error(`%TypedArray%.prototype.${name} has no getter`);
+  return get as (this: unknown) => unknown;
+};
+const typedArrayBuffer = typedArrayGetter("buffer");
+const typedArrayByteOffset = typedArrayGetter("byteOffset");
+const typedArrayByteLength = typedArrayGetter("byteLength");
 
 /** A mailbox after checking: `address` is the wire form (domain in punycode). */
 interface Mailbox {
@@ -113,6 +143,8 @@ interface CheckedAttachment {
   readonly contentType?: string;
   readonly cid?: string;
   readonly contentDisposition?: (typeof DISPOSITIONS)[number];
+  /** For message/* parts, which cannot be encoded: 8bit only when the content has bytes over 0x7F. */
+  readonly contentTransferEncoding?: "7bit" | "8bit";
   /** Lower bound of the bytes this attachment adds to the composed message. */
   readonly minComposedBytes: number;
 }
@@ -135,6 +167,8 @@ interface CheckedMail {
   readonly metadata: JsonValue | null;
   /** Lower bound of the composed size, from the bodies and attachments alone. */
   readonly minComposedBytes: number;
+  /** Lower bound of the composed header section, from the header texts and addresses alone. */
+  readonly minHeaderBytes: number;
 }
 
 type Check = { readonly problems: string[]; readonly mail: CheckedMail | null };
@@ -148,14 +182,32 @@ type Check = { readonly problems: string[]; readonly mail: CheckedMail | null };
  *
  * Every problem is collected before anything is composed; if there is any, this throws
  * `InvalidMailError` whose `problems` lists all of them, one sentence each, naming the field
- * (`to[1]: "bob@" is not a valid email address (the domain after @ is missing)`). A message over
- * `defaults.maxMessageBytes` throws `MailTooLargeError`; when the bodies and attachments alone are
- * already known to exceed it, that happens before composing, and `size` is then a lower bound of
- * the composed size.
+ * (`to[1]: "bob@" is not a valid email address (the domain after @ is missing)`). A value that throws
+ * while it is read (a getter, a Proxy trap, a revoked Proxy) is such a problem too, never a raw error.
+ *
+ * Size limits: a message over `defaults.maxMessageBytes` throws `MailTooLargeError`, a header section
+ * (every byte before the first CRLF CRLF) over `defaults.maxHeaderBytes` throws `HeaderTooLargeError`.
+ * When the bodies and attachments (or the subject, addresses and headers) alone are already known to
+ * exceed the limit, that happens before composing, and `size` is then a lower bound.
  *
  * The message gets `Message-ID: <id@domain>` (the row id, and `defaults.messageIdDomain` or else
- * the sender's domain in punycode) and `Date: now`, has CRLF line ends, and never carries Bcc in
- * its headers: Bcc recipients are only in `envelopeTo`. Nothing is read from disk or network.
+ * the sender's domain in punycode) and `Date: now`, and never carries Bcc in its headers: Bcc
+ * recipients are only in `envelopeTo`. Nothing is read from disk or network.
+ *
+ * Line breaks: the stored bytes never hold a lone CR or a lone LF (one could end SMTP DATA early at a
+ * receiver that reads it as a line end, "SMTP smuggling"). In `text`, `html` and the content of a
+ * `message/*` attachment, each CRLF, each lone CR and each lone LF is one line break and is stored as
+ * CRLF, so `"a\rb"`, `"a\nb"` and `"a\r\nb"` all arrive as two lines, and `"a\r\r\nb"` as three
+ * (with an empty one). Other attachments are base64-encoded, so their bytes are kept exactly. Should the
+ * composed bytes still hold a lone CR or LF, that is a bug here, and this throws instead of storing them.
+ *
+ * 7-bit: the stored message is 7-bit (every byte below 0x80) whenever it can be: non-ASCII text and html
+ * are quoted-printable or base64, non-ASCII subjects, display names and header values are RFC 2047
+ * encoded words, non-ASCII file names RFC 2231 parameters, IDN domains punycode, attachments base64.
+ * The one exception is an attachment of type `message/*` (a forwarded mail) whose content has bytes
+ * over 0x7F: such a part may not be encoded (RFC 2046 5.2.1), so it is stored as is with
+ * `Content-Transfer-Encoding: 8bit` and the relay must declare `BODY=8BITMIME`. With only ASCII content
+ * it is labelled `7bit`.
  *
  * What is accepted, in short (every refusal names its field):
  * - A plain object with only the fields of `MailInput`; a field set to `undefined` counts as absent,
@@ -166,24 +218,32 @@ type Check = { readonly problems: string[]; readonly mail: CheckedMail | null };
  *   addressparser; groups are flattened) or `{ name, address }`. The address is a dot-atom local part of
  *   ASCII (at most 64 bytes; SMTPUTF8 is not supported) `@` a domain of letters, digits and hyphens or an
  *   IDN (sent as punycode) or a bracketed IP literal; at most 320 characters; never starting with `-`.
- *   No control characters in addresses or display names.
- * - Subject, header values and display names: no CR, LF, NUL or other control characters (tab allowed in
- *   subject and header values), well-formed UTF-16, and no run of ASCII without spaces too long to fold
- *   into a 998-octet header line. Header names are RFC 5322 field names not owned by the composer
- *   (`RESERVED_HEADERS`).
+ *   No control characters in addresses or display names. At most `MAX_RECIPIENTS` (1000) distinct
+ *   recipients in to, cc and bcc together.
+ * - Subject, header names and values, display names, attachment file names, content types and cids,
+ *   idempotency keys: no CR, LF, NUL, other C0 controls (tab allowed in subject and header values), DEL,
+ *   C1 controls (U+0080 to U+009F), U+2028 or U+2029; well-formed UTF-16; and no run of ASCII without
+ *   spaces too long to fold into a 998-octet header line. Header names are RFC 5322 field names not owned
+ *   by the composer (`RESERVED_HEADERS`). A cid is printable ASCII.
  * - Attachments (at most `MAX_ATTACHMENTS`): bytes as Buffer, Uint8Array or string, never a path or URL.
+ *   A `message/*` attachment may not hold a NUL byte or a line over 998 octets (it cannot be encoded).
  * - `metadata`: plain JSON only (no undefined, functions, bigint, NaN, Dates, class instances or cycles),
  *   at most `MAX_METADATA_BYTES` serialised; the returned value is a deep copy.
  *
  * @param input What the application passed to `enqueue()`; checked, never trusted.
- * @param defaults The extension's options (`defaultFrom`, `maxAttempts`, `maxMessageBytes`, `messageIdDomain`).
- *   Invalid defaults throw `OptionsError` (see `validateComposeDefaults`).
+ * @param defaults The extension's options (`defaultFrom`, `maxAttempts`, `maxMessageBytes`, `maxHeaderBytes`,
+ *   `messageIdDomain`). Invalid defaults throw `OptionsError` (see `validateComposeDefaults`).
  * @param now The enqueue time: the Date header, and `sendAt` when the input has none. @default new Date()
  *
  * @example
  * const mail = await composeMail(
  *   { to: "Ann <ann@example.com>", subject: "Your order", text: "Shipped." },
- *   { defaultFrom: "shop@example.com", maxAttempts: DEFAULT_MAX_ATTEMPTS, maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES },
+ *   {
+ *     defaultFrom: "shop@example.com",
+ *     maxAttempts: DEFAULT_MAX_ATTEMPTS,
+ *     maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
+ *     maxHeaderBytes: DEFAULT_MAX_HEADER_BYTES,
+ *   },
  * );
  * mail.messageId; // "<0193...@example.com>"
  * mail.envelopeTo; // ["ann@example.com"]
@@ -202,6 +262,9 @@ export async function composeMail(input: unknown, defaults: ComposeDefaults, now
   }
   if (mail.minComposedBytes > defaults.maxMessageBytes) {
     throw new MailTooLargeError(mail.minComposedBytes, defaults.maxMessageBytes);
+  }
+  if (mail.minHeaderBytes > defaults.maxHeaderBytes) {
+    throw new HeaderTooLargeError(mail.minHeaderBytes, defaults.maxHeaderBytes, { atLeast: true });
   }
 
   const id = newId();
@@ -229,6 +292,18 @@ export async function composeMail(input: unknown, defaults: ComposeDefaults, now
   const raw = await composer.compile().build();
   if (raw.length > defaults.maxMessageBytes) {
     throw new MailTooLargeError(raw.length, defaults.maxMessageBytes);
+  }
+  const headerEnd = raw.indexOf("\r\n\r\n");
+  const headerBytes = headerEnd < 0 ? raw.length : headerEnd;
+  if (headerBytes > defaults.maxHeaderBytes) {
+    throw new HeaderTooLargeError(headerBytes, defaults.maxHeaderBytes);
+  }
+  const lone = bareLineEndAt(raw);
+  if (lone >= 0) {
+    throw new MailOutboxError(
+      `The composed message has a lone ${raw[lone] === 0x0d ? "CR" : "LF"} at byte ${lone}; nothing was written. ` +
+        "This is a bug in prisma-mail-outbox: please report it with the mail's text and html.",
+    );
   }
 
   const envelopeTo: string[] = [];
@@ -259,9 +334,9 @@ export async function composeMail(input: unknown, defaults: ComposeDefaults, now
 
 /**
  * Every problem with `input`, one sentence each naming the field; empty when `composeMail` would
- * compose it. The size of the composed message is only known after composing, so an input whose
- * bodies and attachments fit but whose composed message does not passes here and still makes
- * `composeMail` throw `MailTooLargeError`.
+ * compose it. The sizes of the composed message and its header section are only known after
+ * composing, so an input whose parts fit but whose composed message does not passes here and still
+ * makes `composeMail` throw `MailTooLargeError` or `HeaderTooLargeError`.
  *
  * @example
  * validateMailInput({ to: "bob@", subject: "a\r\nBcc: x@evil.example" }, defaults);
@@ -274,6 +349,9 @@ export function validateMailInput(input: unknown, defaults: ComposeDefaults): st
       `attachments: the bodies and attachments alone make the message at least ${mail.minComposedBytes} bytes, over the limit of ${defaults.maxMessageBytes} bytes (raise maxMessageBytes, or link to large files instead of attaching them)`,
     ];
   }
+  if (problems.length === 0 && mail !== null && mail.minHeaderBytes > defaults.maxHeaderBytes) {
+    return [...new HeaderTooLargeError(mail.minHeaderBytes, defaults.maxHeaderBytes, { atLeast: true }).problems];
+  }
   return problems;
 }
 
@@ -283,6 +361,14 @@ export function validateMailInput(input: unknown, defaults: ComposeDefaults): st
  * The extension factory can call this once at construction to fail early.
  */
 export function validateComposeDefaults(defaults: unknown): string[] {
+  try {
+    return checkComposeDefaults(defaults);
+  } catch (err) {
+    return [`Expected the compose defaults to be plain data, but reading them threw ${describeThrown(err)}.`];
+  }
+}
+
+function checkComposeDefaults(defaults: unknown): string[] {
   if (!isPlainObject(defaults)) return [`Expected the compose defaults to be an object, got ${describe(defaults)}.`];
   const d = defaults as Record<string, unknown>;
   const problems: string[] = [];
@@ -291,6 +377,9 @@ export function validateComposeDefaults(defaults: unknown): string[] {
   }
   if (typeof d.maxMessageBytes !== "number" || !Number.isSafeInteger(d.maxMessageBytes) || d.maxMessageBytes < 1) {
     problems.push(`Expected \`maxMessageBytes\` to be a positive integer, got ${describe(d.maxMessageBytes)}.`);
+  }
+  if (typeof d.maxHeaderBytes !== "number" || !Number.isSafeInteger(d.maxHeaderBytes) || d.maxHeaderBytes < 1) {
+    problems.push(`Expected \`maxHeaderBytes\` to be a positive integer, got ${describe(d.maxHeaderBytes)}.`);
   }
   if (d.messageIdDomain !== undefined) {
     const reason = typeof d.messageIdDomain === "string" ? domainProblem(d.messageIdDomain) : "it is not a string";
@@ -323,29 +412,53 @@ export function normalizeEmailAddress(address: string): string | null {
 // Checking
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * `checkFields`, with the guarantee that reading the input never throws out of it: each field is read
+ * under a guard that turns an exception into a problem naming the field (the innermost guard wins), and
+ * anything that still escapes becomes a problem of the whole mail.
+ */
 function checkMail(input: unknown, defaults: ComposeDefaults): Check {
   const problems: string[] = [];
+  try {
+    return checkFields(input, defaults, problems);
+  } catch (err) {
+    problems.push(unreadable("mail", err));
+    return { problems, mail: null };
+  }
+}
+
+function checkFields(input: unknown, defaults: ComposeDefaults, problems: string[]): Check {
   if (!isPlainObject(input)) {
     problems.push(`mail: expected a plain object such as { to, subject, text }, got ${describe(input)}`);
     return { problems, mail: null };
   }
   const fields = readOwnFields(input, "", MAIL_INPUT_FIELDS, problems, TOP_LEVEL_HINTS);
+  const read = <T>(field: string, fallback: T, fn: () => T): T => guard(field, problems, fallback, fn);
+  const unread = (): AddressList => ({ mailboxes: [], count: 1, failed: true });
 
   // Addresses.
   let from: Mailbox | null = null;
   if (fields.has("from")) {
-    from = parseSingleMailbox(fields.get("from"), "from", problems);
+    from = read("from", null, () => parseSingleMailbox(fields.get("from"), "from", problems));
   } else if (defaults.defaultFrom !== undefined) {
-    from = parseSingleMailbox(defaults.defaultFrom, "from (defaultFrom)", problems);
+    from = read("from (defaultFrom)", null, () => parseSingleMailbox(defaults.defaultFrom, "from (defaultFrom)", problems));
   } else {
     problems.push("from: no sender; pass from, or set defaultFrom on the extension");
   }
-  const to = parseAddressList(fields.get("to"), "to", problems);
-  const cc = parseAddressList(fields.get("cc"), "cc", problems);
-  const bcc = parseAddressList(fields.get("bcc"), "bcc", problems);
-  const replyTo = parseAddressList(fields.get("replyTo"), "replyTo", problems);
+  const to = read("to", unread(), () => parseAddressList(fields.get("to"), "to", problems));
+  const cc = read("cc", unread(), () => parseAddressList(fields.get("cc"), "cc", problems));
+  const bcc = read("bcc", unread(), () => parseAddressList(fields.get("bcc"), "bcc", problems));
+  const replyTo = read("replyTo", unread(), () => parseAddressList(fields.get("replyTo"), "replyTo", problems));
   if (to.count + cc.count + bcc.count === 0) {
     problems.push("to: no recipient; give at least one address in to, cc or bcc");
+  } else if (!to.failed && !cc.failed && !bcc.failed && to.mailboxes.length + cc.mailboxes.length + bcc.mailboxes.length > MAX_RECIPIENTS) {
+    const distinct = new Set<string>();
+    for (const list of [to, cc, bcc]) for (const m of list.mailboxes) distinct.add(m.address.toLowerCase());
+    if (distinct.size > MAX_RECIPIENTS) {
+      problems.push(
+        `to: ${distinct.size} distinct recipients in to, cc and bcc together, over the limit of ${MAX_RECIPIENTS} per mail (Postfix's default smtpd_recipient_limit); send several mails`,
+      );
+    }
   }
 
   // Subject and bodies.
@@ -363,8 +476,8 @@ function checkMail(input: unknown, defaults: ComposeDefaults): Check {
   const text = checkBody(fields.get("text"), "text", problems);
   const html = checkBody(fields.get("html"), "html", problems);
 
-  const attachments = checkAttachments(fields.get("attachments"), problems);
-  const headers = checkHeaders(fields.get("headers"), problems);
+  const attachments = read("attachments", [], () => checkAttachments(fields.get("attachments"), problems));
+  const headers = read("headers", [], () => checkHeaders(fields.get("headers"), problems));
 
   // Queue fields.
   let priority = 0;
@@ -376,9 +489,14 @@ function checkMail(input: unknown, defaults: ComposeDefaults): Check {
   let sendAt: Date | undefined;
   if (fields.has("sendAt")) {
     const s = fields.get("sendAt");
-    if (isDate(s)) {
-      if (Number.isNaN(s.getTime())) problems.push("sendAt: is an Invalid Date; pass a valid Date, or leave sendAt out to send now");
-      else sendAt = new Date(s.getTime());
+    const before = problems.length;
+    // A Date subclass may override getTime; the intrinsic reads the real time (and throws for a Proxy).
+    const time = read("sendAt", null, () => (isDate(s) ? (dateGetTime.call(s) as number) : null));
+    if (problems.length > before) {
+      // unreadable: the guard said so
+    } else if (time !== null) {
+      if (Number.isNaN(time)) problems.push("sendAt: is an Invalid Date; pass a valid Date, or leave sendAt out to send now");
+      else sendAt = new Date(time);
     } else if (typeof s === "string") {
       problems.push(`sendAt: must be a Date, got the string ${describe(s)}; pass new Date(${describe(s)}) if that is the time you mean`);
     } else {
@@ -408,7 +526,7 @@ function checkMail(input: unknown, defaults: ComposeDefaults): Check {
     if (!isIntIn(m, 1, 1000)) problems.push(`maxAttempts: must be an integer from 1 to 1000, got ${describe(m)}`);
     else maxAttempts = m;
   }
-  const metadata = checkMetadata(fields, problems);
+  const metadata = read("metadata", null, () => checkMetadata(fields, problems));
 
   if (problems.length > 0 || from === null) return { problems, mail: null };
 
@@ -416,6 +534,14 @@ function checkMail(input: unknown, defaults: ComposeDefaults): Check {
   for (const a of attachments) minComposedBytes += a.minComposedBytes;
   if (text !== undefined) minComposedBytes += Buffer.byteLength(text, "utf8");
   if (html !== undefined) minComposedBytes += Buffer.byteLength(html, "utf8");
+  // Every address appears in the header section as it is (ASCII), every text at least with the UTF-8
+  // bytes of its characters other than spaces and tabs (encoded words, quoting and folding only add;
+  // folding may drop runs of white space).
+  let minHeaderBytes = headerTextBytes(subject) + from.address.length + headerTextBytes(from.name);
+  for (const list of [to, cc, replyTo]) {
+    for (const m of list.mailboxes) minHeaderBytes += m.address.length + headerTextBytes(m.name);
+  }
+  for (const [key, value] of headers) minHeaderBytes += key.length + headerTextBytes(value);
 
   return {
     problems,
@@ -436,6 +562,7 @@ function checkMail(input: unknown, defaults: ComposeDefaults): Check {
       maxAttempts,
       metadata,
       minComposedBytes,
+      minHeaderBytes,
     },
   };
 }
@@ -465,7 +592,14 @@ function readOwnFields(
 ): Map<string, unknown> {
   const out = new Map<string, unknown>();
   const allowedSet = new Set(allowed);
-  for (const key of Reflect.ownKeys(obj)) {
+  let keys: (string | symbol)[];
+  try {
+    keys = Reflect.ownKeys(obj);
+  } catch (err) {
+    problems.push(unreadable(path || "mail", err));
+    return out;
+  }
+  for (const key of keys) {
     if (typeof key === "symbol") {
       problems.push(`${path || "mail"}: has the symbol key ${symbolName(key)}; only plain string keys are accepted`);
       continue;
@@ -482,7 +616,7 @@ function readOwnFields(
       problems.push(`${field}: unknown field; ${hint}the allowed fields are ${allowed.join(", ")}`);
       continue;
     }
-    const desc = Object.getOwnPropertyDescriptor(obj, key);
+    const desc = guard(field, problems, undefined, () => Object.getOwnPropertyDescriptor(obj, key));
     if (desc === undefined) continue;
     if (!("value" in desc)) {
       problems.push(`${field}: is a getter or setter; pass plain data`);
@@ -493,6 +627,38 @@ function readOwnFields(
   return out;
 }
 
+/**
+ * `read()`, or `fallback` with a problem naming `field` when reading throws (a getter, a Proxy trap,
+ * a revoked Proxy). Guards nest: the innermost one names the field most precisely.
+ */
+function guard<T>(field: string, problems: string[], fallback: T, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    problems.push(unreadable(field, err));
+    return fallback;
+  }
+}
+
+function unreadable(field: string, err: unknown): string {
+  return `${field}: reading it threw ${describeThrown(err)}; pass plain data (no getter or Proxy that throws)`;
+}
+
+/** A short, safe rendering of a thrown value; reading it may throw again, which is caught here. */
+function describeThrown(err: unknown): string {
+  try {
+    if (err instanceof Error) {
+      const name: unknown = err.name;
+      const message: unknown = err.message;
+      const shownName = typeof name === "string" && /^[A-Za-z]\w{0,40}$/.test(name) ? name : "an Error";
+      return typeof message === "string" && message !== "" ? `${shownName} ${describe(message)}` : shownName;
+    }
+    return describe(err);
+  } catch {
+    return "a value that could not be inspected either";
+  }
+}
+
 function pollutionProblem(field: string): string {
   return `${field}: the key is refused anywhere in a mail because it can change an object's prototype; rename or remove it`;
 }
@@ -500,7 +666,7 @@ function pollutionProblem(field: string): string {
 /** `a.b`, or `a["odd key"]` for keys that are not identifiers. */
 function join(path: string, key: string): string {
   if (/^[A-Za-z_$][\w$]*$/.test(key) && (path === "" || !POLLUTION_KEYS.has(key))) return path ? `${path}.${key}` : key;
-  return `${path}[${JSON.stringify(key)}]`;
+  return `${path}[${quote(key)}]`;
 }
 
 // --- addresses -------------------------------------------------------------------------------
@@ -519,24 +685,37 @@ function parseSingleMailbox(value: unknown, field: string, problems: string[]): 
   return list.mailboxes[0] ?? null;
 }
 
-function parseAddressList(
-  value: unknown,
-  field: string,
-  problems: string[],
-): { mailboxes: Mailbox[]; count: number; failed: boolean } {
+interface AddressList {
+  readonly mailboxes: Mailbox[];
+  /** How many addresses the input held, valid or not. */
+  readonly count: number;
+  readonly failed: boolean;
+}
+
+function parseAddressList(value: unknown, field: string, problems: string[]): AddressList {
   const mailboxes: Mailbox[] = [];
   let count = 0;
   const before = problems.length;
   if (value === undefined) return { mailboxes, count, failed: false };
   if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      const desc = Object.getOwnPropertyDescriptor(value, i);
+    const length = value.length;
+    if (length > MAX_RECIPIENTS) {
+      problems.push(`${field}: ${length} entries, over the limit of ${MAX_RECIPIENTS} recipients per mail; send several mails`);
+      return { mailboxes, count: length, failed: true };
+    }
+    for (let i = 0; i < length; i++) {
       const itemField = `${field}[${i}]`;
+      const itemBefore = problems.length;
+      const desc = guard(itemField, problems, undefined, () => Object.getOwnPropertyDescriptor(value, i));
+      if (problems.length > itemBefore) {
+        count++;
+        continue;
+      }
       if (desc === undefined || !("value" in desc)) {
         problems.push(`${itemField}: is ${desc === undefined ? "a hole in the array" : "a getter"}; pass an address`);
         continue;
       }
-      count += parseAddressItem(desc.value, itemField, problems, mailboxes);
+      count += guard(itemField, problems, 1, () => parseAddressItem(desc.value, itemField, problems, mailboxes));
     }
   } else {
     count += parseAddressItem(value, field, problems, mailboxes);
@@ -691,14 +870,22 @@ function isWellFormed(s: string): boolean {
 }
 
 /**
- * Why a single-line string is refused, or null: NUL, CR/LF, other control characters
- * (tab allowed where `allowTab`), lone surrogates.
+ * Why a single-line string is refused, or null: NUL, CR/LF, other C0 control characters (tab allowed
+ * where `allowTab`), DEL, C1 control characters (U+0080 to U+009F, NEL among them), the Unicode line
+ * and paragraph separators U+2028 and U+2029 (some programs break lines there), lone surrogates.
  */
 function textProblem(s: string, opts: { allowTab: boolean }): string | null {
   if (s.includes("\0")) return "contains a NUL character";
   if (/[\r\n]/.test(s)) return "contains a line break (CR or LF), which would start a new header line; remove it";
-  const ctl = opts.allowTab ? /[\x01-\x08\x0b-\x1f\x7f]/.exec(s) : /[\x01-\x1f\x7f]/.exec(s);
-  if (ctl !== null) return `contains the control character U+${ctl[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
+  const ctl = (opts.allowTab ? FORBIDDEN_CHAR : FORBIDDEN_CHAR_OR_TAB).exec(s);
+  if (ctl !== null) {
+    const code = ctl[0].charCodeAt(0);
+    const u = `U+${code.toString(16).toUpperCase().padStart(4, "0")}`;
+    if (code === 0x2028 || code === 0x2029) {
+      return `contains the Unicode ${code === 0x2028 ? "line" : "paragraph"} separator ${u}, which some programs treat as a line break; remove it`;
+    }
+    return `contains the control character ${u}`;
+  }
   if (!isWellFormed(s)) return "is not well-formed UTF-16 (it has a lone surrogate), so it has no UTF-8 form";
   return null;
 }
@@ -718,6 +905,16 @@ function headerTextProblem(s: string, key: string, what = "value"): string | nul
   return null;
 }
 
+/** The UTF-8 bytes of `s` without its spaces and tabs: a lower bound of its size in a header. */
+function headerTextBytes(s: string): number {
+  let blanks = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0x20 || c === 0x09) blanks++;
+  }
+  return Buffer.byteLength(s, "utf8") - blanks;
+}
+
 function checkBody(value: unknown, field: "text" | "html", problems: string[]): string | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== "string") {
@@ -732,7 +929,8 @@ function checkBody(value: unknown, field: "text" | "html", problems: string[]): 
     problems.push(`${field}: is not well-formed UTF-16 (it has a lone surrogate), so it has no UTF-8 form`);
     return undefined;
   }
-  return value;
+  // Each CRLF, lone CR and lone LF is one line break, stored as CRLF (see composeMail).
+  return LONE_LINE_BREAK.test(value) ? value.replace(LINE_BREAK, "\r\n") : value;
 }
 
 // --- headers ---------------------------------------------------------------------------------
@@ -749,7 +947,7 @@ function checkHeaders(value: unknown, problems: string[]): (readonly [string, st
       problems.push(`headers: has the symbol key ${symbolName(key)}; header names are strings`);
       continue;
     }
-    const field = `headers[${JSON.stringify(key)}]`;
+    const field = `headers[${quote(key)}]`;
     if (POLLUTION_KEYS.has(key)) {
       problems.push(pollutionProblem(field));
       continue;
@@ -768,7 +966,7 @@ function checkHeaders(value: unknown, problems: string[]): (readonly [string, st
       problems.push(`${field}: the composer sets this header itself; use the matching field of the mail (from, to, subject...) instead`);
       ok = false;
     }
-    const desc = Object.getOwnPropertyDescriptor(value, key);
+    const desc = guard(field, problems, undefined, () => Object.getOwnPropertyDescriptor(value, key));
     if (desc === undefined) continue;
     if (!("value" in desc)) {
       problems.push(`${field}: is a getter or setter; pass plain data`);
@@ -808,12 +1006,14 @@ function checkAttachments(value: unknown, problems: string[]): CheckedAttachment
   }
   for (let i = 0; i < value.length; i++) {
     const field = `attachments[${i}]`;
-    const desc = Object.getOwnPropertyDescriptor(value, i);
-    if (desc === undefined || !("value" in desc)) {
-      problems.push(`${field}: is ${desc === undefined ? "a hole in the array" : "a getter"}; pass { filename, content }`);
-      continue;
-    }
-    const a = checkAttachment(desc.value, field, problems);
+    const a = guard(field, problems, null, () => {
+      const desc = Object.getOwnPropertyDescriptor(value, i);
+      if (desc === undefined || !("value" in desc)) {
+        problems.push(`${field}: is ${desc === undefined ? "a hole in the array" : "a getter"}; pass { filename, content }`);
+        return null;
+      }
+      return checkAttachment(desc.value, field, problems);
+    });
     if (a !== null) out.push(a);
   }
   return out;
@@ -851,31 +1051,7 @@ function checkAttachment(item: unknown, field: string, problems: string[]): Chec
       encoding = encodingValue as (typeof ENCODINGS)[number];
     }
   }
-  let bytes: string | Buffer | undefined;
-  if (content === undefined) {
-    if (!f.has("content") && problems.length === before) {
-      problems.push(`${field}.content: is missing; pass the bytes as a Buffer, Uint8Array or string`);
-    }
-  } else if (typeof content === "string") {
-    const reason = isWellFormed(content) ? null : "is not well-formed UTF-16 (it has a lone surrogate); pass a Buffer for binary data";
-    if (reason !== null) problems.push(`${field}.content: ${reason}`);
-    else if (encoding === "base64" && !/^[A-Za-z0-9+/\s]*={0,2}\s*$/.test(content)) {
-      problems.push(`${field}.content: is not base64 although encoding is "base64"`);
-    } else if (encoding === "hex" && (content.length % 2 !== 0 || !/^[0-9A-Fa-f]*$/.test(content))) {
-      problems.push(`${field}.content: is not an even number of hex digits although encoding is "hex"`);
-    } else bytes = content;
-  } else if (content instanceof Uint8Array) {
-    if (encoding !== undefined) {
-      problems.push(`${field}.encoding: applies only to string content; leave it out for a Buffer or Uint8Array`);
-    }
-    bytes = Buffer.isBuffer(content) ? content : Buffer.from(content.buffer, content.byteOffset, content.byteLength);
-  } else if (content instanceof ArrayBuffer) {
-    problems.push(`${field}.content: is an ArrayBuffer; wrap it as Buffer.from(arrayBuffer)`);
-  } else if (content !== null && typeof content === "object" && typeof (content as { pipe?: unknown }).pipe === "function") {
-    problems.push(`${field}.content: streams are not accepted; read the stream into a Buffer before the transaction`);
-  } else {
-    problems.push(`${field}.content: must be a Buffer, Uint8Array or string, got ${describe(content)}`);
-  }
+  const bytes = guard(`${field}.content`, problems, undefined, () => checkContent(content, encoding, f.has("content"), field, before, problems));
 
   const filename = checkToken(f.get("filename"), `${field}.filename`, MAX_FILENAME, problems, true);
   const contentType = checkToken(f.get("contentType"), `${field}.contentType`, MAX_TOKEN, problems, false);
@@ -887,8 +1063,8 @@ function checkAttachment(item: unknown, field: string, problems: string[]): Chec
     }
   }
   const cid = checkToken(f.get("cid"), `${field}.cid`, MAX_TOKEN, problems, false);
-  if (cid !== undefined && /[\s<>]/.test(cid.replace(/^<(.*)>$/, "$1"))) {
-    problems.push(`${field}.cid: may not contain spaces or angle brackets; use an id such as "logo@example.com"`);
+  if (cid !== undefined && /[^\x21-\x3b\x3d\x3f-\x7e]/.test(cid.replace(/^<(.*)>$/, "$1"))) {
+    problems.push(`${field}.cid: may hold only printable ASCII without spaces or angle brackets; use an id such as "logo@example.com"`);
   }
   const disposition = f.get("contentDisposition");
   if (disposition !== undefined && !(DISPOSITIONS as readonly unknown[]).includes(disposition)) {
@@ -896,9 +1072,26 @@ function checkAttachment(item: unknown, field: string, problems: string[]): Chec
   }
 
   if (problems.length > before || bytes === undefined) return null;
+  if (contentType !== undefined && /^message\//i.test(contentType)) {
+    // A message/* part cannot be encoded (RFC 2046 5.2.1): its bytes go out as they are, so its line
+    // breaks are made CRLF here and its label says whether it has 8-bit bytes.
+    const part = messagePart(typeof bytes === "string" ? Buffer.from(bytes, encoding ?? "utf8") : bytes);
+    if ("reason" in part) {
+      problems.push(`${field}.content: ${part.reason}`);
+      return null;
+    }
+    return {
+      ...(filename !== undefined ? { filename } : {}),
+      content: part.bytes,
+      contentType,
+      ...(cid !== undefined ? { cid } : {}),
+      ...(disposition !== undefined ? { contentDisposition: disposition as (typeof DISPOSITIONS)[number] } : {}),
+      contentTransferEncoding: part.eightBit ? "8bit" : "7bit",
+      minComposedBytes: part.bytes.length,
+    };
+  }
+  // Every other attachment goes out base64-encoded.
   const rawBytes = typeof bytes === "string" ? Buffer.byteLength(bytes, encoding ?? "utf8") : bytes.length;
-  // Attachments go out base64-encoded, except message/* parts, which cannot be encoded (RFC 2046 5.2.1).
-  const minComposedBytes = contentType !== undefined && /^message\//i.test(contentType) ? rawBytes : 4 * Math.ceil(rawBytes / 3);
   return {
     ...(filename !== undefined ? { filename } : {}),
     content: bytes,
@@ -906,8 +1099,79 @@ function checkAttachment(item: unknown, field: string, problems: string[]): Chec
     ...(contentType !== undefined ? { contentType } : {}),
     ...(cid !== undefined ? { cid } : {}),
     ...(disposition !== undefined ? { contentDisposition: disposition as (typeof DISPOSITIONS)[number] } : {}),
-    minComposedBytes,
+    minComposedBytes: 4 * Math.ceil(rawBytes / 3),
   };
+}
+
+/**
+ * The bytes of an attachment's `content` (a string, or a Buffer that is the library's own view of the
+ * caller's memory, so nothing the caller overrides is called later), or undefined with a problem.
+ */
+function checkContent(
+  content: unknown,
+  encoding: (typeof ENCODINGS)[number] | undefined,
+  given: boolean,
+  field: string,
+  before: number,
+  problems: string[],
+): string | Buffer | undefined {
+  let bytes: string | Buffer | undefined;
+  if (content === undefined) {
+    if (!given && problems.length === before) {
+      problems.push(`${field}.content: is missing; pass the bytes as a Buffer, Uint8Array or string`);
+    }
+  } else if (typeof content === "string") {
+    const reason = isWellFormed(content) ? null : "is not well-formed UTF-16 (it has a lone surrogate); pass a Buffer for binary data";
+    if (reason !== null) problems.push(`${field}.content: ${reason}`);
+    else if (encoding === "base64" && !/^[A-Za-z0-9+/\s]*={0,2}\s*$/.test(content)) {
+      problems.push(`${field}.content: is not base64 although encoding is "base64"`);
+    } else if (encoding === "hex" && (content.length % 2 !== 0 || !/^[0-9A-Fa-f]*$/.test(content))) {
+      problems.push(`${field}.content: is not an even number of hex digits although encoding is "hex"`);
+    } else bytes = content;
+  } else if (ArrayBuffer.isView(content) && content instanceof Uint8Array) {
+    if (encoding !== undefined) {
+      problems.push(`${field}.encoding: applies only to string content; leave it out for a Buffer or Uint8Array`);
+    }
+    bytes = Buffer.from(
+      typedArrayBuffer.call(content) as ArrayBuffer,
+      typedArrayByteOffset.call(content) as number,
+      typedArrayByteLength.call(content) as number,
+    );
+  } else if (content instanceof ArrayBuffer) {
+    problems.push(`${field}.content: is an ArrayBuffer; wrap it as Buffer.from(arrayBuffer)`);
+  } else if (content !== null && typeof content === "object" && typeof (content as { pipe?: unknown }).pipe === "function") {
+    problems.push(`${field}.content: streams are not accepted; read the stream into a Buffer before the transaction`);
+  } else {
+    problems.push(`${field}.content: must be a Buffer, Uint8Array or string, got ${describe(content)}`);
+  }
+  return bytes;
+}
+
+/**
+ * The content of a message/* part with every line break made CRLF (a lone CR or LF is one line
+ * break), and whether it has 8-bit bytes; or why it cannot be sent unencoded. Returns `buf` itself
+ * when it needs no change.
+ */
+function messagePart(buf: Buffer): { bytes: Buffer; eightBit: boolean } | { reason: string } {
+  const why = "; a message/* part cannot be encoded (RFC 2046 5.2.1), so attach it as application/octet-stream instead";
+  let eightBit = false;
+  let lone = false;
+  let line = 0;
+  for (let i = 0; i < buf.length; i++) {
+    const c = buf[i] as number;
+    if (c === 0x0d || c === 0x0a) {
+      if (c === 0x0d && buf[i + 1] === 0x0a) i++;
+      else lone = true;
+      line = 0;
+    } else if (c === 0) {
+      return { reason: `has a NUL byte at offset ${i}${why}` };
+    } else {
+      if (c > 0x7f) eightBit = true;
+      if (++line > 998) return { reason: `has a line longer than 998 octets (RFC 5322 2.1.1)${why}` };
+    }
+  }
+  // latin1 maps each byte to one code unit and back, so only the line breaks change.
+  return { bytes: lone ? Buffer.from(buf.toString("latin1").replace(LINE_BREAK, "\r\n"), "latin1") : buf, eightBit };
 }
 
 /** A short single-line string field of an attachment. */
@@ -944,6 +1208,7 @@ function toComposerAttachment(a: CheckedAttachment): MailComposerAttachment {
   if (a.contentType !== undefined) out.contentType = a.contentType;
   if (a.cid !== undefined) out.cid = a.cid;
   if (a.contentDisposition !== undefined) out.contentDisposition = a.contentDisposition;
+  if (a.contentTransferEncoding !== undefined) out.contentTransferEncoding = a.contentTransferEncoding;
   return out;
 }
 
@@ -983,6 +1248,17 @@ function checkMetadata(fields: Map<string, unknown>, problems: string[]): JsonVa
 
 function copyJson(value: unknown, path: string, depth: number, ancestors: Set<object>, found: string[]): JsonValue {
   if (found.length > MAX_METADATA_PROBLEMS) return null;
+  if (typeof value !== "object" || value === null) return copyJsonValue(value, path, depth, ancestors, found);
+  // Objects are where a getter or Proxy can throw; the innermost path that threw is named.
+  try {
+    return copyJsonValue(value, path, depth, ancestors, found);
+  } catch (err) {
+    found.push(unreadable(path, err));
+    return null;
+  }
+}
+
+function copyJsonValue(value: unknown, path: string, depth: number, ancestors: Set<object>, found: string[]): JsonValue {
   switch (typeof value) {
     case "string":
       if (!isWellFormed(value)) found.push(`${path}: is not well-formed UTF-16 (it has a lone surrogate)`);
@@ -1021,7 +1297,14 @@ function copyJson(value: unknown, path: string, depth: number, ancestors: Set<ob
   try {
     if (Array.isArray(obj)) {
       const out: JsonValue[] = [];
-      for (let i = 0; i < obj.length; i++) {
+      const length = obj.length;
+      // Each element serialises to at least one byte and a comma.
+      if (length > MAX_METADATA_BYTES / 2) {
+        found.push(`${path}: has ${length} elements, more than fit in ${MAX_METADATA_BYTES} bytes of JSON`);
+        return null;
+      }
+      for (let i = 0; i < length; i++) {
+        if (found.length > MAX_METADATA_PROBLEMS) break;
         const desc = Object.getOwnPropertyDescriptor(obj, i);
         if (desc === undefined || !("value" in desc)) {
           found.push(`${path}[${i}]: is ${desc === undefined ? "a hole in the array" : "a getter"}; pass plain data`);
@@ -1084,17 +1367,32 @@ function isIntIn(value: unknown, min: number, max: number): value is number {
 }
 
 function symbolName(key: symbol): string {
-  return `Symbol(${key.description === undefined ? "" : JSON.stringify(key.description)})`;
+  return `Symbol(${key.description === undefined ? "" : quote(key.description)})`;
 }
 
-/** A short, safe rendering of a value for a problem sentence (no raw control characters). */
+/** `s` as a JSON string with DEL, the C1 controls and U+2028/U+2029 escaped as well, so it prints safely. */
+function quote(s: string): string {
+  return JSON.stringify(s).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/**
+ * A short, safe rendering of a value for a problem sentence (no raw control characters). Never throws:
+ * inspecting a Proxy or a class with a throwing `name` gives a generic answer.
+ */
 function describe(value: unknown): string {
+  try {
+    return describeUnsafe(value);
+  } catch {
+    return "a value that could not be inspected";
+  }
+}
+
+function describeUnsafe(value: unknown): string {
   if (value === null) return "null";
   if (value === undefined) return "undefined";
   switch (typeof value) {
     case "string": {
-      const s = value.length > 80 ? `${value.slice(0, 77)}...` : value;
-      return JSON.stringify(s).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+      return quote(value.length > 80 ? `${value.slice(0, 77)}...` : value);
     }
     case "number":
     case "boolean":

@@ -11,8 +11,14 @@ export interface AttachmentInput {
   /** The bytes, or a string (decoded with `encoding`, default UTF-8). */
   readonly content: string | Buffer | Uint8Array;
   readonly encoding?: "utf8" | "base64" | "hex" | "binary";
+  /**
+   * MIME type, e.g. `"application/pdf"`. Attachments are stored base64-encoded, except `message/*`
+   * (a forwarded mail), which may not be encoded: its line breaks are stored as CRLF, it may not hold
+   * NUL or lines over 998 octets, and it is labelled `7bit`, or `8bit` when it has bytes over 0x7F
+   * (the only way a stored mail gets 8-bit bytes).
+   */
   readonly contentType?: string;
-  /** Content-ID for inline images referenced as `cid:` in the HTML. */
+  /** Content-ID for inline images referenced as `cid:` in the HTML. Printable ASCII without spaces or `<>`. */
   readonly cid?: string;
   readonly contentDisposition?: "attachment" | "inline";
 }
@@ -26,7 +32,9 @@ export interface MailInput {
   readonly bcc?: AddressInput | readonly AddressInput[];
   readonly replyTo?: AddressInput | readonly AddressInput[];
   readonly subject?: string;
+  /** Plain-text body. Each CRLF, lone CR and lone LF is one line break; all are stored as CRLF. */
   readonly text?: string;
+  /** HTML body; line breaks as in `text`. */
   readonly html?: string;
   readonly attachments?: readonly AttachmentInput[];
   /** Extra header fields. Values may not contain CR or LF. Fields the composer owns (From, To, Message-ID...) are refused. */
@@ -46,9 +54,16 @@ export interface MailInput {
 export interface ComposeDefaults {
   readonly defaultFrom?: AddressInput;
   readonly maxAttempts: number;
-  /** Size limit of the composed RFC 5322 message in bytes. */
+  /**
+   * Size limit of the composed RFC 5322 message in bytes; larger mail throws `MailTooLargeError`.
+   * @default 10_000_000 (`DEFAULT_MAX_MESSAGE_BYTES`: Postfix's default message_size_limit, 10,240,000, less room for the headers it adds)
+   */
   readonly maxMessageBytes: number;
-  /** Size limit of the composed header section (everything before the first empty line) in bytes. */
+  /**
+   * Size limit of the composed header section (everything before the first empty line) in bytes;
+   * larger throws `HeaderTooLargeError`.
+   * @default 100_000 (`DEFAULT_MAX_HEADER_BYTES`: below Postfix's header_size_limit, 102,400, past which it truncates)
+   */
   readonly maxHeaderBytes: number;
   /** Right-hand side of generated Message-IDs; default: the sender's domain. */
   readonly messageIdDomain?: string;

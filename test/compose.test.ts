@@ -10,10 +10,12 @@ import {
   DEFAULT_MAX_ATTEMPTS,
   DEFAULT_MAX_HEADER_BYTES,
   DEFAULT_MAX_MESSAGE_BYTES,
+  MAX_RECIPIENTS,
   RESERVED_HEADERS,
 } from "../src/compose.js";
+import { bareLineEndAt } from "../src/wire.js";
 import { newId, isUuid, normalizeMessageId } from "../src/ids.js";
-import { InvalidMailError, MailTooLargeError, OptionsError } from "../src/errors.js";
+import { HeaderTooLargeError, InvalidMailError, MailTooLargeError, OptionsError } from "../src/errors.js";
 import type { ComposeDefaults } from "../src/types.js";
 
 const NOW = new Date("2031-05-06T07:08:09.000Z");
@@ -119,6 +121,160 @@ test("the message has CRLF line ends only and no line longer than 998 octets", a
   assert.ok(longest <= 998, `a line is ${longest} octets`);
 });
 
+// ----------------------------------------------------------------------------------------------
+// Line breaks (issue 8, A1): each of CRLF, CR and LF is one line break, stored as CRLF
+// ----------------------------------------------------------------------------------------------
+
+/** Every byte offset of a lone CR or a lone LF, by a different method than the library's. */
+function loneLineBreaks(raw: Buffer): number[] {
+  const found: number[] = [];
+  for (let i = 0; i < raw.length; i++) {
+    if (raw[i] === 0x0d && raw[i + 1] !== 0x0a) found.push(i);
+    if (raw[i] === 0x0a && raw[i - 1] !== 0x0d) found.push(i);
+  }
+  return found;
+}
+
+const LINE_BREAK_CASES: readonly { name: string; body: string; lines: string }[] = [
+  { name: "a lone CR", body: "one\rtwo", lines: "one\ntwo" },
+  { name: "a lone LF", body: "one\ntwo", lines: "one\ntwo" },
+  { name: "CR CR LF", body: "one\r\r\ntwo", lines: "one\n\ntwo" },
+  { name: "LF CR", body: "one\n\rtwo", lines: "one\n\ntwo" },
+  { name: "dot lines after lone CR and LF", body: "hi\r.\rMAIL FROM:<evil@evil.example>\n.\n..\r\n.x", lines: "hi\n.\nMAIL FROM:<evil@evil.example>\n.\n..\n.x" },
+  { name: "no final newline", body: "last line without a newline", lines: "last line without a newline" },
+  { name: "only line breaks", body: "\r\n\r\n\r", lines: "\n\n\n" },
+  { name: "a long line and a lone CR", body: `${"word ".repeat(60)}\r${"x".repeat(200)}`, lines: `${"word ".repeat(60)}\n${"x".repeat(200)}` },
+];
+
+test("text and html with lone CR, lone LF, CR CR LF, dot lines or no final newline are stored with CRLF only and parse back line for line", async (t) => {
+  for (const { name, body, lines } of LINE_BREAK_CASES) {
+    for (const charset of ["ASCII (7bit)", "non-ASCII (quoted-printable)"] as const) {
+      await t.test(`${name}, ${charset}`, async () => {
+        const prefix = charset === "ASCII (7bit)" ? "" : "Grüße\n";
+        const expected = (charset === "ASCII (7bit)" ? "" : "Grüße\n") + lines;
+        for (const parts of [{ text: prefix + body }, { html: prefix + body }, { text: prefix + body, html: prefix + body }]) {
+          const mail = await composeMail({ ...BASE, text: undefined, ...parts }, DEFAULTS, NOW);
+          assert.deepEqual(loneLineBreaks(mail.raw), [], "a lone CR or LF was stored");
+          assert.equal(bareLineEndAt(mail.raw), -1);
+          const parsed = await simpleParser(mail.raw);
+          // The composer ends every part with a line break; a final newline is not part of the content.
+          const strip = (v: string | false | undefined): string => String(v).replace(/\n$/, "");
+          if (parts.text !== undefined) assert.equal(strip(parsed.text), expected.replace(/\n$/, ""));
+          if ("html" in parts) assert.equal(strip(parsed.html), expected.replace(/\n$/, ""));
+        }
+      });
+    }
+  }
+});
+
+test("a message/rfc822 attachment with lone CR and LF is stored with CRLF line breaks", async () => {
+  const forwarded = "Subject: fwd\nFrom: a@example.com\n\nline one\rline two\r\r\n.\nend";
+  const mail = await composeMail(
+    { ...BASE, attachments: [{ content: forwarded, contentType: "message/rfc822" }, { content: Buffer.from(forwarded), contentType: "message/rfc822" }] },
+    DEFAULTS,
+    NOW,
+  );
+  assert.deepEqual(loneLineBreaks(mail.raw), []);
+  const raw = mail.raw.toString("latin1");
+  const crlf = "Subject: fwd\r\nFrom: a@example.com\r\n\r\nline one\r\nline two\r\n\r\n.\r\nend";
+  assert.equal(raw.split(crlf).length - 1, 2, "both parts hold the forwarded mail with CRLF line breaks");
+});
+
+test("other attachments keep their bytes exactly, CR and LF included (they are base64-encoded)", async () => {
+  const bytes = Buffer.from("a\rb\nc\r\r\nd\n.\r", "latin1");
+  const mail = await composeMail(
+    { ...BASE, attachments: [{ filename: "a.txt", content: bytes.toString("latin1"), encoding: "binary" }, { filename: "b.bin", content: bytes }] },
+    DEFAULTS,
+    NOW,
+  );
+  assert.deepEqual(loneLineBreaks(mail.raw), []);
+  const parsed = await simpleParser(mail.raw);
+  assert.deepEqual(parsed.attachments.map((a) => a.content.toString("hex")), [bytes.toString("hex"), bytes.toString("hex")]);
+});
+
+test("attachment bytes are read from the caller's memory without calling anything a Uint8Array subclass overrides", async () => {
+  class Sneaky extends Uint8Array {
+    override get buffer(): ArrayBuffer {
+      throw new Error("buffer getter called");
+    }
+    override toString(): string {
+      throw new Error("toString called");
+    }
+  }
+  const backing = new Uint8Array([0x78, 0x0d, 0x79, 0x80, 0x0a, 0x7a, 0x00]);
+  const content = new Sneaky(backing.buffer, 1, 5);
+  const mail = await composeMail({ ...BASE, attachments: [{ filename: "s.bin", content }] }, DEFAULTS, NOW);
+  const parsed = await simpleParser(mail.raw);
+  assert.equal(parsed.attachments[0]?.content.toString("hex"), "0d79800a7a");
+});
+
+test("bareLineEndAt finds the first lone CR or LF of a stored message", () => {
+  assert.equal(bareLineEndAt(Buffer.from("a\r\nb\r\n")), -1);
+  assert.equal(bareLineEndAt(Buffer.from("")), -1);
+  assert.equal(bareLineEndAt(Buffer.from("a\r\n.\rb\r\n")), 4);
+  assert.equal(bareLineEndAt(Buffer.from("a\r\nb\nc\r")), 4);
+  assert.equal(bareLineEndAt(Buffer.from("\nx")), 0);
+  assert.equal(bareLineEndAt(Buffer.from("x\r")), 1);
+  assert.equal(bareLineEndAt(Buffer.from("a\r\r\n")), 1);
+  assert.equal(bareLineEndAt(new Uint8Array([0x61, 0x0a])), 1);
+});
+
+// ----------------------------------------------------------------------------------------------
+// 7-bit (issue 8, A2)
+// ----------------------------------------------------------------------------------------------
+
+const EIGHT_BIT = /[\x80-\xff]/;
+
+test("a mail with non-ASCII in every field is stored as 7-bit bytes", async () => {
+  const forwarded = "Subject: hello\r\nFrom: a@example.com\r\n\r\nASCII only.\r\n";
+  const mail = await composeMail(
+    {
+      from: "Jürgen Ölmann <shop@bücher.example>",
+      to: [{ name: "Ann Ärger, „Chefin“", address: "ann@例え.jp" }, "Zoë 🎉 <zoe@example.com>"],
+      cc: "Ğül <g@example.com>",
+      replyTo: "Ωmega <o@example.com>",
+      subject: `Grüße – 注文 #42 🎉 ${"läng ".repeat(40)}`,
+      text: `Grüße\n${"ä".repeat(200)}\n.\n`,
+      html: '<p>Grüße 🎉</p><img src="cid:logo@example.com">',
+      headers: { "X-Note": `Grüße aus Köln ${"wörter ".repeat(30)}`, "X-Ascii": "plain" },
+      attachments: [
+        { filename: "Grüße 注文.pdf", content: Buffer.from([0xff, 0x00, 0x80, 0x0d]), contentType: "application/pdf" },
+        { filename: "ß.txt", content: "Grüße\r\n", contentType: "text/plain; charset=utf-8; format=\"flöwed\"" },
+        { filename: "Ünicode.bin", content: "Grüße".repeat(100), encoding: "utf8" },
+        { filename: "logo.png", content: Buffer.from([1, 2, 3]), contentType: "image/png", cid: "logo@example.com" },
+        { filename: "Weitergeleitet: Grüße.eml", content: Buffer.from(forwarded).toString("base64"), encoding: "base64", contentType: "message/rfc822" },
+        { content: Buffer.from(forwarded).toString("hex"), encoding: "hex", contentType: "message/rfc822" },
+      ],
+    },
+    DEFAULTS,
+    NOW,
+  );
+  const at = mail.raw.findIndex((b) => b >= 0x80);
+  assert.equal(at, -1, `an 8-bit byte at ${at}: ${JSON.stringify(mail.raw.subarray(Math.max(0, at - 80), at + 20).toString("latin1"))}`);
+  const raw = mail.raw.toString("latin1");
+  assert.doesNotMatch(raw, /Content-Transfer-Encoding: 8bit/i, "no part is labelled 8bit");
+  assert.equal(raw.match(/Content-Type: message\/rfc822(?:;[^\r]*(?:\r\n [^\r]*)*)?\r\nContent-Transfer-Encoding: 7bit\r\n/g)?.length, 2);
+  const parsed = await simpleParser(mail.raw);
+  assert.equal(parsed.subject, `Grüße – 注文 #42 🎉 ${"läng ".repeat(40)}`);
+  assert.equal(parsed.headers.get("x-ascii"), "plain");
+  assert.deepEqual(parsed.attachments.map((a) => a.filename ?? "").sort(), ["Grüße 注文.pdf", "logo.png", "ß.txt", "Ünicode.bin"].sort());
+  assert.match(raw, /filename\*0\*=utf-8''Weitergeleitet%3A%20Gr%C3%BC%C3%9Fe\.eml/, "the message/rfc822 part keeps its file name");
+});
+
+test("a message/rfc822 attachment with 8-bit content is the only part stored as 8-bit, and is labelled so", async () => {
+  const forwarded = Buffer.from("Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße, 8-bit.\r\n");
+  const mail = await composeMail({ ...BASE, subject: "Fwd: Grüße", text: "Weitergeleitet: Grüße", attachments: [{ content: forwarded, contentType: "message/rfc822" }] }, DEFAULTS, NOW);
+  const raw = mail.raw.toString("latin1");
+  const partStart = raw.indexOf(forwarded.toString("latin1"));
+  assert.ok(partStart > 0, "the forwarded mail is stored as it is");
+  const eightBit = [...mail.raw.entries()].filter(([, b]) => b >= 0x80).map(([i]) => i);
+  assert.ok(eightBit.length > 0);
+  assert.ok(eightBit.every((i) => i >= partStart && i < partStart + forwarded.length), "8-bit bytes outside the message/rfc822 part");
+  assert.match(raw, /Content-Type: message\/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n/);
+  assert.equal(raw.replace(forwarded.toString("latin1"), "").match(/Content-Transfer-Encoding: 8bit/gi)?.length, 1, "only that part is labelled 8bit");
+  assert.doesNotMatch(raw.slice(0, raw.indexOf("\r\n\r\n")), EIGHT_BIT);
+});
+
 test("envelope recipients are bare addresses from to, cc and bcc, deduplicated without regard to case, in order", async () => {
   const mail = await composeMail(
     {
@@ -211,6 +367,32 @@ const cyclic: Record<string, unknown> = { a: 1 };
 cyclic.self = cyclic;
 const getterInput = { ...BASE };
 Object.defineProperty(getterInput, "subject", { get: () => "changes every time", enumerable: true });
+
+// Values that throw while they are read. The message carries CRLF and ESC to show that it is quoted safely.
+const boom = (): never => {
+  throw new Error("trap\r\nBcc: evil@evil.example\x1b[0m");
+};
+const revokedProxy = (): object => {
+  const r = Proxy.revocable({}, {});
+  r.revoke();
+  return r.proxy;
+};
+const throwingKeys = <T extends object>(target: T): T => new Proxy(target, { ownKeys: boom });
+const throwingDescriptor = <T extends object>(target: T): T => new Proxy(target, { getOwnPropertyDescriptor: boom });
+const throwingPrototype = <T extends object>(target: T): T => new Proxy(target, { getPrototypeOf: boom });
+const throwingLength = <T extends object>(target: T): T =>
+  new Proxy(target, { get: (t, key, receiver) => (key === "length" ? boom() : Reflect.get(t, key, receiver)) });
+const throwsUninspectable = new Proxy({}, {
+  ownKeys: () => {
+    throw revokedProxy();
+  },
+});
+class NamelessAddress {
+  static get name(): string {
+    return boom();
+  }
+}
+const recipients = (n: number, from = 0): string[] => Array.from({ length: n }, (_, i) => `user${from + i}@example.com`);
 
 const HOSTILE: readonly Hostile[] = [
   // shape
@@ -347,6 +529,55 @@ const HOSTILE: readonly Hostile[] = [
   { name: "a Map in metadata", input: { ...BASE, metadata: { m: new Map() } }, expectProblemMatching: /^metadata\.m: is a Map, not plain JSON/ },
   { name: "a lone surrogate in metadata", input: { ...BASE, metadata: { s: "\ud800" } }, expectProblemMatching: /^metadata\.s: is not well-formed UTF-16/ },
   { name: "metadata over 64 KiB", input: { ...BASE, metadata: { blob: "x".repeat(70_000) } }, expectProblemMatching: /^metadata: serialises to 70011 bytes of JSON, over the limit of 65536/ },
+  { name: "a sparse metadata array of a billion elements", input: { ...BASE, metadata: { a: Object.assign([], { length: 1_000_000_000 }) } }, expectProblemMatching: /^metadata\.a: has 1000000000 elements, more than fit in 65536 bytes of JSON/ },
+  // C1 controls and the Unicode line and paragraph separators, wherever C0 controls are refused
+  { name: "a C1 control (NEL) in the subject", input: { ...BASE, subject: "Hi\u0085there" }, expectProblemMatching: /^subject: contains the control character U\+0085$/ },
+  { name: "a C1 control (CSI) in the subject", input: { ...BASE, subject: "Hi \u009b31m" }, expectProblemMatching: /^subject: contains the control character U\+009B$/ },
+  { name: "U+2028 in the subject", input: { ...BASE, subject: "Hi\u2028Bcc: evil@evil.example" }, expectProblemMatching: /^subject: contains the Unicode line separator U\+2028, which some programs treat as a line break/ },
+  { name: "U+2029 in the subject", input: { ...BASE, subject: "Hi\u2029there" }, expectProblemMatching: /^subject: contains the Unicode paragraph separator U\+2029/ },
+  { name: "a C1 control in a display name string", input: { ...BASE, to: "Ann\u0080 <ann@example.com>" }, expectProblemMatching: /^to: contains the control character U\+0080/ },
+  { name: "U+2029 in a display name object", input: { ...BASE, cc: { name: "Bob\u2029", address: "bob@example.com" } }, expectProblemMatching: /^cc\.name: contains the Unicode paragraph separator U\+2029/ },
+  { name: "a C1 control in the from display name", input: { ...BASE, from: { name: "Shop\u009f", address: "shop@example.com" } }, expectProblemMatching: /^from\.name: contains the control character U\+009F/ },
+  { name: "a C1 control in a header name", input: { ...BASE, headers: { "X-A\u009b": "x" } }, expectProblemMatching: /^headers\["X-A\\u009b"\]: the header name contains the control character U\+009B/ },
+  { name: "a C1 control in a header value", input: { ...BASE, headers: { "X-Note": "a\u0085b" } }, expectProblemMatching: /^headers\["X-Note"\]: the value contains the control character U\+0085/ },
+  { name: "U+2028 in a header value", input: { ...BASE, headers: { "X-Note": "a\u2028b" } }, expectProblemMatching: /^headers\["X-Note"\]: the value contains the Unicode line separator U\+2028/ },
+  { name: "a C1 control in an attachment filename", input: { ...BASE, attachments: [{ filename: "a\u009b.txt", content: "x" }] }, expectProblemMatching: /^attachments\[0\]\.filename: contains the control character U\+009B/ },
+  { name: "U+2028 in an attachment filename", input: { ...BASE, attachments: [{ filename: "a\u2028.txt", content: "x" }] }, expectProblemMatching: /^attachments\[0\]\.filename: contains the Unicode line separator U\+2028/ },
+  { name: "a C1 control in a contentType", input: { ...BASE, attachments: [{ content: "x", contentType: "text/plain; x=\u0085" }] }, expectProblemMatching: /^attachments\[0\]\.contentType: contains the control character U\+0085/ },
+  { name: "a C1 control in a cid", input: { ...BASE, attachments: [{ content: "x", cid: "logo\u0085@example.com" }] }, expectProblemMatching: /^attachments\[0\]\.cid: contains the control character U\+0085/ },
+  { name: "a non-ASCII cid (Content-ID is ASCII)", input: { ...BASE, attachments: [{ content: "x", cid: "lögo@example.com" }] }, expectProblemMatching: /^attachments\[0\]\.cid: may hold only printable ASCII without spaces or angle brackets/ },
+  { name: "a C1 control in the idempotencyKey", input: { ...BASE, idempotencyKey: "order\u008542" }, expectProblemMatching: /^idempotencyKey: contains the control character U\+0085/ },
+  { name: "U+2029 in the idempotencyKey", input: { ...BASE, idempotencyKey: "order\u202942" }, expectProblemMatching: /^idempotencyKey: contains the Unicode paragraph separator U\+2029/ },
+  { name: "a C1 control in an unknown field's name", input: { ...BASE, "x\u009by": 1 }, expectProblemMatching: /^\["x\\u009by"\]: unknown field/ },
+  // message/* attachments go out unencoded
+  { name: "a NUL byte in a message/rfc822 attachment", input: { ...BASE, attachments: [{ content: Buffer.from("Subject: x\r\n\r\na\0b\r\n"), contentType: "message/rfc822" }] }, expectProblemMatching: /^attachments\[0\]\.content: has a NUL byte at offset 15; a message\/\* part cannot be encoded/ },
+  { name: "a line over 998 octets in a message/rfc822 attachment", input: { ...BASE, attachments: [{ content: `Subject: x\n\n${"y".repeat(999)}\n`, contentType: "message/rfc822" }] }, expectProblemMatching: /^attachments\[0\]\.content: has a line longer than 998 octets.*attach it as application\/octet-stream instead/ },
+  // recipients past Postfix's smtpd_recipient_limit
+  { name: "10,000 recipients in one to string", input: { ...BASE, to: recipients(10_000).join(", ") }, expectProblemMatching: /^to: 10000 distinct recipients in to, cc and bcc together, over the limit of 1000 per mail \(Postfix's default smtpd_recipient_limit\); send several mails$/ },
+  { name: "10,000 recipients in a to array", input: { ...BASE, to: recipients(10_000) }, expectProblemMatching: /^to: 10000 entries, over the limit of 1000 recipients per mail; send several mails$/ },
+  { name: "1,001 distinct recipients over to, cc and bcc", input: { ...BASE, to: recipients(600), cc: recipients(300, 600), bcc: recipients(101, 900) }, expectProblemMatching: /^to: 1001 distinct recipients in to, cc and bcc together, over the limit of 1000/ },
+  // a value that throws while it is read (a getter, a Proxy trap) is a problem naming the field, never a raw error
+  { name: "a mail whose ownKeys trap throws", input: throwingKeys({ ...BASE }), expectProblemMatching: /^mail: reading it threw Error "trap\\r\\nBcc: evil@evil\.example\\u001b\[0m"; pass plain data/ },
+  { name: "a revoked Proxy as the mail", input: revokedProxy(), expectProblemMatching: /^mail: reading it threw TypeError/ },
+  { name: "a mail whose getPrototypeOf trap throws", input: throwingPrototype({ ...BASE }), expectProblemMatching: /^mail: reading it threw Error/ },
+  { name: "a mail whose property descriptor trap throws", input: throwingDescriptor({ ...BASE }), expectProblemMatching: /^from: reading it threw Error/ },
+  { name: "an address object whose ownKeys trap throws", input: { ...BASE, to: [throwingKeys({ address: "ann@example.com" })] }, expectProblemMatching: /^to\[0\]: reading it threw Error/ },
+  { name: "an address list whose length throws", input: { ...BASE, to: throwingLength(["ann@example.com"]) }, expectProblemMatching: /^to: reading it threw Error/ },
+  { name: "an address list whose element descriptor throws", input: { ...BASE, cc: throwingDescriptor(["ann@example.com"]) }, expectProblemMatching: /^cc\[0\]: reading it threw Error/ },
+  { name: "a revoked Proxy as bcc", input: { ...BASE, bcc: revokedProxy() }, expectProblemMatching: /^bcc: reading it threw TypeError/ },
+  { name: "a revoked Proxy as from", input: { ...BASE, from: revokedProxy() }, expectProblemMatching: /^from: reading it threw TypeError/ },
+  { name: "a thrown value that throws again when inspected", input: { ...BASE, replyTo: [throwsUninspectable] }, expectProblemMatching: /^replyTo\[0\]: reading it threw a value that could not be inspected either/ },
+  { name: "an address class whose name getter throws", input: { ...BASE, to: new NamelessAddress() }, expectProblemMatching: /^to: must be an address string or \{ name, address \}, got a value that could not be inspected/ },
+  { name: "headers whose ownKeys trap throws", input: { ...BASE, headers: throwingKeys({ "X-A": "b" }) }, expectProblemMatching: /^headers: reading it threw Error/ },
+  { name: "a header whose descriptor trap throws", input: { ...BASE, headers: throwingDescriptor({ "X-A": "b" }) }, expectProblemMatching: /^headers\["X-A"\]: reading it threw Error/ },
+  { name: "attachments as a revoked Proxy", input: { ...BASE, attachments: revokedProxy() }, expectProblemMatching: /^attachments: reading it threw TypeError/ },
+  { name: "an attachment whose ownKeys trap throws", input: { ...BASE, attachments: [throwingKeys({ content: "x" })] }, expectProblemMatching: /^attachments\[0\]: reading it threw Error/ },
+  { name: "attachment content with a throwing pipe getter", input: { ...BASE, attachments: [{ content: { get pipe() { return boom(); } } }] }, expectProblemMatching: /^attachments\[0\]\.content: reading it threw Error/ },
+  { name: "attachment content whose getPrototypeOf trap throws", input: { ...BASE, attachments: [{ content: throwingPrototype(new Uint8Array(1)) }] }, expectProblemMatching: /^attachments\[0\]\.content: reading it threw Error/ },
+  { name: "nested metadata whose ownKeys trap throws", input: { ...BASE, metadata: { a: { b: throwingKeys({}) } } }, expectProblemMatching: /^metadata\.a\.b: reading it threw Error/ },
+  { name: "metadata as a revoked Proxy", input: { ...BASE, metadata: revokedProxy() }, expectProblemMatching: /^metadata: reading it threw TypeError/ },
+  { name: "a metadata array whose length throws", input: { ...BASE, metadata: { list: throwingLength([1]) } }, expectProblemMatching: /^metadata\.list: reading it threw Error/ },
+  { name: "sendAt as a Proxy of a Date", input: { ...BASE, sendAt: new Proxy(new Date(), {}) }, expectProblemMatching: /^sendAt: reading it threw TypeError/ },
 ];
 
 test("hostile input is refused with a problem that names the field", async (t) => {
@@ -358,7 +589,7 @@ test("hostile input is refused with a problem that names the field", async (t) =
         `no problem matches ${expectProblemMatching}; got:\n${err.problems.join("\n")}`,
       );
       for (const p of err.problems) {
-        assert.doesNotMatch(p, /[\r\n\0\x1b]/, "a problem sentence carries a raw control character");
+        assert.doesNotMatch(p, /[\0-\x1f\x7f-\x9f\u2028\u2029]/, "a problem sentence carries a raw control character");
       }
       assert.deepEqual(validateMailInput(input, defaults ?? DEFAULTS), err.problems, "validateMailInput agrees");
     });
@@ -409,6 +640,80 @@ test("a mail over maxMessageBytes is refused with MailTooLargeError", async (t) 
   });
 });
 
+test("by default a mail must fit Postfix's default message_size_limit (10,240,000) with room for the headers Postfix adds", async (t) => {
+  assert.equal(DEFAULT_MAX_MESSAGE_BYTES, 10_000_000);
+  const lines = (bytes: number): string => `${"x".repeat(74)}\r\n`.repeat(Math.floor(bytes / 76)) + "y".repeat(bytes % 76);
+  await t.test("a 10,100,000-byte message is refused", async () => {
+    const text = lines(10_100_000);
+    assert.equal(Buffer.byteLength(text), 10_100_000);
+    const err = await refusal({ ...BASE, text });
+    assert.ok(err instanceof MailTooLargeError);
+    assert.equal(err.limit, 10_000_000);
+    assert.ok(err.size >= 10_100_000);
+  });
+  await t.test("a message whose body fits but whose composed bytes exceed 10,000,000 is refused after composing", async () => {
+    const text = lines(9_999_900);
+    const err = await refusal({ ...BASE, text });
+    assert.ok(err instanceof MailTooLargeError);
+    assert.ok(err.size > 10_000_000 && err.size < 10_001_000, `size ${err.size}`);
+  });
+});
+
+test("a header section over maxHeaderBytes (default 100,000, below Postfix's header_size_limit of 102,400) is refused with HeaderTooLargeError", async (t) => {
+  assert.ok(DEFAULT_MAX_HEADER_BYTES <= 100_000 && DEFAULT_MAX_HEADER_BYTES < 102_400);
+  await t.test("a 1 MB subject", async () => {
+    const input = { ...BASE, subject: "word ".repeat(200_000) };
+    const err = await refusal(input);
+    assert.ok(err instanceof HeaderTooLargeError, String(err));
+    assert.equal(err.name, "HeaderTooLargeError");
+    assert.equal(err.limit, DEFAULT_MAX_HEADER_BYTES);
+    assert.ok(err.size >= 800_000, `size ${err.size}`); // a lower bound: the subject without its spaces
+    assert.match(err.problems[0] ?? "", /^headers: the header section of the message is at least \d+ bytes, over the limit of 100000 bytes, .*use bcc, or send several mails.*raise maxHeaderBytes/);
+    assert.deepEqual(validateMailInput(input, DEFAULTS), err.problems);
+  });
+  await t.test("999 recipients with long display names in to", async () => {
+    const to = Array.from({ length: 999 }, (_, i) => ({ name: `Recipient number ${i} of the quarterly newsletter for the sales and marketing departments of the northern region`, address: `user${i}@example.com` }));
+    const err = await refusal({ ...BASE, to });
+    assert.ok(err instanceof HeaderTooLargeError);
+  });
+  await t.test("1,000 recipients with short addresses in to still fit", async () => {
+    const mail = await composeMail({ ...BASE, to: recipients(MAX_RECIPIENTS).join(", ") }, DEFAULTS, NOW);
+    assert.equal(mail.envelopeTo.length, 1000);
+    assert.ok(mail.raw.indexOf("\r\n\r\n") <= DEFAULT_MAX_HEADER_BYTES);
+  });
+  await t.test("the composed header section is measured exactly: up to the limit is accepted, one byte over is refused", async () => {
+    const blanks = " ".repeat(300);
+    for (const input of [
+      { ...BASE, subject: "a fairly ordinary subject line ".repeat(30), headers: { "X-Campaign": "spring ".repeat(100) } },
+      // Runs of white space that folding shortens: the estimate made before composing must not refuse these.
+      { ...BASE, from: { name: `A${blanks}B`, address: "a@example.com" }, subject: `x${blanks}y\t${blanks}`, headers: { "X-A": `v${blanks}w${blanks}` } },
+    ]) {
+      const measured = await composeMail(input, DEFAULTS, NOW);
+      const headerBytes = measured.raw.indexOf("\r\n\r\n");
+      assert.ok(headerBytes > 1000);
+      await composeMail(input, { ...DEFAULTS, maxHeaderBytes: headerBytes }, NOW);
+      const err = await refusal(input, { ...DEFAULTS, maxHeaderBytes: headerBytes - 1 });
+      assert.ok(err instanceof HeaderTooLargeError);
+      assert.equal(err.size, headerBytes);
+      assert.match(err.message, new RegExp(`the header section of the message is ${headerBytes} bytes, over the limit of ${headerBytes - 1} bytes`));
+    }
+  });
+  await t.test("Bcc recipients do not count: they are not in the header section", async () => {
+    const mail = await composeMail({ ...BASE, bcc: Array.from({ length: 999 }, (_, i) => ({ name: "x".repeat(200), address: `b${i}@example.com` })) }, DEFAULTS, NOW);
+    assert.equal(mail.envelopeTo.length, 1000);
+  });
+});
+
+test("more than 1,000 distinct recipients are refused, duplicates count once", async () => {
+  assert.equal(MAX_RECIPIENTS, 1000);
+  const mail = await composeMail({ ...BASE, to: recipients(600), cc: recipients(300, 600), bcc: [...recipients(100, 900), "USER0@example.com"] }, DEFAULTS, NOW);
+  assert.equal(mail.envelopeTo.length, 1000);
+  const err = await refusal({ ...BASE, to: recipients(600), cc: recipients(300, 600), bcc: recipients(101, 900) });
+  assert.deepEqual(err.problems, [
+    "to: 1001 distinct recipients in to, cc and bcc together, over the limit of 1000 per mail (Postfix's default smtpd_recipient_limit); send several mails",
+  ]);
+});
+
 test("100 attachments are accepted", async () => {
   const mail = await composeMail(
     { ...BASE, attachments: Array.from({ length: 100 }, (_, i) => ({ filename: `${i}.txt`, content: `file ${i}` })) },
@@ -422,9 +727,18 @@ test("100 attachments are accepted", async () => {
 
 test("invalid defaults are refused with OptionsError", async () => {
   assert.deepEqual(validateComposeDefaults(DEFAULTS), []);
-  const problems = validateComposeDefaults({ maxAttempts: 0, maxMessageBytes: -1, messageIdDomain: "bad domain", defaultFrom: "nope" });
-  assert.equal(problems.length, 4, problems.join("\n"));
+  const problems = validateComposeDefaults({ maxAttempts: 0, maxMessageBytes: -1, maxHeaderBytes: 0, messageIdDomain: "bad domain", defaultFrom: "nope" });
+  assert.equal(problems.length, 5, problems.join("\n"));
   assert.match(problems[0] ?? "", /^Expected `maxAttempts` to be an integer from 1 to 1000, got 0\.$/);
+  assert.ok(problems.includes("Expected `maxHeaderBytes` to be a positive integer, got 0."), problems.join("\n"));
+  assert.deepEqual(validateComposeDefaults({ ...DEFAULTS, maxHeaderBytes: 1.5 }), ["Expected `maxHeaderBytes` to be a positive integer, got 1.5."]);
+  const { maxHeaderBytes: _omitted, ...withoutHeaderLimit } = DEFAULTS;
+  assert.deepEqual(validateComposeDefaults(withoutHeaderLimit), ["Expected `maxHeaderBytes` to be a positive integer, got undefined."]);
+  await assert.rejects(composeMail(BASE, { ...DEFAULTS, maxHeaderBytes: -1 }, NOW), OptionsError);
+  const unreadableDefaults = validateComposeDefaults({ ...DEFAULTS, defaultFrom: revokedProxy() });
+  assert.equal(unreadableDefaults.length, 1);
+  assert.match(unreadableDefaults[0] ?? "", /^Expected the compose defaults to be plain data, but reading them threw TypeError/);
+  await assert.rejects(composeMail({ to: "ann@example.com" }, { ...DEFAULTS, defaultFrom: revokedProxy() as never }, NOW), OptionsError);
   await assert.rejects(composeMail(BASE, { ...DEFAULTS, messageIdDomain: "x\r\ny" }, NOW), OptionsError);
 });
 
