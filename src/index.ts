@@ -1,5 +1,5 @@
 /** prisma-mail-outbox: the public API. */
-export { mailOutbox, type MailOutboxOptions, type EnqueueResult } from "./extension.js";
+export { mailOutbox, type MailOutboxOptions, type EnqueueResult, type EnqueuePromise } from "./extension.js";
 export {
   createRelay,
   type Relay,
@@ -15,7 +15,8 @@ export { createTransporter, describeTransport, verifyTransport, type TransportSp
 export { classifyError, parseQueueId, type ClassifiedFailure, type HandoffResult } from "./classify.js";
 export { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_BYTES } from "./compose.js";
 export { openDatabase, parseDatabaseUrl, redactUrl, type Db, type Dialect } from "./db.js";
-export { migrate, checkSchema } from "./migrate.js";
+export { migrate, checkSchema, inspectSchema, type MigrateOptions, type MigrateResult, type SchemaProblem } from "./migrate.js";
+export { doctor, MTA_SIZE_ALLOWANCE_BYTES, type DoctorOptions, type DoctorReport, type DoctorCheck, type DoctorStatus } from "./doctor.js";
 export * from "./admin.js";
 export * from "./errors.js";
 export { STATUSES, TRANSITIONS, type OutboxStatus, type Transition } from "./states.js";

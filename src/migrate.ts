@@ -43,6 +43,30 @@ export interface MigrateResult {
    * (created by Prisma Migrate; see {@link migrate}). In a dry run: would be recorded.
    */
   baselined: string[];
+  /**
+   * Objects that a recorded migration creates but the database had lost (a dropped trigger,
+   * index or table), recreated in this call from the migration's own statements. In a dry run:
+   * would be recreated. One line each, e.g. `trigger mail_outbox_notify (0002_notify)`.
+   */
+  repaired: string[];
+}
+
+/**
+ * One thing wrong with the outbox tables, as {@link inspectSchema} reports it (and `doctor`
+ * prints it).
+ */
+export interface SchemaProblem {
+  readonly kind: "table" | "column" | "index" | "foreign-key" | "trigger" | "migration";
+  /** What is wrong, naming the table, column, index or trigger. */
+  readonly message: string;
+  /** What to do about it: the command to run, or the change to make by hand. */
+  readonly fix: string;
+  /** `mail-outbox migrate` fixes it (it recreates what a recorded migration created and the database lost). */
+  readonly repairable: boolean;
+  /** The relay cannot work with it (a table or column it reads or writes is missing or of another type): it refuses to start. */
+  readonly blocksRelay: boolean;
+  /** The table concerned. */
+  readonly table: string;
 }
 
 const MIGRATIONS_DIR = new URL("../migrations/", import.meta.url);
@@ -160,17 +184,126 @@ interface LiveShape {
   readonly indexes: ReadonlySet<string>;
   /** mail_outbox_attempt.email_id references mail_outbox(id) with ON DELETE CASCADE. */
   readonly cascadeFk: boolean;
+  /** Names of the constraints on mail_outbox_attempt (PostgreSQL; empty on SQLite, whose keys have no names to add by). */
+  readonly constraints: ReadonlySet<string>;
+  /** Triggers and functions that exist among those the idempotent migrations create: `trigger:name`, `function:name`. */
+  readonly routines: ReadonlySet<string>;
 }
 
-function shapeProblems(dialect: Dialect, live: LiveShape, where: string): string[] {
-  const problems: string[] = [];
-  const fix =
-    dialect === "postgresql"
-      ? "run `mail-outbox migrate`, or apply prisma/postgresql/outbox.prisma with Prisma Migrate"
-      : "run `mail-outbox migrate`, or apply prisma/sqlite/outbox.prisma with Prisma Migrate";
+// ---------------------------------------------------------------------------------------------
+// What the shipped migrations create, by name: the statements `migrate` runs again to repair a
+// database that lost one of them (a dropped trigger, index or table). The table migrations are
+// Prisma's generated SQL (one statement per object, each ending in `;` at the end of a line); the
+// idempotent ones (`-- mail-outbox: apply-on-baseline`, PL/pgSQL bodies with `;` inside) are run
+// again as a whole.
+
+interface Catalog {
+  /** table -> its CREATE TABLE statement */
+  readonly tables: Map<string, { sql: string; version: string }>;
+  /** "table.column" -> its definition as the migration writes it: `"lease_owner" TEXT` */
+  readonly columns: Map<string, string>;
+  readonly indexes: Map<string, { sql: string; version: string }>;
+  /** constraint name -> ALTER TABLE ... ADD CONSTRAINT ... FOREIGN KEY (PostgreSQL) */
+  readonly foreignKeys: Map<string, { sql: string; version: string }>;
+  /** Idempotent migrations with the triggers and functions they create. */
+  readonly idempotent: { readonly migration: Migration; readonly triggers: { name: string; table: string }[]; readonly functions: string[] }[];
+}
+
+function statements(sql: string): string[] {
+  return sql
+    .split("\n")
+    .filter((line) => !line.trimStart().startsWith("--"))
+    .join("\n")
+    .split(/;[ \t]*(?:\n|$)/)
+    .map((x) => x.trim())
+    .filter((x) => x !== "");
+}
+
+function catalog(migrations: readonly Migration[]): Catalog {
+  const c: Catalog = { tables: new Map(), columns: new Map(), indexes: new Map(), foreignKeys: new Map(), idempotent: [] };
+  for (const m of migrations) {
+    if (m.applyOnBaseline) {
+      const triggers = [...m.sql.matchAll(/CREATE\s+TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?"?(\w+)"?[\s\S]*?\sON\s+"?(\w+)"?/gi)].map((x) => ({ name: x[1]!, table: x[2]! }));
+      const functions = [...m.sql.matchAll(/CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+"?(\w+)"?/gi)].map((x) => x[1]!);
+      c.idempotent.push({ migration: m, triggers, functions });
+      continue;
+    }
+    for (const stmt of statements(m.sql)) {
+      let x: RegExpExecArray | null;
+      if ((x = /^CREATE TABLE "(\w+)" \(([\s\S]*)\)$/.exec(stmt))) {
+        const table = x[1]!;
+        c.tables.set(table, { sql: stmt, version: m.version });
+        for (const line of x[2]!.split("\n")) {
+          const col = /^\s*"(\w+)"\s+(.+?),?\s*$/.exec(line);
+          if (col) c.columns.set(`${table}.${col[1]}`, `"${col[1]}" ${col[2]}`);
+        }
+      } else if ((x = /^ALTER TABLE "(\w+)" ADD COLUMN ("(\w+)" .+)$/s.exec(stmt))) {
+        c.columns.set(`${x[1]}.${x[3]}`, x[2]!);
+      } else if ((x = /^CREATE (?:UNIQUE )?INDEX "(\w+)"/.exec(stmt))) {
+        c.indexes.set(x[1]!, { sql: stmt, version: m.version });
+      } else if ((x = /^ALTER TABLE "\w+" ADD CONSTRAINT "(\w+)" FOREIGN KEY/.exec(stmt))) {
+        c.foreignKeys.set(x[1]!, { sql: stmt, version: m.version });
+      }
+    }
+  }
+  return c;
+}
+
+/**
+ * A column `ALTER TABLE ... ADD COLUMN` can add to a table that holds rows, on both databases:
+ * nullable, or NOT NULL with a constant default. (A NOT NULL column without one needs a value for
+ * every existing row, which only the operator can choose.)
+ */
+function addableColumn(definition: string | undefined): definition is string {
+  if (definition === undefined || /PRIMARY KEY|REFERENCES/i.test(definition)) return false;
+  if (!/NOT NULL/i.test(definition)) return true;
+  return /DEFAULT\s+(?:-?\d+(?:\.\d+)?|'(?:[^']|'')*')\s*$/i.test(definition);
+}
+
+interface ProblemContext {
+  readonly dialect: Dialect;
+  /** The statements of every shipped migration. */
+  readonly catalog: Catalog;
+  /**
+   * Who made the tables: "fresh" (nothing recorded, no outbox table: never set up; Prisma Migrate
+   * may still be due to create them), "migrate" (`mail-outbox migrate` ran 0001_init), or
+   * "prisma" (Prisma Migrate: 0001_init recorded as a baseline, or tables without a record).
+   * `migrate` recreates lost tables, columns and indexes only in the first two cases: in tables
+   * Prisma Migrate owns, a missing object may be one the user's Prisma migrations are still due to
+   * add, and creating it would make that migration fail.
+   */
+  readonly owner: "fresh" | "migrate" | "prisma";
+}
+
+const MIGRATE = "run `mail-outbox migrate`";
+
+function ownerOf(recorded: Recorded): ProblemContext["owner"] {
+  const first = recorded.versions?.get("0001_init");
+  if (first === "applied") return "migrate";
+  if (first === "baseline" || recorded.outboxExists) return "prisma";
+  return "fresh";
+}
+
+/** The fix for an object missing from tables that Prisma Migrate owns: a Prisma migration, or the statement by hand. */
+function prismaFix(dialect: Dialect, sql: string | undefined): string {
+  const statement = sql === undefined ? `the statements in migrations/${dialect}/0001_init.sql of prisma-mail-outbox` : sql.replace(/\s+/g, " ");
+  return `your Prisma migrations own the outbox tables: restore it in a Prisma migration (\`npx prisma migrate dev --create-only\`, then add it), or run it by hand (\`npx prisma db execute --stdin\`): ${statement}`;
+}
+
+function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProblem[] {
+  const { dialect, catalog: cat } = ctx;
+  const prisma = ctx.owner === "prisma";
+  const problems: SchemaProblem[] = [];
+  const models = `prisma/${dialect}/outbox.prisma`;
+  const fixTable =
+    ctx.owner === "fresh"
+      ? `${MIGRATE}, or \`prisma migrate deploy\` when the outbox models (${models}) are in your Prisma migrations`
+      : prisma
+        ? prismaFix(dialect, undefined)
+        : MIGRATE;
   for (const [table, cols] of Object.entries(COLUMNS)) {
     if (!live.tables.has(table)) {
-      problems.push(`table ${table} is missing in ${where} (${fix})`);
+      problems.push({ kind: "table", table, message: `table ${table} is missing`, fix: fixTable, repairable: !prisma && cat.tables.has(table), blocksRelay: true });
       continue;
     }
     const have = new Map(live.columns.filter((c) => c.table === table).map((c) => [c.column, c]));
@@ -178,31 +311,142 @@ function shapeProblems(dialect: Dialect, live: LiveShape, where: string): string
       const type = TYPE_NAMES[dialect][kind];
       const c = have.get(column);
       if (c === undefined) {
-        problems.push(`column ${table}.${column} is missing (expected ${type}${nullable ? "" : " NOT NULL"}; ${fix})`);
+        const definition = cat.columns.get(`${table}.${column}`);
+        const repairable = !prisma && addableColumn(definition);
+        problems.push({
+          kind: "column",
+          table,
+          message: `column ${table}.${column} is missing (expected ${type}${nullable ? "" : " NOT NULL"})`,
+          fix: repairable
+            ? MIGRATE
+            : prisma && addableColumn(definition)
+              ? prismaFix(dialect, `ALTER TABLE "${table}" ADD COLUMN ${definition}`)
+              : `add it by hand, giving existing rows a value: ALTER TABLE "${table}" ADD COLUMN ${definition ?? `"${column}" ${type}`} DEFAULT <value>, then drop the default (see ${models}); or, if the outbox holds nothing you need, drop mail_outbox_attempt and mail_outbox and ${MIGRATE}`,
+          repairable,
+          blocksRelay: true,
+        });
         continue;
       }
       if (c.type.toLowerCase() !== type.toLowerCase()) {
-        problems.push(`column ${table}.${column} has type ${c.type}, expected ${type} (change it to match prisma/${dialect}/outbox.prisma)`);
+        problems.push({
+          kind: "column",
+          table,
+          message: `column ${table}.${column} has type ${c.type}, expected ${type}`,
+          fix: `change it to match ${models}`,
+          repairable: false,
+          blocksRelay: true,
+        });
       }
       if (nullable && !c.nullable) {
-        problems.push(`column ${table}.${column} is NOT NULL but the outbox writes NULL into it (drop the NOT NULL constraint)`);
+        problems.push({
+          kind: "column",
+          table,
+          message: `column ${table}.${column} is NOT NULL but the outbox writes NULL into it`,
+          fix: dialect === "postgresql" ? `ALTER TABLE "${table}" ALTER COLUMN "${column}" DROP NOT NULL` : `drop its NOT NULL constraint (see ${models})`,
+          repairable: false,
+          blocksRelay: true,
+        });
       }
     }
     for (const c of have.values()) {
       if (!(c.column in cols) && !c.nullable && !c.hasDefault) {
-        problems.push(`column ${table}.${c.column} is not part of the outbox, NOT NULL and has no default, so inserts will fail (give it a default or make it nullable)`);
+        problems.push({
+          kind: "column",
+          table,
+          message: `column ${table}.${c.column} is not part of the outbox, NOT NULL and has no default, so inserts will fail`,
+          fix: "give it a default or make it nullable",
+          repairable: false,
+          blocksRelay: false,
+        });
       }
     }
   }
   for (const [name, { table }] of Object.entries(INDEXES)) {
     if (live.tables.has(table) && !live.indexes.has(name)) {
-      problems.push(`index ${name} on ${table} is missing (${fix})`);
+      const create = cat.indexes.get(name);
+      const repairable = !prisma && create !== undefined;
+      problems.push({ kind: "index", table, message: `index ${name} on ${table} is missing`, fix: repairable ? MIGRATE : prismaFix(dialect, create?.sql), repairable, blocksRelay: false });
     }
   }
   if (live.tables.has("mail_outbox") && live.tables.has("mail_outbox_attempt") && !live.cascadeFk) {
-    problems.push(`mail_outbox_attempt.email_id has no foreign key to mail_outbox(id) with ON DELETE CASCADE (${fix})`);
+    const fk = [...cat.foreignKeys.keys()][0];
+    const repairable = !prisma && fk !== undefined && !live.constraints.has(fk);
+    problems.push({
+      kind: "foreign-key",
+      table: "mail_outbox_attempt",
+      message: "mail_outbox_attempt.email_id has no foreign key to mail_outbox(id) with ON DELETE CASCADE",
+      fix: repairable
+        ? MIGRATE
+        : prisma && fk !== undefined && !live.constraints.has(fk)
+          ? prismaFix(dialect, cat.foreignKeys.get(fk)?.sql)
+          : fk !== undefined
+          ? `drop the constraint ${fk} (ALTER TABLE "mail_outbox_attempt" DROP CONSTRAINT "${fk}"), then ${MIGRATE}`
+          : `recreate mail_outbox_attempt as ${models} describes it (SQLite adds a foreign key only with the table)`,
+      repairable,
+      blocksRelay: false,
+    });
+  }
+  for (const { migration, triggers } of cat.idempotent) {
+    for (const t of triggers) {
+      if (!live.tables.has(t.table) || live.routines.has(`trigger:${t.name}`)) continue;
+      const notify = t.name === "mail_outbox_notify";
+      problems.push({
+        kind: "trigger",
+        table: t.table,
+        message: notify
+          ? `the notify trigger ${t.name} on ${t.table} is missing, so relays see new mail only when they poll`
+          : `trigger ${t.name} on ${t.table} (migration ${migration.version}) is missing`,
+        fix: notify ? `${MIGRATE}, or add prisma/postgresql/notify-trigger.sql to a Prisma migration` : MIGRATE,
+        repairable: true,
+        blocksRelay: false,
+      });
+    }
   }
   return problems;
+}
+
+/**
+ * What `migrate` runs to give back a database what its recorded migrations created and it has
+ * lost, in order: tables, columns that can be added to a table with rows, indexes, the foreign
+ * key, and the idempotent migrations (the notify trigger) whose objects are gone.
+ */
+function repairPlan(cat: Catalog, live: LiveShape): { what: string; sql: string }[] {
+  const plan: { what: string; sql: string }[] = [];
+  const tables = new Set(live.tables);
+  for (const table of Object.keys(COLUMNS)) {
+    const create = cat.tables.get(table);
+    if (!tables.has(table) && create) {
+      plan.push({ what: `table ${table} (${create.version})`, sql: create.sql });
+      tables.add(table);
+    }
+  }
+  for (const [table, cols] of Object.entries(COLUMNS)) {
+    if (!live.tables.has(table)) continue;
+    const have = new Set(live.columns.filter((c) => c.table === table).map((c) => c.column));
+    for (const column of Object.keys(cols)) {
+      const definition = cat.columns.get(`${table}.${column}`);
+      if (!have.has(column) && addableColumn(definition)) plan.push({ what: `column ${table}.${column}`, sql: `ALTER TABLE "${table}" ADD COLUMN ${definition}` });
+    }
+  }
+  for (const [name, { table }] of Object.entries(INDEXES)) {
+    const create = cat.indexes.get(name);
+    if (tables.has(table) && !live.indexes.has(name) && create) plan.push({ what: `index ${name} (${create.version})`, sql: create.sql });
+  }
+  // A table created above gets its foreign key here (PostgreSQL) or with the table (SQLite).
+  const fkLost = !live.cascadeFk || !live.tables.has("mail_outbox") || !live.tables.has("mail_outbox_attempt");
+  if (fkLost && tables.has("mail_outbox") && tables.has("mail_outbox_attempt")) {
+    for (const [name, add] of cat.foreignKeys) {
+      if (!live.constraints.has(name)) plan.push({ what: `foreign key ${name} (${add.version})`, sql: add.sql });
+    }
+  }
+  for (const { migration, triggers, functions } of cat.idempotent) {
+    const lost = [
+      ...triggers.filter((t) => tables.has(t.table) && !live.routines.has(`trigger:${t.name}`)).map((t) => `trigger ${t.name}`),
+      ...functions.filter((f) => !live.routines.has(`function:${f}`)).map((f) => `function ${f}()`),
+    ];
+    if (lost.length > 0) plan.push({ what: `${lost.join(", ")} (${migration.version})`, sql: migration.sql });
+  }
+  return plan;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -224,12 +468,19 @@ async function pgShape(q: PgQueryable, schema: string): Promise<LiveShape> {
     `SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename IN ('mail_outbox', 'mail_outbox_attempt')`,
     [schema],
   );
-  const fk = await q.query(
-    `SELECT 1 FROM pg_constraint c
+  const fk = await q.query<{ conname: string; cascade: boolean }>(
+    `SELECT c.conname, (c.contype = 'f' AND c.confdeltype = 'c' AND r.relname = 'mail_outbox') AS cascade
+       FROM pg_constraint c
        JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
-       JOIN pg_class r ON r.oid = c.confrelid
-     WHERE n.nspname = $1 AND t.relname = 'mail_outbox_attempt' AND r.relname = 'mail_outbox'
-       AND c.contype = 'f' AND c.confdeltype = 'c'`,
+       LEFT JOIN pg_class r ON r.oid = c.confrelid
+     WHERE n.nspname = $1 AND t.relname = 'mail_outbox_attempt'`,
+    [schema],
+  );
+  const routines = await q.query<{ name: string }>(
+    `SELECT 'trigger:' || g.tgname AS name FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+      WHERE n.nspname = $1 AND NOT g.tgisinternal
+     UNION ALL
+     SELECT 'function:' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1`,
     [schema],
   );
   return {
@@ -242,17 +493,10 @@ async function pgShape(q: PgQueryable, schema: string): Promise<LiveShape> {
       hasDefault: r.column_default !== null,
     })),
     indexes: new Set(indexes.rows.map((r) => r.indexname)),
-    cascadeFk: (fk.rowCount ?? 0) > 0,
+    cascadeFk: fk.rows.some((r) => r.cascade),
+    constraints: new Set(fk.rows.map((r) => r.conname)),
+    routines: new Set(routines.rows.map((r) => r.name)),
   };
-}
-
-async function pgTriggerPresent(q: PgQueryable, schema: string): Promise<boolean> {
-  const r = await q.query(
-    `SELECT 1 FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid JOIN pg_namespace n ON n.oid = t.relnamespace
-     WHERE n.nspname = $1 AND t.relname = 'mail_outbox' AND g.tgname = 'mail_outbox_notify' AND NOT g.tgisinternal`,
-    [schema],
-  );
-  return (r.rowCount ?? 0) > 0;
 }
 
 interface Recorded {
@@ -331,7 +575,8 @@ function sqliteShape(db: SqliteDb): LiveShape {
       to: string;
       on_delete: string;
     }[]).some((f) => f.table === "mail_outbox" && f.from === "email_id" && f.to === "id" && f.on_delete === "CASCADE");
-  return { tables, columns, indexes, cascadeFk };
+  const routines = new Set((d.prepare(`SELECT 'trigger:' || name AS name FROM sqlite_master WHERE type = 'trigger'`).all() as { name: string }[]).map((r) => r.name));
+  return { tables, columns, indexes, cascadeFk, constraints: new Set(), routines };
 }
 
 function sqliteRecorded(db: SqliteDb): Recorded {
@@ -360,10 +605,10 @@ function plan(m: Migration, recorded: Recorded): "already" | "apply" | "check" {
   return ownedByPrismaMigrate && !m.applyOnBaseline ? "check" : "apply";
 }
 
-function refusal(m: Migration, problems: readonly string[], dialect: Dialect, where: string): SchemaError {
+function refusal(m: Migration, problems: readonly SchemaProblem[], dialect: Dialect, where: string): SchemaError {
   return new SchemaError(
     `The outbox tables in ${where} were not created by mail-outbox migrate (Prisma Migrate owns them) and do not match migration ${m.version}:\n` +
-      problems.map((x) => `  - ${x}`).join("\n") +
+      problems.map((x) => `  - ${x.message}`).join("\n") +
       `\nBring them in line with the models in prisma/${dialect}/outbox.prisma (copy the models into your schema and run \`prisma migrate dev\`), then run migrate again. ` +
       `If the tables hold nothing you need, drop mail_outbox_attempt and mail_outbox and let migrate create them.`,
   );
@@ -376,10 +621,33 @@ function failed(version: string, where: string, cause: unknown): SchemaError {
   );
 }
 
+function repairFailed(what: string, where: string, cause: unknown): SchemaError {
+  return new SchemaError(
+    `Recreating ${what} on ${where} failed and was rolled back (nothing of the repair was kept): ${(cause as Error)?.message ?? String(cause)}. Fix the cause (\`mail-outbox doctor\` lists what is wrong) and run migrate again.`,
+    { cause },
+  );
+}
+
+/**
+ * The migrations whose objects `migrate` may recreate: those it ran itself (recorded as
+ * "applied"), and the idempotent ones (the notify trigger) however they were recorded. Objects of
+ * a baseline belong to Prisma Migrate.
+ */
+function repairableMigrations(migrations: readonly Migration[], recorded: Recorded): Migration[] {
+  return migrations.filter((m) => (m.applyOnBaseline ? recorded.versions?.has(m.version) : recorded.versions?.get(m.version) === "applied"));
+}
+
 /**
  * Create or upgrade the outbox tables: run the SQL files shipped in `migrations/<dialect>/` that
  * the database has not run yet, in order, each in its own transaction, and record each in the
  * table `mail_outbox_migrations`. Running it again does nothing; it is safe to run at every start.
+ *
+ * **Repair.** A migration it applied whose objects the database has lost is made good again, from
+ * the migration's own statements, in one transaction: a dropped table, an index, the foreign key
+ * (PostgreSQL), a nullable column or one with a constant default, and the PostgreSQL notify
+ * trigger and its function (`0002_notify`, also when the tables are Prisma Migrate's). They are listed in `repaired`. What cannot be
+ * recreated without choosing values for existing rows (a lost NOT NULL column, a column of
+ * another type) is left alone; {@link inspectSchema} and `mail-outbox doctor` say what to do.
  *
  * On PostgreSQL it works in the schema of the URL (`?schema=`, default `public`), creating the
  * schema if needed, and each transaction takes an advisory lock for that schema, so several
@@ -390,29 +658,35 @@ function failed(version: string, where: string, cause: unknown): SchemaError {
  * recorded (you copied the models from `prisma/<dialect>/outbox.prisma` into your schema and
  * ran `prisma migrate`), migrate does not touch the tables: when their columns, types and
  * indexes are what this version expects, it records the table migrations as `baseline` (listed
- * in `baselined`), and still runs the few migrations about things Prisma's models cannot
- * describe (on PostgreSQL, the notify trigger of `0002_notify`). When the shape differs it
- * throws a {@link SchemaError} listing the differences and leaves the tables as they are. Later
+ * in `baselined`), and still runs (and repairs) the few migrations about things Prisma's models
+ * cannot describe (on PostgreSQL, the notify trigger of `0002_notify`). When the shape differs it
+ * throws a {@link SchemaError} listing the differences and leaves the tables as they are; a table,
+ * column or index later lost from such tables is not recreated either (your Prisma migrations may
+ * be about to add it): {@link inspectSchema} gives the statement. Later
  * upgrades follow the same rule: update the models, run `prisma migrate dev`, then migrate
  * records them. To keep Prisma Migrate from reporting `mail_outbox_migrations` as drift, list it
  * under `tables.external` in your `prisma.config.ts` (schema-qualified on PostgreSQL:
  * `"public.mail_outbox_migrations"`).
  *
- * @returns the versions run (`applied`), found recorded (`alreadyApplied`), and recorded without running (`baselined`).
- * @throws SchemaError when a migration fails (it is rolled back), or when tables made by Prisma
- *   Migrate do not have the expected shape.
+ * @returns the versions run (`applied`), found recorded (`alreadyApplied`), recorded without
+ *   running (`baselined`), and the lost objects recreated (`repaired`).
+ * @throws SchemaError when a migration or a repair fails (it is rolled back), or when tables made
+ *   by Prisma Migrate do not have the expected columns.
  * @example
  * const db = await openDatabase(process.env.DATABASE_URL);
- * const { applied } = await migrate(db, { log: console.log });
+ * const { applied, repaired } = await migrate(db, { log: console.log });
  * await db.close();
  */
 export async function migrate(db: Db, options: MigrateOptions = {}): Promise<MigrateResult> {
   const log = options.log ?? (() => {});
   const dryRun = options.dryRun ?? false;
   const migrations = await loadMigrations(db.dialect);
-  const result: MigrateResult = { applied: [], alreadyApplied: [], baselined: [] };
+  const all = catalog(migrations);
+  const result: MigrateResult = { applied: [], alreadyApplied: [], baselined: [], repaired: [] };
   const where = db.dialect === "postgresql" ? `schema ${db.schema} of ${db.displayUrl}` : db.filename;
   const would = dryRun ? "would " : "";
+  // Only used for tables found without a record: Prisma Migrate made them.
+  const ctx: ProblemContext = { dialect: db.dialect, catalog: all, owner: "prisma" };
   const record = (m: Migration, step: Step, ms: number) => {
     if (step === "already") {
       result.alreadyApplied.push(m.version);
@@ -425,18 +699,28 @@ export async function migrate(db: Db, options: MigrateOptions = {}): Promise<Mig
       log(`${would}record ${m.version} as baseline: the tables were created outside mail-outbox migrate and have its shape`);
     }
   };
+  const repaired = (what: readonly string[]) => {
+    for (const w of what) {
+      result.repaired.push(w);
+      log(`${dryRun ? "would recreate" : "recreated"} ${w}: recorded as applied, but missing from the database`);
+    }
+  };
+  /** Tables made by Prisma Migrate are recorded as a baseline when they have the expected shape. */
+  const baselineOrRefuse = (m: Migration, live: LiveShape): Step => {
+    const problems = shapeProblems(ctx, live).filter((p) => p.kind !== "trigger");
+    if (problems.length > 0) throw refusal(m, problems, db.dialect, where);
+    return "baseline";
+  };
 
   if (db.dialect === "postgresql") {
     const decide = async (q: PgQueryable, m: Migration, recorded: Recorded): Promise<Step> => {
       const p = plan(m, recorded);
-      if (p !== "check") return p;
-      const problems = shapeProblems("postgresql", await pgShape(q, db.schema), where);
-      if (problems.length > 0) throw refusal(m, problems, "postgresql", where);
-      return "baseline";
+      return p === "check" ? baselineOrRefuse(m, await pgShape(q, db.schema)) : p;
     };
     if (dryRun) {
       const recorded = await pgRecorded(db.pool, db.schema);
       for (const m of migrations) record(m, await decide(db.pool, m, recorded), 0);
+      repaired(repairPlan(catalog(repairableMigrations(migrations, recorded)), await pgShape(db.pool, db.schema)).map((x) => x.what));
       return result;
     }
     await pgLocked(db, (c) =>
@@ -464,19 +748,31 @@ export async function migrate(db: Db, options: MigrateOptions = {}): Promise<Mig
       });
       record(m, step, performance.now() - started);
     }
+    // Planned inside the lock: a second process migrating at once finds nothing left to do.
+    const done = await pgLocked(db, async (c) => {
+      const cat = catalog(repairableMigrations(migrations, await pgRecorded(c, db.schema)));
+      const steps = repairPlan(cat, await pgShape(c, db.schema));
+      for (const x of steps) {
+        try {
+          await c.query(x.sql);
+        } catch (err) {
+          throw repairFailed(x.what, where, err);
+        }
+      }
+      return steps.map((x) => x.what);
+    });
+    repaired(done);
     return result;
   }
 
   const decide = (m: Migration, recorded: Recorded): Step => {
     const p = plan(m, recorded);
-    if (p !== "check") return p;
-    const problems = shapeProblems("sqlite", sqliteShape(db), where);
-    if (problems.length > 0) throw refusal(m, problems, "sqlite", where);
-    return "baseline";
+    return p === "check" ? baselineOrRefuse(m, sqliteShape(db)) : p;
   };
   if (dryRun) {
     const recorded = sqliteRecorded(db);
     for (const m of migrations) record(m, decide(m, recorded), 0);
+    repaired(repairPlan(catalog(repairableMigrations(migrations, recorded)), sqliteShape(db)).map((x) => x.what));
     return result;
   }
   db.db.exec(`CREATE TABLE IF NOT EXISTS ${MIGRATIONS_TABLE} (
@@ -518,6 +814,24 @@ export async function migrate(db: Db, options: MigrateOptions = {}): Promise<Mig
         .immediate();
       record(m, step, performance.now() - started);
     }
+    const done = db.db
+      .transaction((): string[] => {
+        const steps = repairPlan(catalog(repairableMigrations(migrations, sqliteRecorded(db))), sqliteShape(db));
+        for (const x of steps) {
+          try {
+            db.db.exec(x.sql);
+          } catch (err) {
+            throw repairFailed(x.what, where, err);
+          }
+        }
+        const broken = db.db.pragma("foreign_key_check") as unknown[];
+        if (steps.length > 0 && broken.length > 0) {
+          throw repairFailed(steps.map((x) => x.what).join(", "), where, new Error(`it leaves ${broken.length} attempt rows whose mail is gone (DELETE FROM mail_outbox_attempt WHERE email_id NOT IN (SELECT id FROM mail_outbox))`));
+        }
+        return steps.map((x) => x.what);
+      })
+      .immediate();
+    repaired(done);
   } finally {
     db.db.pragma(`foreign_keys = ${foreignKeys ? "ON" : "OFF"}`);
   }
@@ -526,36 +840,39 @@ export async function migrate(db: Db, options: MigrateOptions = {}): Promise<Mig
 
 /**
  * Check that the outbox tables have the columns, types, indexes and foreign key that the relay
- * and `enqueue()` rely on, and (PostgreSQL) that the notify trigger exists. Changes nothing.
+ * and `enqueue()` rely on, that every shipped migration is recorded (when `migrate` manages the
+ * tables), and (PostgreSQL) that the notify trigger exists. Changes nothing.
  *
- * @returns one sentence per problem, each saying what to do; empty when all is well.
+ * @returns one entry per problem, with what is wrong, what to do, whether `mail-outbox migrate`
+ *   fixes it, and whether the relay can run with it; empty when all is well.
+ * @example
+ * const problems = await inspectSchema(db);
+ * for (const p of problems) console.error(`${p.message}: ${p.fix}`);
+ */
+export async function inspectSchema(db: Db): Promise<SchemaProblem[]> {
+  const migrations = await loadMigrations(db.dialect);
+  const [live, recorded] =
+    db.dialect === "postgresql" ? await Promise.all([pgShape(db.pool, db.schema), pgRecorded(db.pool, db.schema)]) : [sqliteShape(db), sqliteRecorded(db)];
+  const problems = shapeProblems({ dialect: db.dialect, catalog: catalog(migrations), owner: ownerOf(recorded) }, live);
+  problems.push(...pending(migrations, recorded));
+  return problems;
+}
+
+/**
+ * {@link inspectSchema} as sentences: one per problem, each saying what to do; empty when all is well.
  * @example
  * const problems = await checkSchema(db);
  * if (problems.length > 0) console.error(problems.join("\n"));
  */
 export async function checkSchema(db: Db): Promise<string[]> {
-  const migrations = await loadMigrations(db.dialect);
-  if (db.dialect === "postgresql") {
-    const where = `schema ${db.schema} of ${db.displayUrl}`;
-    const live = await pgShape(db.pool, db.schema);
-    const problems = shapeProblems("postgresql", live, where);
-    const recorded = await pgRecorded(db.pool, db.schema);
-    problems.push(...pending(migrations, recorded));
-    if (live.tables.has("mail_outbox") && !(await pgTriggerPresent(db.pool, db.schema))) {
-      problems.push(
-        `the notify trigger mail_outbox_notify on mail_outbox is missing, so relays see new mail only when they poll (run \`mail-outbox migrate\`, or add prisma/postgresql/notify-trigger.sql to a Prisma migration)`,
-      );
-    }
-    return problems;
-  }
-  const problems = shapeProblems("sqlite", sqliteShape(db), db.filename);
-  problems.push(...pending(migrations, sqliteRecorded(db)));
-  return problems;
+  return (await inspectSchema(db)).map((p) => `${p.message} (${p.fix})`);
 }
 
 /** Migrations missing from a database that mail-outbox migrate manages. */
-function pending(migrations: readonly Migration[], recorded: Recorded): string[] {
+function pending(migrations: readonly Migration[], recorded: Recorded): SchemaProblem[] {
   if (recorded.versions === null || recorded.versions.size === 0) return [];
   const missing = migrations.filter((m) => !recorded.versions!.has(m.version)).map((m) => m.version);
-  return missing.length === 0 ? [] : [`migrations ${missing.join(", ")} have not been applied (run \`mail-outbox migrate\`)`];
+  return missing.length === 0
+    ? []
+    : [{ kind: "migration", table: MIGRATIONS_TABLE, message: `migrations ${missing.join(", ")} have not been applied`, fix: MIGRATE, repairable: true, blocksRelay: false }];
 }

@@ -16,7 +16,8 @@ import pRetry from "p-retry";
 import type { Transporter } from "nodemailer";
 import type { Registry } from "prom-client";
 import { openDatabase, type Db } from "./db.js";
-import { OptionsError, RelayStateError, HandoffTimeoutError, DatabaseUnavailableError } from "./errors.js";
+import { OptionsError, RelayStateError, HandoffTimeoutError, DatabaseUnavailableError, SchemaNotReadyError } from "./errors.js";
+import { inspectSchema, type SchemaProblem } from "./migrate.js";
 import { createTransporter, type TransportSpec } from "./transport.js";
 import type { RawSender } from "./smtp-pipelined.js";
 import { classifyError, toHandoffResult, type SentMessageInfoLike } from "./classify.js";
@@ -102,7 +103,10 @@ export interface RelayEvents {
   retry: [RetryEvent];
   dead: [DeadEvent];
   rescued: [readonly RescuedMail[]];
-  /** Something went wrong that the relay handles itself (database or MTA outage); for monitoring. */
+  /**
+   * Something went wrong that the relay handles itself, for monitoring: a database or MTA outage,
+   * or ({@link SchemaNotReadyError}) outbox tables that disappeared while it runs.
+   */
   warning: [Error];
   stopped: [RelayCounts];
 }
@@ -110,7 +114,15 @@ export interface RelayEvents {
 /** A running (or runnable) relay. */
 export interface Relay {
   readonly id: string;
-  /** Start claiming and handing over in the background. Resolves once started. */
+  /**
+   * Start claiming and handing over in the background. Resolves once started.
+   *
+   * Checks the outbox tables first: missing tables, or a column missing or of another type, is a
+   * configuration error, not an outage, and rejects with {@link SchemaNotReadyError} (its message
+   * says what to run). A database that does not answer yet is not an error: the relay starts and
+   * backs off until it does. A table dropped later is reported by a `warning` event with a
+   * `SchemaNotReadyError` and an error log line; the relay claims nothing until it is back.
+   */
   start(): Promise<void>;
   /**
    * Stop gracefully: no new claims, claimed mail not yet handed over is released, hand-offs in flight
@@ -119,7 +131,11 @@ export interface Relay {
   stop(options?: { readonly deadlineMs?: number }): Promise<RelayCounts>;
   /** Settles when the relay has stopped (after `stop()` or the signal). */
   readonly stopped: Promise<RelayCounts>;
-  /** Hand over everything due now, wait for the outcomes, and return what happened. Not while started. */
+  /**
+   * Hand over everything due now, wait for the outcomes, and return what happened. Not while started.
+   * Rejects with {@link SchemaNotReadyError} when the outbox tables are missing or of the wrong
+   * shape (at start or meanwhile), and with `DatabaseUnavailableError` after about 8 s without the database.
+   */
   runOnce(): Promise<RelayCounts>;
   /** Counts since the relay was created. */
   counts(): RelayCounts;
@@ -160,6 +176,35 @@ export function isTransientDatabaseError(err: unknown): boolean {
   if (code !== "") return false;
   // node-postgres reports a lost connection without a code.
   return typeof e?.message === "string" && /Connection terminated|connection error|timeout exceeded when trying to connect|not queryable/i.test(e.message);
+}
+
+/**
+ * A statement failed because an outbox table or column is not there (dropped, or never created),
+ * as opposed to the database being unreachable. PostgreSQL says so by code: 42P01
+ * undefined_table, 42703 undefined_column.
+ */
+export function isMissingSchemaError(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  if (e?.code === "42P01" || e?.code === "42703") return true;
+  // better-sqlite3 reports a missing table or column with the generic code SQLITE_ERROR, the same
+  // as a syntax error (SQLite has no extended result code for it), so the message is the only
+  // signal. The relay's statements are fixed and known to parse, so within SQLITE_ERROR these
+  // texts (sqlite3 prepare errors: "no such table: x", "no such column: x", "table x has no
+  // column named y") can only mean the schema changed.
+  return e?.code === "SQLITE_ERROR" && typeof e.message === "string" && /^no such (table|column)\b|has no column named\b/.test(e.message);
+}
+
+/** The error the relay gives for outbox tables it cannot work with: what is wrong and what to run, on one line. */
+function schemaNotReady(db: Db, problems: readonly SchemaProblem[], running: boolean, cause?: unknown): SchemaNotReadyError {
+  const where = db.dialect === "postgresql" ? `schema ${db.schema} of ${db.displayUrl}` : db.filename;
+  const missingTables = problems.filter((p) => p.kind === "table").map((p) => p.table);
+  const fix = problems.every((p) => p.repairable)
+    ? "Create what is missing with `mail-outbox migrate` (or `prisma migrate deploy` when your Prisma migrations hold the outbox models), then check with `mail-outbox doctor`"
+    : `To fix: ${[...new Set(problems.map((p) => p.fix))].join("; ")}`;
+  const message = running
+    ? `The outbox tables in ${where} changed while the relay runs (${problems.map((p) => p.message).join("; ")}). ${fix}. The relay retries meanwhile.`
+    : `The relay did not start: the outbox tables in ${where} are not ready (${problems.map((p) => p.message).join("; ")}). ${fix}.`;
+  return new SchemaNotReadyError(message, problems.map((p) => `${p.message} (${p.fix})`), missingTables, cause === undefined ? undefined : { cause });
 }
 
 /** Errors that say the MTA as a whole is unreachable, not that this one mail is unwelcome. */
@@ -315,7 +360,11 @@ class RelayImpl extends EventEmitter implements Relay {
   // ---- lifecycle ---------------------------------------------------------------------------
 
   private async open(): Promise<void> {
-    if (this.store) return;
+    if (this.store) {
+      // A relay used for runOnce() again: the tables may have changed since.
+      await this.checkTables();
+      return;
+    }
     if (this.opts.db) {
       this.db = this.opts.db;
     } else {
@@ -324,6 +373,8 @@ class RelayImpl extends EventEmitter implements Relay {
       this.db = await openDatabase(this.opts.databaseUrl, { applicationName: `mail-outbox relay ${this.id}`.slice(0, 63), busyTimeoutMs: 100 });
       this.ownsDb = true;
     }
+    // Before the store: SQLite prepares its statements at once, which fails on missing tables.
+    await this.checkTables();
     this.store = this.db.dialect === "postgresql" ? postgresRelayStore(this.db.pool) : sqliteRelayStore(this.db.db);
     const t = this.opts.transport;
     this.transporter = createTransporter(t);
@@ -337,11 +388,47 @@ class RelayImpl extends EventEmitter implements Relay {
     if (this.opts.batchSize === undefined) this.batchSize = Math.max(this.batchSize, this.concurrency * 5);
   }
 
+  /**
+   * Refuse to run on outbox tables the relay cannot work with (missing, or a column missing or of
+   * another type): a configuration error, not an outage. A database that does not answer yet is
+   * not checked here; the claim loop backs off until it does, and reports missing tables then.
+   */
+  private async checkTables(): Promise<void> {
+    let problems: SchemaProblem[];
+    try {
+      problems = await inspectSchema(this.db!);
+    } catch (err) {
+      if (!isTransientDatabaseError(err)) throw err;
+      this.log.debug({ error: errorText(err) }, "database not reachable at start; the outbox tables are checked when it answers");
+      return;
+    }
+    const blocking = problems.filter((p) => p.blocksRelay);
+    if (blocking.length > 0) throw schemaNotReady(this.db!, blocking, false);
+    if (problems.length > 0) {
+      this.log.warn({ problems: problems.map((p) => `${p.message} (${p.fix})`) }, "the outbox tables need attention (mail-outbox doctor); the relay runs");
+    }
+  }
+
+  /** Open and check the tables; on failure leave nothing open, so the process can exit. */
+  private async openChecked(): Promise<void> {
+    try {
+      await this.open();
+    } catch (err) {
+      await this.closeResources();
+      this.db = null;
+      this.store = null;
+      this.transporter = null;
+      this.ownsDb = false;
+      this.ownsTransporter = false;
+      throw err;
+    }
+  }
+
   async start(): Promise<void> {
     if (this.mode !== "idle") throw new RelayStateError(`Cannot start a relay that is ${this.mode}; create a new one.`);
     this.mode = "running";
     try {
-      await this.open();
+      await this.openChecked();
     } catch (err) {
       this.mode = "idle";
       throw err;
@@ -361,7 +448,7 @@ class RelayImpl extends EventEmitter implements Relay {
     const before = this.counts();
     const renew = setInterval(() => void this.renewLeases(), Math.max(250, Math.floor(this.leaseMs / 3)));
     try {
-      await this.open();
+      await this.openChecked();
       await this.loop("once");
     } finally {
       clearInterval(renew);
@@ -480,6 +567,21 @@ class RelayImpl extends EventEmitter implements Relay {
       throw new DatabaseUnavailableError(`runOnce() could not reach the database after ${failures} tries: ${errorText(err)}`, { cause: err });
     };
     while (this.running) {
+      if (this.schemaReport !== null) {
+        // Tables gone: claim nothing (mail handed over now could not be recorded) until they are back.
+        if (kind === "once") {
+          const report = await this.schemaReport;
+          await Promise.allSettled([...this.active.values()]);
+          this.releaseQueued();
+          await this.flush();
+          // The next runOnce() looks afresh.
+          this.schemaReport = null;
+          this.schemaGoneSince = null;
+          throw report;
+        }
+        await this.waitForSchema();
+        continue;
+      }
       if (kind === "forever" || this.lastRescue === 0) await this.rescueExpired();
 
       const now = performance.now();
@@ -509,6 +611,10 @@ class RelayImpl extends EventEmitter implements Relay {
             this.pump();
           }
         } catch (err) {
+          if (isMissingSchemaError(err)) {
+            await this.schemaGone(err);
+            continue;
+          }
           this.databaseDown(err);
           if (kind === "once" && ++failures >= 5) await giveUp(err);
           await sleep(dbBackoff, this.stopController.signal);
@@ -677,10 +783,10 @@ class RelayImpl extends EventEmitter implements Relay {
       try {
         await this.store!.complete(this.owner, this.id, batch);
       } catch (err) {
-        if (isTransientDatabaseError(err)) {
+        if (isTransientDatabaseError(err) || isMissingSchemaError(err)) {
           // Keep them for the next try. The rows stay leased to this relay meanwhile.
           this.outcomes = batch.concat(this.outcomes);
-          this.databaseDown(err);
+          this.databaseError(err);
           this.retryFlushTimer ??= setTimeout(() => {
             this.retryFlushTimer = null;
             void this.flush();
@@ -704,9 +810,9 @@ class RelayImpl extends EventEmitter implements Relay {
         await this.store!.complete(this.owner, this.id, [o]);
         this.leases.delete(o.id);
       } catch (err) {
-        if (isTransientDatabaseError(err)) {
+        if (isTransientDatabaseError(err) || isMissingSchemaError(err)) {
           this.outcomes.push(o);
-          this.databaseDown(err);
+          this.databaseError(err);
           continue;
         }
         this.leases.delete(o.id);
@@ -738,7 +844,7 @@ class RelayImpl extends EventEmitter implements Relay {
         }
       }
     } catch (err) {
-      this.databaseDown(err);
+      this.databaseError(err);
     }
   }
 
@@ -759,11 +865,73 @@ class RelayImpl extends EventEmitter implements Relay {
         this.emitEvent("rescued", rescued);
       }
     } catch (err) {
-      this.databaseDown(err);
+      this.databaseError(err);
     }
   }
 
   // ---- outages: one line when they start, one when they end --------------------------------
+
+  /** A failed statement: tables gone (reported as such) or the database unreachable. */
+  private databaseError(err: unknown): void {
+    if (isMissingSchemaError(err)) void this.schemaGone(err);
+    else this.databaseDown(err);
+  }
+
+  private schemaGoneSince: number | null = null;
+  private schemaReport: Promise<SchemaNotReadyError> | null = null;
+
+  /**
+   * Outbox tables (or columns) disappeared while the relay runs: one error line naming what is
+   * missing, found by asking the database for its tables rather than by reading the error text,
+   * and a `warning` event with a {@link SchemaNotReadyError}. The relay keeps retrying, so a
+   * `mail-outbox migrate` brings it back without a restart.
+   */
+  private schemaGone(err: unknown): Promise<SchemaNotReadyError> {
+    if (this.schemaReport) return this.schemaReport;
+    this.schemaGoneSince = Date.now();
+    this.schemaReport = (async () => {
+      let problems: SchemaProblem[] = [];
+      try {
+        problems = (await inspectSchema(this.db!)).filter((p) => p.blocksRelay);
+      } catch {
+        // Reported below with the statement's own error.
+      }
+      const report =
+        problems.length > 0
+          ? schemaNotReady(this.db!, problems, true, err)
+          : new SchemaNotReadyError(
+              `An outbox table or column the relay uses is missing (${errorText(err)}). Run \`mail-outbox migrate\`, then check with \`mail-outbox doctor\`. The relay retries meanwhile.`,
+              [errorText(err)],
+              [],
+              { cause: err },
+            );
+      this.log.error({ missingTables: report.missingTables, problems: report.problems }, report.message);
+      this.emitEvent("warning", report);
+      return report;
+    })();
+    return this.schemaReport;
+  }
+
+  /** While tables are gone: look again every `pollIntervalMs` (at least 1 s). */
+  private async waitForSchema(): Promise<void> {
+    await sleep(Math.max(1000, this.pollIntervalMs), this.stopController.signal);
+    if (!this.running) return;
+    try {
+      const blocking = (await inspectSchema(this.db!)).filter((p) => p.blocksRelay);
+      this.databaseUp();
+      if (blocking.length === 0) this.schemaBack();
+    } catch (err) {
+      if (isTransientDatabaseError(err)) this.databaseDown(err);
+    }
+  }
+
+  private schemaBack(): void {
+    if (this.schemaGoneSince === null) return;
+    this.log.info({ missingForMs: Date.now() - this.schemaGoneSince }, "the outbox tables are back");
+    this.schemaGoneSince = null;
+    this.schemaReport = null;
+    if (this.outcomes.length > 0) void this.flush();
+  }
 
   private databaseDown(err: unknown): void {
     if (this.dbOutageSince !== null) return;

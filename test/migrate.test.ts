@@ -68,12 +68,12 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       const db = await open(t, emptyDatabaseUrl(t, dialect).url);
       const lines: string[] = [];
       const first = await migrate(db, { log: (l) => lines.push(l) });
-      assert.deepEqual(first, { applied: all, alreadyApplied: [], baselined: [] });
+      assert.deepEqual(first, { applied: all, alreadyApplied: [], baselined: [], repaired: [] });
       assert.equal(lines.length, all.length);
       assert.deepEqual(await checkSchema(db), []);
       await insertMail(db);
       const second = await migrate(db);
-      assert.deepEqual(second, { applied: [], alreadyApplied: all, baselined: [] });
+      assert.deepEqual(second, { applied: [], alreadyApplied: all, baselined: [], repaired: [] });
       assert.equal(await count(db, `SELECT count(*) AS n FROM ${MIGRATIONS_TABLE}`), all.length);
       assert.equal(await count(db, `SELECT count(*) AS n FROM mail_outbox`), 1, "the mail written in between is still there");
     });
@@ -83,7 +83,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       const all = (await loadMigrations(dialect)).map((m) => m.version);
       const db = await open(t, emptyDatabaseUrl(t, dialect).url);
       const lines: string[] = [];
-      assert.deepEqual(await migrate(db, { dryRun: true, log: (l) => lines.push(l) }), { applied: all, alreadyApplied: [], baselined: [] });
+      assert.deepEqual(await migrate(db, { dryRun: true, log: (l) => lines.push(l) }), { applied: all, alreadyApplied: [], baselined: [], repaired: [] });
       assert.ok(lines.every((l) => l.startsWith("would apply")), lines.join("\n"));
       assert.equal(await tableExists(db, "mail_outbox"), false);
       assert.equal(await tableExists(db, MIGRATIONS_TABLE), false);
@@ -105,6 +105,61 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.equal(problems.length, 2, problems.join("\n"));
       assert.match(problems[0]!, /column mail_outbox\.lease_owner is missing \(expected text/i);
       assert.match(problems[1]!, /index mail_outbox_created_idx on mail_outbox is missing/);
+    });
+
+    it("migrate recreates what a recorded migration created and the database lost (table, index, nullable column), keeping the rows, and says so", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      await migrate(db);
+      await insertMail(db);
+      await exec(db, `DROP TABLE mail_outbox_attempt`);
+      await exec(db, `DROP INDEX mail_outbox_claim_idx`);
+      await exec(db, `ALTER TABLE mail_outbox DROP COLUMN mta_queue_id`);
+      const before = await checkSchema(db);
+      assert.equal(before.length, 3, before.join("\n"));
+      assert.ok(before.every((p) => p.endsWith("(run `mail-outbox migrate`)")), before.join("\n"));
+
+      const dry = await migrate(db, { dryRun: true });
+      assert.equal(await tableExists(db, "mail_outbox_attempt"), false, "a dry run changes nothing");
+
+      const lines: string[] = [];
+      const result = await migrate(db, { log: (l) => lines.push(l) });
+      assert.deepEqual(result.applied, []);
+      assert.ok(result.repaired.some((r) => r.startsWith("table mail_outbox_attempt")), result.repaired.join("\n"));
+      assert.ok(result.repaired.some((r) => r.startsWith("index mail_outbox_claim_idx")), result.repaired.join("\n"));
+      assert.ok(result.repaired.includes("column mail_outbox.mta_queue_id"), result.repaired.join("\n"));
+      assert.ok(lines.some((l) => /^recreated table mail_outbox_attempt .*missing from the database/.test(l)), lines.join("\n"));
+      assert.deepEqual(dry.repaired, result.repaired, "the dry run listed what was then done");
+      assert.deepEqual(await checkSchema(db), []);
+      assert.equal(await count(db, `SELECT count(*) AS n FROM mail_outbox`), 1, "the mail is still there");
+      assert.deepEqual((await migrate(db)).repaired, [], "a second run has nothing to repair");
+    });
+
+    it("a lost NOT NULL column is not recreated by migrate; checkSchema gives the statement to run by hand", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      await migrate(db);
+      await exec(db, `ALTER TABLE mail_outbox DROP COLUMN size`);
+      assert.deepEqual((await migrate(db)).repaired, []);
+      const problems = await checkSchema(db);
+      assert.equal(problems.length, 1, problems.join("\n"));
+      assert.match(problems[0]!, /column mail_outbox\.size is missing .*ALTER TABLE "mail_outbox" ADD COLUMN "size" INTEGER NOT NULL DEFAULT <value>/);
+    });
+
+    it("in tables Prisma Migrate owns, migrate leaves a lost index alone and checkSchema gives the statement, while a lost notify trigger is recreated", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const migrations = await loadMigrations(dialect);
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      if (dialect === "postgresql") await exec(db, `CREATE SCHEMA ${(db as { schema: string }).schema}`);
+      await exec(db, migrations[0]!.sql); // what `prisma migrate dev` runs for the copied models
+      await migrate(db); // records 0001_init as a baseline
+      await exec(db, `DROP INDEX mail_outbox_created_idx`);
+      if (dialect === "postgresql") await exec(db, `DROP TRIGGER mail_outbox_notify ON mail_outbox`);
+      const result = await migrate(db);
+      assert.deepEqual(result.repaired, dialect === "postgresql" ? ["trigger mail_outbox_notify (0002_notify)"] : []);
+      const problems = await checkSchema(db);
+      assert.equal(problems.length, 1, problems.join("\n"));
+      assert.match(problems[0]!, /^index mail_outbox_created_idx on mail_outbox is missing \(your Prisma migrations own the outbox tables: .*npx prisma migrate dev --create-only.*: CREATE INDEX "mail_outbox_created_idx" ON "mail_outbox"\("created_at"\)\)$/);
     });
 
     it("checkSchema names a column of the wrong type", async (t) => {
@@ -130,7 +185,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.deepEqual(result.applied, dialect === "postgresql" ? ["0002_notify"] : []);
       assert.equal(await count(db, `SELECT count(*) AS n FROM mail_outbox`), 1);
       assert.deepEqual(await checkSchema(db), []);
-      assert.deepEqual(await migrate(db), { applied: [], alreadyApplied: migrations.map((m) => m.version), baselined: [] });
+      assert.deepEqual(await migrate(db), { applied: [], alreadyApplied: migrations.map((m) => m.version), baselined: [], repaired: [] });
     });
 
     it("tables created outside migrate with another shape are refused with a SchemaError that names the differences, and left alone", async (t) => {

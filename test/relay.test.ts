@@ -1,11 +1,19 @@
 /**
  * The relay handle and its lease: options, stopping by signal or `await using`, a hand-off slower
- * than the lease, the "hold" policy for uncertain hand-offs, and a database that is gone.
+ * than the lease, the "hold" policy for uncertain hand-offs, a database that is gone, and outbox
+ * tables that are missing at start or dropped while the relay runs.
  */
 import { describe, it, after } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { createRelay, mailOutbox, openDatabase, OptionsError, DatabaseUnavailableError, replayMails } from "../src/index.js";
-import { freshSqlite, freshPostgres, prismaClientFor } from "./support/db.js";
+import { EventEmitter } from "node:events";
+import { rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { randomUUID } from "node:crypto";
+import { pino } from "pino";
+import { createRelay, mailOutbox, migrate, openDatabase, OptionsError, DatabaseUnavailableError, SchemaNotReadyError, replayMails } from "../src/index.js";
+import { freshSqlite, freshPostgres, prismaClientFor, postgresUrl, uniqueSchemaName, dropSchema } from "./support/db.js";
 import { startTestSmtp } from "./support/smtp.js";
 import { needPostgres } from "./support/services.js";
 import { Registry } from "prom-client";
@@ -146,17 +154,166 @@ describe("doctor on SQLite", () => {
         const out: string[] = [];
         const io = { stdout: { write: (c: string) => (out.push(c), true) }, stderr: { write: (c: string) => (out.push(c), true) }, env: { DATABASE_URL: fx.url, MAIL_OUTBOX_TRANSPORT: "sendmail:/bin/true" } };
         const code = await main(["doctor", "--json"], io as never);
-        return { code, report: JSON.parse(out.join("")) as { checks: { name: string; ok: boolean; detail: string }[] } };
+        return { code, report: JSON.parse(out.join("")) as { checks: { name: string; ok: boolean; message: string }[] } };
       };
       const good = await run();
       assert.equal(good.report.checks.find((c) => c.name === "times")?.ok, true);
       await query(fx.url, "UPDATE mail_outbox SET next_attempt_at = 1795870000000");
       const bad = await run();
       assert.equal(bad.code, 1);
-      assert.match(bad.report.checks.find((c) => c.name === "times")?.detail ?? "", /1 row\(s\) store times as numbers.*unixepoch-ms/);
+      assert.match(bad.report.checks.find((c) => c.name === "times")?.message ?? "", /1 row\(s\) store times as numbers.*unixepoch-ms/);
     } finally {
       await prisma.$disconnect();
       await fx.cleanup();
     }
   });
 });
+
+/** A database without the outbox tables: an empty SQLite file, or a PostgreSQL schema that does not exist yet. */
+async function emptyDatabase(t: TestContext, dialect: "sqlite" | "postgresql"): Promise<string> {
+  if (dialect === "sqlite") {
+    const file = path.join(tmpdir(), `mail-outbox-empty-${randomUUID()}.db`);
+    await writeFile(file, ""); // a zero-byte file is an empty SQLite database
+    t.after(async () => {
+      for (const suffix of ["", "-wal", "-shm"]) await rm(file + suffix, { force: true });
+    });
+    return `file:${file}`;
+  }
+  const schema = uniqueSchemaName("empty");
+  t.after(() => dropSchema(schema));
+  return postgresUrl(schema);
+}
+
+function logCollector() {
+  const lines: { level: number; msg: string; [k: string]: unknown }[] = [];
+  const logger = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  return { logger, lines };
+}
+
+async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+for (const dialect of ["sqlite", "postgresql"] as const) {
+  describe(`relay on ${dialect} without the outbox tables`, () => {
+    it("start() and runOnce() refuse with SchemaNotReadyError naming the missing tables and the command that creates them", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const url = await emptyDatabase(t, dialect);
+      for (const run of [(r: ReturnType<typeof createRelay>) => r.start(), (r: ReturnType<typeof createRelay>) => r.runOnce()]) {
+        const relay = createRelay({ databaseUrl: url, transport: "smtp://127.0.0.1:25", ...quiet });
+        await assert.rejects(run(relay), (err: unknown) => {
+          assert.ok(err instanceof SchemaNotReadyError, String(err));
+          assert.deepEqual([...err.missingTables].sort(), ["mail_outbox", "mail_outbox_attempt"]);
+          assert.match(err.message, /^The relay did not start: the outbox tables in .* are not ready \(table mail_outbox is missing; table mail_outbox_attempt is missing\)/);
+          assert.match(err.message, /`mail-outbox migrate`/);
+          assert.match(err.message, /`prisma migrate deploy`/);
+          assert.doesNotMatch(err.message, /\n/, "one line");
+          return true;
+        });
+        await relay.stop();
+      }
+    });
+
+    it("start() refuses tables of the wrong shape, naming the column", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const url = await emptyDatabase(t, dialect);
+      const db = await openDatabase(url);
+      await migrate(db);
+      if (db.dialect === "postgresql") await db.pool.query("ALTER TABLE mail_outbox ALTER COLUMN envelope_to TYPE text");
+      else db.db.exec("ALTER TABLE mail_outbox DROP COLUMN mta_queue_id; ALTER TABLE mail_outbox ADD COLUMN mta_queue_id INTEGER");
+      await db.close();
+      const relay = createRelay({ databaseUrl: url, transport: "smtp://127.0.0.1:25", ...quiet });
+      await assert.rejects(relay.start(), (err: unknown) => {
+        assert.ok(err instanceof SchemaNotReadyError, String(err));
+        assert.match(err.message, dialect === "postgresql" ? /column mail_outbox\.envelope_to has type text, expected jsonb/ : /column mail_outbox\.mta_queue_id has type INTEGER, expected TEXT/);
+        return true;
+      });
+    });
+
+    it("the relay command exits 1 with one line that says to run mail-outbox migrate", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const url = await emptyDatabase(t, dialect);
+      const out: string[] = [];
+      const err: string[] = [];
+      const signals = new EventEmitter();
+      const io = { stdout: { write: (c: string) => (out.push(c), true) }, stderr: { write: (c: string) => (err.push(c), true) }, env: { DATABASE_URL: url, MAIL_OUTBOX_TRANSPORT: "smtp://127.0.0.1:25" }, signals };
+      const run = main(["relay"], io as never);
+      // Before the fix the relay ran on ("database unreachable; backing off"): stop it rather than hang the test.
+      const code = await Promise.race([run, new Promise<string>((r) => setTimeout(() => r("still running"), 20_000))]);
+      if (code === "still running") {
+        signals.emit("SIGTERM");
+        await run;
+      }
+      assert.equal(code, 1, err.join(""));
+      const lines = err.join("").trim().split("\n");
+      assert.equal(lines.length, 1, err.join(""));
+      assert.match(lines[0]!, /^mail-outbox: The relay did not start: .*table mail_outbox is missing.*`mail-outbox migrate`/);
+    });
+  });
+
+  describe(`relay on ${dialect} when a table is dropped while it runs`, () => {
+    it("runOnce() on a relay whose table was dropped since its last run rejects with SchemaNotReadyError naming it, and works again after migrate", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const fx = dialect === "sqlite" ? await freshSqlite() : await freshPostgres();
+      t.after(() => fx.cleanup());
+      const relay = createRelay({ databaseUrl: fx.url, transport: "smtp://127.0.0.1:25", ...quiet });
+      t.after(() => relay.stop());
+      assert.equal((await relay.runOnce()).claimed, 0);
+      await query(fx.url, "DROP TABLE mail_outbox_attempt");
+      await assert.rejects(relay.runOnce(), (err: unknown) => {
+        assert.ok(err instanceof SchemaNotReadyError, String(err));
+        assert.deepEqual(err.missingTables, ["mail_outbox_attempt"]);
+        assert.match(err.message, /table mail_outbox_attempt is missing.*`mail-outbox migrate`/);
+        return true;
+      });
+      const db = await openDatabase(fx.url);
+      await migrate(db);
+      await db.close();
+      assert.equal((await relay.runOnce()).claimed, 0);
+    });
+
+    it("reports the missing table by name (not as a database outage), and resumes once migrate has recreated it", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const fx = dialect === "sqlite" ? await freshSqlite() : await freshPostgres();
+      const smtp = await startTestSmtp();
+      const prisma: any = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));
+      const { logger, lines } = logCollector();
+      const warnings: Error[] = [];
+      const relay = createRelay({ databaseUrl: fx.url, transport: smtp.url, pollIntervalMs: 50, logger });
+      relay.on("warning", (e) => warnings.push(e));
+      try {
+        await relay.start();
+        // Both at once, so the report cannot catch the moment between the two.
+        const dropper = await openDatabase(fx.url);
+        if (dropper.dialect === "postgresql") await dropper.pool.query("DROP TABLE mail_outbox_attempt, mail_outbox");
+        else dropper.db.exec("DROP TABLE mail_outbox_attempt; DROP TABLE mail_outbox");
+        await dropper.close();
+        await until("a warning", () => warnings.length > 0);
+        const report = warnings[0];
+        assert.ok(report instanceof SchemaNotReadyError, String(report));
+        assert.deepEqual([...report.missingTables].sort(), ["mail_outbox", "mail_outbox_attempt"]);
+        const error = lines.find((l) => l.level === 50);
+        assert.match(error?.msg ?? "", /changed while the relay runs \(table mail_outbox is missing.*`mail-outbox migrate`/);
+        assert.ok(!lines.some((l) => /unreachable/.test(l.msg)), lines.map((l) => l.msg).join("\n"));
+
+        const db = await openDatabase(fx.url);
+        const repaired = await migrate(db);
+        await db.close();
+        assert.ok(repaired.repaired.some((r) => r.startsWith("table mail_outbox ")), repaired.repaired.join("\n"));
+        await until("the tables are back", () => lines.some((l) => l.msg === "the outbox tables are back"));
+        const { messageId } = await prisma.outboxEmail.enqueue({ to: "back@example.com", subject: "back", text: "x" });
+        await smtp.waitFor(1, 10_000);
+        assert.equal(smtp.countByMessageId().get(messageId), 1);
+      } finally {
+        await relay.stop();
+        await prisma.$disconnect();
+        await smtp.close();
+        await fx.cleanup();
+      }
+    });
+  });
+}

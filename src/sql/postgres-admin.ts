@@ -87,6 +87,12 @@ export async function ping(q: Queryable): Promise<void> {
   await q.query("SELECT 1");
 }
 
+/** The size in bytes of the largest pending mail, or null when none is pending (for `doctor`'s comparison with the MTA's limit). */
+export async function largestPendingSize(q: Queryable): Promise<number | null> {
+  const r = await q.query<{ n: number | null }>("SELECT max(size) AS n FROM mail_outbox WHERE status = 'pending'");
+  return r.rows[0]?.n ?? null;
+}
+
 export interface PgStatusRow {
   status: string;
   total: number;

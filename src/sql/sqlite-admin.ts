@@ -92,6 +92,12 @@ export function ping(db: Db): void {
   db.prepare("SELECT 1").get();
 }
 
+/** The size in bytes of the largest pending mail, or null when none is pending (for `doctor`'s comparison with the MTA's limit). */
+export function largestPendingSize(db: Db): number | null {
+  const row = db.prepare("SELECT max(size) AS n FROM mail_outbox WHERE status = 'pending'").get() as { n: number | null } | undefined;
+  return row?.n ?? null;
+}
+
 export interface SqliteStatusRow {
   status: string;
   total: number;
