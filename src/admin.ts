@@ -53,6 +53,11 @@ export interface MailRecord {
   readonly uncertainHandoffs: number;
   /** `uncertainHandoffs > 0`: this mail may have been handed over (once more) without a record of it. */
   readonly uncertain: boolean;
+  /**
+   * `status` is sent, but the MTA refused some of the recipients for good (they are in `rejected`,
+   * with its reply): the others have the mail, these never will unless it is sent to them anew.
+   */
+  readonly partlyRefused: boolean;
   readonly createdAt: Date;
   readonly updatedAt: Date;
   readonly sentAt: Date | null;
@@ -143,6 +148,12 @@ export interface ReplayOptions {
   readonly uncertain?: boolean;
   /** Needed when nothing narrows the selection (no ids, status, since, until, recipient, uncertain). @default false */
   readonly all?: boolean;
+  /**
+   * Needed when the selection holds a `sent` mail (by `status: "sent"` or by id): the MTA accepted it
+   * already, and a replay delivers it again. Without it such a replay is refused with
+   * UnsafeOperationError and nothing changes (a dry run only reports). CLI: `--yes`. @default false
+   */
+  readonly resendSent?: boolean;
   /** Report what would change and write nothing. @default false */
   readonly dryRun?: boolean;
   /** Recorded as the `relay` of the attempt-log line. @default "operator" */
@@ -187,10 +198,19 @@ export interface CancelOptions {
   readonly now?: Date;
 }
 
+/** A mail that is in the state a request asks for already: nothing to do, and not a failure. */
+export interface UnchangedMail {
+  readonly id: string;
+  readonly messageId: string;
+  readonly status: OutboxStatus;
+}
+
 export interface CancelResult {
   readonly dryRun: boolean;
   readonly cancelled: readonly ChangedMail[];
-  /** Rows the state machine does not let cancel (only pending and held can be). */
+  /** Rows that were cancelled before this call: cancelling is idempotent, so these are not failures. */
+  readonly alreadyCancelled: readonly UnchangedMail[];
+  /** Rows the state machine does not let cancel (only pending and held can be; sent, sending and dead are reported here with the reason). */
   readonly notCancellable: readonly SkippedMail[];
   readonly notFound: readonly string[];
 }
@@ -390,12 +410,15 @@ export async function showMail(dbOrUrl: DbOrUrl, idOrMessageId: string, options:
  * `attempts` reset to 0, the lease and the results of the last hand-off cleared. The Message-ID and the
  * raw message are kept, so the recipient's mail client can recognise a duplicate. The previous history
  * stays in the attempt log, and a line with outcome "replayed" records the operator's action.
- * Rows in other states are skipped and reported. One transaction, batched.
+ * Rows in other states are skipped and reported. One transaction, batched. A selection that holds a
+ * `sent` mail needs `resendSent: true`, since the MTA has that mail already.
  *
  * @example
  * await replayMails(db, { status: "dead", since: parseSince("2h") });
  * await replayMails(db, { ids: ["<0193a1b2-...@example.com>"] });
- * @throws UnsafeOperationError when nothing narrows the selection and `all` is not set.
+ * await replayMails(db, { status: "sent", since: parseSince("1h"), resendSent: true });
+ * @throws UnsafeOperationError when nothing narrows the selection and `all` is not set, or when the
+ *   selection holds a sent mail and `resendSent` is not set; nothing is changed then.
  * @throws OptionsError for an invalid id, status or date.
  */
 export async function replayMails(dbOrUrl: DbOrUrl, options: ReplayOptions = {}): Promise<ReplayResult> {
@@ -425,11 +448,20 @@ export async function replayMails(dbOrUrl: DbOrUrl, options: ReplayOptions = {})
     uncertain: options.uncertain,
   });
   const dryRun = options.dryRun === true;
+  const resendSent = options.resendSent === true;
+  if (!dryRun && !resendSent && statuses?.includes("sent") === true) {
+    throw new UnsafeOperationError(refuseResend(null));
+  }
   const r = await withDb(dbOrUrl, (db) =>
     bulkChange(db, {
       filter,
       refs,
       dryRun,
+      // Checked on the rows selected inside the transaction: a sent mail named by id is guarded too.
+      check: (candidates) => {
+        const sent = candidates.filter((c) => c.status === "sent").length;
+        if (sent > 0 && !resendSent) throw new UnsafeOperationError(refuseResend(sent));
+      },
       transition: "replay",
       outcome: "replayed",
       actor,
@@ -445,7 +477,9 @@ export async function replayMails(dbOrUrl: DbOrUrl, options: ReplayOptions = {})
 
 /**
  * Cancel mails that have not been handed over: the "cancel" transition (pending, held -> cancelled).
- * Rows in other states are reported in `notCancellable` (a mail in `sending` is being handed over right now).
+ * Idempotent: a mail cancelled before is reported in `alreadyCancelled` and left as it is. Rows in
+ * other states are reported in `notCancellable` with the reason (a `sent` mail is with the MTA
+ * already; a mail in `sending` is being handed over right now).
  * Each cancelled mail gets an attempt-log line with outcome "cancelled".
  *
  * @example
@@ -473,7 +507,7 @@ export async function cancelMails(dbOrUrl: DbOrUrl, options: CancelOptions): Pro
       describe: (row) => `cancelled by ${actor} while ${row.status}`,
     }),
   );
-  return { dryRun, cancelled: r.changed, notCancellable: r.skipped, notFound: r.notFound };
+  return { dryRun, cancelled: r.changed, alreadyCancelled: r.already, notCancellable: r.skipped, notFound: r.notFound };
 }
 
 /**
@@ -554,11 +588,15 @@ interface BulkSpec {
   readonly actor: string;
   readonly now: Date;
   readonly describe: (row: Target) => string;
+  /** Called with the rows about to change (not on a dry run); throwing aborts the whole change. */
+  readonly check?: (candidates: readonly Target[]) => void;
 }
 
 interface BulkOutcome {
   readonly matched: number;
   readonly changed: ChangedMail[];
+  /** Rows in the target state already (cancel of a cancelled mail). */
+  readonly already: UnchangedMail[];
   readonly skipped: SkippedMail[];
   readonly notFound: string[];
 }
@@ -570,14 +608,18 @@ type LogRow = { id: string; emailId: string; response: string };
 /** Split the selected rows into those the transition allows and those it does not. */
 function partition(spec: BulkSpec, targets: readonly Target[]): { outcome: BulkOutcome; candidates: Target[] } {
   const allowed: readonly string[] = TRANSITIONS[spec.transition].from;
-  const outcome: BulkOutcome = { matched: targets.length, changed: [], skipped: [], notFound: missingRefs(spec.refs, targets) };
+  const outcome: BulkOutcome = { matched: targets.length, changed: [], already: [], skipped: [], notFound: missingRefs(spec.refs, targets) };
   const candidates: Target[] = [];
+  const target = TRANSITIONS[spec.transition].to;
   for (const t of targets) {
     if (allowed.includes(t.status)) candidates.push(t);
+    else if (spec.transition === "cancel" && t.status === target) outcome.already.push({ id: t.id, messageId: t.message_id, status: t.status as OutboxStatus });
     else outcome.skipped.push({ id: t.id, messageId: t.message_id, status: t.status as OutboxStatus, reason: refuseReason(spec.transition, t.status) });
   }
   if (spec.dryRun) {
     for (const t of candidates) outcome.changed.push({ id: t.id, messageId: t.message_id, from: t.status as OutboxStatus });
+  } else {
+    spec.check?.(candidates);
   }
   return { outcome, candidates };
 }
@@ -638,6 +680,16 @@ async function bulkChange(db: Db, spec: BulkSpec): Promise<BulkOutcome> {
       return outcome;
     })
     .immediate();
+}
+
+/** Why a replay that would resend `count` sent mails (null: selected by status) was refused, and how to confirm it. */
+function refuseResend(count: number | null): string {
+  const what = count === null ? "sent mails" : `${plural(count, "sent mail")}`;
+  return `Refusing to replay ${what}: the MTA accepted ${count === 1 ? "it" : "them"} already, and a replay delivers ${count === 1 ? "it" : "them"} again. Confirm with \`resendSent: true\` (CLI: --yes); see the selection first with a dry run (CLI: --dry-run).`;
+}
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
 function refuseReason(transition: "replay" | "cancel", status: string): string {
@@ -848,6 +900,7 @@ function mailRecord(
   t: { sendAt: Date; nextAttemptAt: Date; leaseExpiresAt: Date | null; createdAt: Date; updatedAt: Date; sentAt: Date | null },
 ): MailRecord {
   const uncertainHandoffs = Number(r.uncertain_handoffs ?? 0);
+  const rejected = rejectedList(json.rejected);
   return {
     id: r.id,
     messageId: r.message_id,
@@ -869,9 +922,10 @@ function mailRecord(
     mtaResponse: r.mta_response,
     mtaQueueId: r.mta_queue_id,
     accepted: json.accepted === null || json.accepted === undefined ? null : stringArray(json.accepted),
-    rejected: rejectedList(json.rejected),
+    rejected,
     uncertainHandoffs,
     uncertain: uncertainHandoffs > 0,
+    partlyRefused: r.status === "sent" && rejected !== null && rejected.length > 0,
     createdAt: t.createdAt,
     updatedAt: t.updatedAt,
     sentAt: t.sentAt,

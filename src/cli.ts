@@ -1,13 +1,17 @@
 #!/usr/bin/env node
 /**
  * `mail-outbox`: the relay sidecar and the operator's tool. A thin shell: every command parses
- * its arguments, calls one exported function (admin.ts, relay.ts, migrate.ts, init.ts) and
+ * its arguments, calls one exported function (admin.ts, relay.ts, migrate.ts, init.ts, doctor.ts) and
  * prints the result as text or, with --json, as JSON.
  *
- * Exit status: 0 success, 1 failure (including "some rows could not be changed" and a failed
- * doctor check), 2 usage error (unknown option or status, malformed duration, date or id,
- * a refused unsafe operation). Errors go to stderr as `mail-outbox: <message>`, without stack
- * unless MAIL_OUTBOX_DEBUG=1. Passwords in URLs are never printed.
+ * Exit status: 0 success (also for a request satisfied already, such as cancelling a cancelled
+ * mail), 1 failure (including "some rows could not be changed" and a failed doctor check), 2 usage
+ * error (unknown option or status, malformed duration, date or id, a refused unsafe operation:
+ * `--all` or a replay of sent mail without `--yes`). Errors go to stderr as `mail-outbox: <message>`,
+ * without stack unless MAIL_OUTBOX_DEBUG=1. Passwords in URLs are never printed; a SQLite URL is
+ * printed as given (`file:./dev.db`). `relay` logs to stderr as JSON lines only (pino), its signal
+ * notices included, and prints its final counts on stdout. Every command's `--help` lists the
+ * global options.
  */
 import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -24,19 +28,18 @@ import {
   type MailDetail,
   type MailRecord,
   type StatusReport,
-  countNumericTimes,
   errorMessage,
 } from "./admin.js";
 import { openDatabase, parseDatabaseUrl, redactUrl, type Db } from "./db.js";
 import { parseDuration, parseSince } from "./duration.js";
 import { DatabaseConfigError, MailOutboxError, OptionsError, UnsafeOperationError } from "./errors.js";
 import { initSchema } from "./init.js";
-import { checkSchema, migrate } from "./migrate.js";
+import { doctor } from "./doctor.js";
+import { migrate } from "./migrate.js";
 import { createRelay, type Relay, type RelayCounts } from "./relay.js";
 import { createServer } from "node:http";
 import { Registry, collectDefaultMetrics } from "prom-client";
 import { STATUSES, type OutboxStatus } from "./states.js";
-import { createTransporter, describeTransport, verifyTransport } from "./transport.js";
 
 /** Something `write` can be called on: process.stdout, a test's collector. */
 export interface Writable {
@@ -97,6 +100,8 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
       outputError: (s, write) => write(`mail-outbox: ${s.replace(/^error: /, "")}`),
     })
     .showHelpAfterError("(mail-outbox help <command> shows its usage)")
+    // Every command's help also lists --database-url, --transport and --json (inherited by the subcommands added below).
+    .configureHelp({ showGlobalOptions: true })
     .option("--database-url <url>", "file:./outbox.db or postgresql://user@host/db (default: env DATABASE_URL)")
     .option("--transport <spec>", "smtp://host:port, sendmail:/usr/sbin/sendmail, sendmail-bs:... (default: env MAIL_OUTBOX_TRANSPORT)")
     .option("--json", "print JSON instead of text");
@@ -129,16 +134,17 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
   program
     .command("relay")
     .description("hand committed mail to the MTA until stopped (SIGTERM/SIGINT stop gracefully; a second signal exits at once)")
+    // Defaults appear once per option, as "(default: ...)": computed ones in the text, fixed ones through commander.
     .option("--once", "hand over what is due now, print the counts and exit")
-    .option("--concurrency <n>", "hand-offs in flight at once (default 10, or the transport's capacity when larger: 20 for a local MTA over SMTP)")
-    .option("--batch-size <n>", "rows claimed per statement (default 100, or 5 x concurrency when larger)")
-    .option("--lease <duration>", "how long a claim holds a row (default 30s)")
-    .option("--poll <duration>", "how often to look for due mail when nothing wakes the relay (default 1s)")
-    .option("--relay-id <name>", "name of this relay in leases and attempt records (default host/pid/random)")
-    .option("--stop-timeout <duration>", "deadline for hand-offs in flight when stopping (default 10s)", "10s")
-    .addOption(new Option("--lease-expiry-policy <policy>", "what to do with a mail whose relay died mid hand-off").choices(["resend", "hold"]))
+    .option("--concurrency <n>", "hand-offs in flight at once (default: 10, or the transport's capacity when larger: 20 for a local MTA over SMTP)")
+    .option("--batch-size <n>", "rows claimed per statement (default: 100, or 5 x concurrency when larger)")
+    .option("--lease <duration>", "how long a claim holds a row (default: 30s)")
+    .option("--poll <duration>", "how often to look for due mail when nothing wakes the relay (default: 1s)")
+    .option("--relay-id <name>", "name of this relay in leases and attempt records (default: host/pid/random)")
+    .addOption(new Option("--stop-timeout <duration>", "deadline for hand-offs in flight when stopping").default("10s", "10s"))
+    .addOption(new Option("--lease-expiry-policy <policy>", "what to do with a mail whose relay died mid hand-off (default: resend)").choices(["resend", "hold"]))
     .option("--metrics-port <port>", "serve Prometheus metrics on 127.0.0.1:<port>/metrics (default: off)")
-    .option("--metrics-host <host>", "address for --metrics-port (default 127.0.0.1)", "127.0.0.1")
+    .addOption(new Option("--metrics-host <host>", "address for --metrics-port").default("127.0.0.1", "127.0.0.1"))
     .action(async (opts: Record<string, string | boolean | undefined>, cmd: Command) => {
       const g = globals(cmd);
       const transport = g.transport ?? env.MAIL_OUTBOX_TRANSPORT;
@@ -173,18 +179,21 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
       }
       const signals = io.signals ?? process;
       let signalled = 0;
-      const onSignal = () => {
+      // stderr carries the relay's JSON log: what the signals do is logged there as JSON lines too.
+      const onSignal = (signal: "SIGINT" | "SIGTERM") => {
         signalled += 1;
         if (signalled === 1) {
-          err(`mail-outbox: stopping; hand-offs in flight get ${formatMs(stopDeadlineMs)} (send the signal again to exit at once)\n`);
+          logger.info({ signal, stopDeadlineMs }, `stopping; hand-offs in flight get ${formatMs(stopDeadlineMs)} (send the signal again to exit at once)`);
           void relay.stop({ deadlineMs: stopDeadlineMs }).catch(() => {});
         } else {
-          err("mail-outbox: exiting at once; mails being handed over are recovered when their leases expire\n");
+          logger.warn({ signal, exitCode: EXIT_FORCED }, "exiting at once; mails being handed over are recovered when their leases expire");
           forced?.(EXIT_FORCED);
         }
       };
-      signals.on("SIGINT", onSignal);
-      signals.on("SIGTERM", onSignal);
+      const onSigint = () => onSignal("SIGINT");
+      const onSigterm = () => onSignal("SIGTERM");
+      signals.on("SIGINT", onSigint);
+      signals.on("SIGTERM", onSigterm);
       try {
         if (opts.once === true) {
           let counts: RelayCounts;
@@ -202,8 +211,8 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
         if (json(cmd)) printJson(counts);
         else out(`stopped: ${formatCounts(counts)}\n`);
       } finally {
-        signals.off("SIGINT", onSignal);
-        signals.off("SIGTERM", onSignal);
+        signals.off("SIGINT", onSigint);
+        signals.off("SIGTERM", onSigterm);
       }
     });
 
@@ -226,7 +235,7 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
     .option("--recipient <address>", "same as --to")
     .option("--since <time>", 'created at or after: a duration back ("2h", "7d") or an ISO date/time')
     .option("--until <time>", "created before: a duration back or an ISO date/time")
-    .option("--limit <n>", "at most this many rows (1 to 10000)", "50")
+    .addOption(new Option("--limit <n>", "at most this many rows (1 to 10000)").default("50", "50"))
     .option("--uncertain", "only mails whose hand-off is uncertain (a relay died while handing them over)")
     .action(async (opts: Record<string, string | boolean | undefined>, cmd: Command) => {
       const now = new Date();
@@ -262,7 +271,7 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
   // ---- replay -----------------------------------------------------------------------------
   program
     .command("replay")
-    .description("send mails again (dead, held, cancelled or sent -> pending); keeps the Message-ID, resets attempts")
+    .description("send mails again (dead, held, cancelled or sent -> pending); keeps the Message-ID, resets attempts; sent mail needs --yes")
     .argument("[ids...]", "mail ids or Message-IDs")
     .option("--status <statuses>", "only these statuses, comma-separated (dead, held, cancelled, sent); default: dead,held")
     .option("--since <time>", "created at or after: a duration back or an ISO date/time")
@@ -270,7 +279,7 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
     .option("--to <address>", "only mails to this recipient")
     .option("--uncertain", "only mails whose hand-off is uncertain")
     .option("--all", "allow a selection with no filter (every dead and held mail); needs --yes")
-    .option("--yes", "confirm --all")
+    .option("--yes", "confirm --all, or a replay of sent mail (the MTA has it already: it is delivered again)")
     .option("--dry-run", "print what would be replayed, change nothing")
     .action(async (ids: string[], opts: Record<string, string | boolean | undefined>, cmd: Command) => {
       const now = new Date();
@@ -287,6 +296,7 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
           ...(opts.to !== undefined ? { recipient: String(opts.to) } : {}),
           uncertain: opts.uncertain === true,
           all: opts.all === true,
+          resendSent: opts.yes === true,
           dryRun,
           actor: `cli:${env.USER ?? "operator"}`,
           now,
@@ -296,6 +306,8 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
       else {
         const verb = dryRun ? "would replay" : "replayed";
         out(`${verb} ${plural(result.replayed.length, "mail")}${dryRun ? " (dry run: nothing changed)" : ""}\n`);
+        const sent = result.replayed.filter((m) => m.from === "sent").length;
+        if (dryRun && sent > 0 && opts.yes !== true) out(`${plural(sent, "of them was", "of them were")} sent already: the replay delivers ${sent === 1 ? "it" : "them"} again and needs --yes\n`);
         out(capped(result.replayed, (m) => `  ${m.id}  ${m.messageId}  was ${m.from}`));
         out(capped(result.skipped, (s) => `  skipped ${s.id}  ${s.messageId}  ${s.status}: ${s.reason}`));
         out(capped(result.notFound, (n) => `  not found: ${n}`));
@@ -306,7 +318,7 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
   // ---- cancel -----------------------------------------------------------------------------
   program
     .command("cancel")
-    .description("cancel mails not handed over yet (pending or held -> cancelled)")
+    .description("cancel mails not handed over yet (pending or held -> cancelled); a mail cancelled already is not an error")
     .argument("<ids...>", "mail ids or Message-IDs")
     .option("--dry-run", "print what would be cancelled, change nothing")
     .action(async (ids: string[], opts: { dryRun?: boolean }, cmd: Command) => {
@@ -314,8 +326,10 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
       const result = await withDb(cmd, (db) => cancelMails(db, { ids, dryRun, actor: `cli:${env.USER ?? "operator"}` }));
       if (json(cmd)) printJson(result);
       else {
-        out(`${dryRun ? "would cancel" : "cancelled"} ${plural(result.cancelled.length, "mail")}${dryRun ? " (dry run: nothing changed)" : ""}\n`);
+        const already = result.alreadyCancelled.length > 0 ? `, ${result.alreadyCancelled.length} cancelled already` : "";
+        out(`${dryRun ? "would cancel" : "cancelled"} ${plural(result.cancelled.length, "mail")}${already}${dryRun ? " (dry run: nothing changed)" : ""}\n`);
         out(capped(result.cancelled, (m) => `  ${m.id}  ${m.messageId}  was ${m.from}`));
+        out(capped(result.alreadyCancelled, (m) => `  ${m.id}  ${m.messageId}  cancelled already: nothing to do`));
         out(capped(result.notCancellable, (s) => `  not cancelled ${s.id}  ${s.messageId}  ${s.status}: ${s.reason}`));
         out(capped(result.notFound, (n) => `  not found: ${n}`));
       }
@@ -331,7 +345,7 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
     .option("--all", "without --status: sent, dead and cancelled; without --older-than: any age; needs --yes")
     .option("--yes", "confirm --all")
     .option("--dry-run", "print how many would be deleted, change nothing")
-    .option("--batch-size <n>", "rows per delete statement", "5000")
+    .addOption(new Option("--batch-size <n>", "rows per delete statement").default("5000", "5000"))
     .action(async (opts: Record<string, string | boolean | undefined>, cmd: Command) => {
       const dryRun = opts.dryRun === true;
       if (opts.all === true && opts.yes !== true && !dryRun) {
@@ -360,11 +374,18 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
   // ---- init -------------------------------------------------------------------------------
   program
     .command("init")
-    .description("add the outbox models to your Prisma schema")
-    .option("--schema <path>", "your schema.prisma (or multi-file schema folder)", "prisma/schema.prisma")
+    .description("add the outbox models to your Prisma schema; prints the next steps and a prisma.config.ts for `mail-outbox migrate`")
+    .addOption(new Option("--schema <path>", "your schema.prisma (or multi-file schema folder)").default("prisma/schema.prisma", "prisma/schema.prisma"))
     .addOption(new Option("--provider <provider>", "database of the schema (default: from its datasource)").choices(["postgresql", "sqlite"]))
     .action(async (opts: { schema: string; provider?: "postgresql" | "sqlite" }, cmd: Command) => {
-      const result = await initSchema({ schemaPath: opts.schema, ...(opts.provider !== undefined ? { provider: opts.provider } : {}) });
+      // The PostgreSQL schema of DATABASE_URL (?schema=) qualifies the table names in the printed prisma.config.ts.
+      const url = databaseUrl(cmd);
+      const location = url !== undefined && /^postgres(ql)?:\/\//.test(url) ? parseDatabaseUrl(url) : undefined;
+      const result = await initSchema({
+        schemaPath: opts.schema,
+        ...(opts.provider !== undefined ? { provider: opts.provider } : {}),
+        ...(location?.dialect === "postgresql" ? { postgresSchema: location.schema } : {}),
+      });
       if (json(cmd)) printJson(result);
       else out(`${result.message}\n\n${result.nextSteps}\n`);
     });
@@ -383,74 +404,30 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
   // ---- doctor -----------------------------------------------------------------------------
   program
     .command("doctor")
-    .description("check the database, the tables and the transport; exits 1 if any check fails")
+    .description("check the database, the tables, the transport and a local Postfix's size limits; exits 1 if any check fails (warnings exit 0)")
     .option("--timeout <duration>", "how long to wait for the transport", "10s")
-    .action(async (opts: { timeout: string }, cmd: Command) => {
-      const timeoutMs = positiveDuration(opts.timeout, "--timeout");
-      const checks: { name: string; ok: boolean; detail: string }[] = [];
-      let db: Db | undefined;
-      try {
-        db = await openDb(cmd);
-        await pingDatabase(db);
-        checks.push({ name: "database", ok: true, detail: `reachable: ${db.displayUrl} (${db.dialect})` });
-      } catch (e) {
-        checks.push({ name: "database", ok: false, detail: errorMessage(e) });
-      }
-      try {
-        if (db === undefined || !checks[0]?.ok) {
-          checks.push({ name: "schema", ok: false, detail: "not checked: the database is not reachable" });
-        } else {
-          const problems = await checkSchema(db);
-          checks.push(
-            problems.length === 0
-              ? { name: "schema", ok: true, detail: "mail_outbox and mail_outbox_attempt have the expected shape" }
-              : { name: "schema", ok: false, detail: problems.join("; ") },
-          );
-        }
-      } catch (e) {
-        checks.push({ name: "schema", ok: false, detail: errorMessage(e) });
-      }
-      try {
-        if (db?.dialect === "sqlite" && checks.every((c) => c.ok)) {
-          const numeric = await countNumericTimes(db);
-          checks.push(
-            numeric === 0
-              ? { name: "times", ok: true, detail: "times are stored as ISO-8601 text, as the relay compares them" }
-              : {
-                  name: "times",
-                  ok: false,
-                  detail: `${numeric} row(s) store times as numbers: the application's PrismaBetterSqlite3 adapter uses timestampFormat "unixepoch-ms"; the relay needs the default "iso8601" (such rows are treated as due at once)`,
-                },
-          );
-        }
-      } catch (e) {
-        checks.push({ name: "times", ok: false, detail: errorMessage(e) });
-      } finally {
-        await db?.close().catch(() => {});
-      }
-      const spec = globals(cmd).transport ?? env.MAIL_OUTBOX_TRANSPORT;
-      if (spec === undefined || spec.trim() === "") {
-        checks.push({ name: "transport", ok: false, detail: "not configured: set MAIL_OUTBOX_TRANSPORT or pass --transport (e.g. smtp://127.0.0.1:25)" });
-      } else {
-        try {
-          const transporter = createTransporter(spec);
-          try {
-            const check = await verifyTransport(transporter, timeoutMs);
-            checks.push({ name: "transport", ok: check.ok, detail: `${describeTransport(spec)}: ${check.message}` });
-          } finally {
-            transporter.close();
-          }
-        } catch (e) {
-          checks.push({ name: "transport", ok: false, detail: `${describeTransport(spec)}: ${errorMessage(e)}` });
-        }
-      }
-      const ok = checks.every((c) => c.ok);
-      if (json(cmd)) printJson({ ok, checks });
+    .option("--max-message-bytes <n>", "the maxMessageBytes your mailOutbox() uses, compared with Postfix's message_size_limit (default 10000000)")
+    .option("--max-header-bytes <n>", "the maxHeaderBytes your mailOutbox() uses, compared with Postfix's header_size_limit (default 100000)")
+    .option("--postconf <path>", "Postfix's postconf, to read its limits (default: postconf in PATH, /usr/sbin or /usr/local/sbin)")
+    .action(async (opts: { timeout: string; maxMessageBytes?: string; maxHeaderBytes?: string; postconf?: string }, cmd: Command) => {
+      const report = await doctor({
+        databaseUrl: databaseUrl(cmd),
+        transport: globals(cmd).transport ?? env.MAIL_OUTBOX_TRANSPORT,
+        timeoutMs: positiveDuration(opts.timeout, "--timeout"),
+        ...(opts.maxMessageBytes !== undefined ? { maxMessageBytes: parseCount(opts.maxMessageBytes, "--max-message-bytes") } : {}),
+        ...(opts.maxHeaderBytes !== undefined ? { maxHeaderBytes: parseCount(opts.maxHeaderBytes, "--max-header-bytes") } : {}),
+        ...(opts.postconf !== undefined ? { postconfPath: opts.postconf } : {}),
+      });
+      if (json(cmd)) printJson(report);
       else {
-        const width = Math.max(...checks.map((c) => c.name.length));
-        for (const c of checks) out(`${c.ok ? "ok  " : "FAIL"}  ${c.name.padEnd(width)}  ${c.detail}\n`);
+        const width = Math.max(...report.checks.map((c) => c.name.length));
+        const label = { ok: "ok  ", warn: "WARN", fail: "FAIL" } as const;
+        for (const c of report.checks) {
+          out(`${label[c.status]}  ${c.name.padEnd(width)}  ${c.message}\n`);
+          if (c.status !== "ok" && c.fix !== null) out(`${" ".repeat(width + 8)}fix: ${c.fix}\n`);
+        }
       }
-      if (!ok) exitCode = 1;
+      if (!report.ok) exitCode = 1;
     });
 
   try {
@@ -541,8 +518,8 @@ function isoShort(d: Date | null): string {
   return d === null ? "-" : d.toISOString().replace(/\.\d{3}Z$/, "Z");
 }
 
-function plural(n: number, word: string): string {
-  return `${n} ${word}${n === 1 ? "" : "s"}`;
+function plural(n: number, word: string, many = `${word}s`): string {
+  return `${n} ${n === 1 ? word : many}`;
 }
 
 function formatMs(ms: number): string {
@@ -562,8 +539,8 @@ function formatCounts(c: RelayCounts): string {
   return `claimed ${c.claimed}, sent ${c.sent}, retried ${c.retried}, dead ${c.dead}, released ${c.released}, rescued ${c.rescued}`;
 }
 
-function statusLabel(m: { status: string; uncertain: boolean; uncertainHandoffs: number }): string {
-  return m.uncertain ? `${m.status} UNCERTAIN` : m.status;
+function statusLabel(m: { status: string; uncertain: boolean; partlyRefused?: boolean }): string {
+  return [m.status, m.partlyRefused === true ? "PARTLY REFUSED" : "", m.uncertain ? "UNCERTAIN" : ""].filter((x) => x !== "").join(" ");
 }
 
 function formatStatus(r: StatusReport): string {
@@ -593,20 +570,34 @@ function formatStatus(r: StatusReport): string {
   return `${lines.join("\n")}\n`;
 }
 
+/**
+ * One row per mail (NEXT: when a pending mail is tried next), and under a row, indented: the last
+ * error of a mail not sent, or the recipients the MTA refused for a sent mail (status PARTLY REFUSED).
+ */
 function formatList(mails: readonly MailRecord[], limit: number): string {
   if (mails.length === 0) return "no mails match\n";
-  const header = ["ID", "STATUS", "TRIES", "CREATED", "TO", "SUBJECT"];
+  const header = ["ID", "STATUS", "TRIES", "CREATED", "NEXT", "TO", "SUBJECT"];
   const rows = mails.map((m) => [
     m.id,
     statusLabel(m),
     `${m.attempts}/${m.maxAttempts}`,
     isoShort(m.createdAt),
+    m.status === "pending" ? isoShort(m.nextAttemptAt) : "-",
     clip(m.envelopeTo.length <= 1 ? (m.envelopeTo[0] ?? "") : `${m.envelopeTo[0]} +${m.envelopeTo.length - 1}`, 40),
     clip(oneLine(m.subject), 50),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
   const fmt = (r: readonly string[]) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join("  ").trimEnd();
-  const lines = [fmt(header), ...rows.map(fmt)];
+  const lines = [fmt(header)];
+  mails.forEach((m, i) => {
+    lines.push(fmt(rows[i] ?? []));
+    if (m.partlyRefused && m.rejected !== null) {
+      const who = m.rejected.map((r) => `${r.recipient}${r.response ? ` (${oneLine(r.response)})` : ""}`).join(", ");
+      lines.push(`  refused ${m.rejected.length} of ${m.envelopeTo.length}: ${clip(who, 160)}`);
+    } else if (m.status !== "sent" && m.lastError !== null) {
+      lines.push(`  last error: ${clip(oneLine(m.lastError), 160)}`);
+    }
+  });
   if (mails.length === limit) lines.push(`(${limit} shown, newest first; --limit shows more)`);
   return `${lines.join("\n")}\n`;
 }
@@ -615,7 +606,16 @@ function formatShow(m: MailDetail): string {
   const fields: [string, string][] = [
     ["id", m.id],
     ["message-id", m.messageId],
-    ["status", m.uncertain ? `${m.status} (UNCERTAIN: ${plural(m.uncertainHandoffs, "hand-off")} interrupted; the MTA may or may not have this mail)` : m.status],
+    [
+      "status",
+      [
+        m.status,
+        m.partlyRefused && m.rejected !== null ? `(PARTLY REFUSED: ${m.rejected.length} of ${m.envelopeTo.length} recipients refused, see rejected)` : "",
+        m.uncertain ? `(UNCERTAIN: ${plural(m.uncertainHandoffs, "hand-off")} interrupted; the MTA may or may not have this mail)` : "",
+      ]
+        .filter((x) => x !== "")
+        .join(" "),
+    ],
     ["from", m.envelopeFrom],
     ["to", m.envelopeTo.join(", ")],
     ["subject", oneLine(m.subject)],

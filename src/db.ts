@@ -30,7 +30,9 @@ export interface PostgresDb {
 export interface SqliteDb {
   readonly dialect: "sqlite";
   readonly db: Database.Database;
+  /** The absolute path of the database file. */
   readonly filename: string;
+  /** The URL as given (`file:./dev.db`), fit for logs. */
   readonly displayUrl: string;
   close(): Promise<void>;
 }
@@ -46,8 +48,20 @@ export interface OpenDatabaseOptions {
   readonly busyTimeoutMs?: number;
 }
 
-/** Replace the password in a URL by `***`. Strings that are not URLs come back unchanged. */
+/**
+ * A database or transport URL fit for logs and messages: the password, and the values of query
+ * parameters named like `pass`, `secret` or `token`, replaced by `***`. A SQLite URL comes back as
+ * written (`file:./dev.db`, not the WHATWG form `file:///dev.db`, which reads like `/dev.db`).
+ * Strings that are not URLs come back unchanged.
+ *
+ * @example
+ * redactUrl("postgresql://app:hunter2@db/prod"); // "postgresql://app:***@db/prod"
+ * redactUrl("file:./dev.db"); // "file:./dev.db"
+ */
 export function redactUrl(url: string): string {
+  if (/^file:/i.test(url)) {
+    return url.replace(/\/\/([^:/@]*):([^@/]*)@/, "//$1:***@").replace(/([?&][^=&#]*(?:pass|secret|token)[^=&#]*=)[^&#]*/gi, "$1***");
+  }
   try {
     const u = new URL(url);
     if (u.password) u.password = "***";

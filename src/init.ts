@@ -1,5 +1,7 @@
 /**
- * `mail-outbox init`: add the two outbox models to an application's Prisma schema.
+ * `mail-outbox init`: add the two outbox models to an application's Prisma schema, and print the
+ * `prisma.config.ts` that keeps their tables out of Prisma Migrate when `mail-outbox migrate`
+ * creates them instead.
  *
  * The models come from this package's `prisma/<provider>/outbox.prisma`, the same files the
  * migrations are generated from, so what the application's Prisma client knows matches the tables
@@ -21,8 +23,13 @@ export interface InitOptions {
   readonly schemaPath: string;
   /** Which database the schema is for. @default read from the schema's `datasource` block */
   readonly provider?: SchemaProvider;
-  /** Resolve a relative `schemaPath` from here. @default process.cwd() */
+  /** Resolve a relative `schemaPath` from here; also where `prisma.config.ts` lives. @default process.cwd() */
   readonly cwd?: string;
+  /**
+   * PostgreSQL: the schema that holds the outbox tables (`?schema=` in DATABASE_URL), used to
+   * qualify the names in `prismaConfig`. @default "public"
+   */
+  readonly postgresSchema?: string;
 }
 
 export interface InitResult {
@@ -33,8 +40,56 @@ export interface InitResult {
   readonly schemaFile: string;
   /** One sentence saying what happened. */
   readonly message: string;
-  /** What to run next, as text for a terminal. */
+  /** What to run next, as text for a terminal (it ends with `prismaConfig`). */
   readonly nextSteps: string;
+  /**
+   * A complete `prisma.config.ts` for the route where `mail-outbox migrate` creates the tables: it
+   * lists them under `tables.external` (so Prisma Migrate neither creates them nor reports them as
+   * drift) with `experimental.externalTables`, which Prisma 7.10 requires next to it.
+   */
+  readonly prismaConfig: string;
+}
+
+/**
+ * The tables `mail-outbox migrate` creates, for `tables.external` in `prisma.config.ts`:
+ * the outbox, its attempt log, and the record of the migrations run.
+ */
+export const OUTBOX_TABLES = ["mail_outbox", "mail_outbox_attempt", "mail_outbox_migrations"] as const;
+
+/**
+ * A complete `prisma.config.ts` that lists the outbox tables as external. Prisma's schema engine
+ * wants the names schema-qualified on PostgreSQL (`public.mail_outbox`) and plain on SQLite, and
+ * every Prisma command refuses `tables.external` without `experimental: { externalTables: true }`.
+ *
+ * @example
+ * await writeFile("prisma.config.ts", prismaConfigFor("postgresql", { schemaPath: "prisma/schema.prisma" }));
+ */
+export function prismaConfigFor(provider: SchemaProvider, options: { readonly schemaPath?: string; readonly postgresSchema?: string } = {}): string {
+  const pgSchema = options.postgresSchema ?? "public";
+  if (!/^[A-Za-z_][A-Za-z0-9_$]{0,62}$/.test(pgSchema)) {
+    throw new OptionsError(`Expected \`postgresSchema\` to be a plain identifier (letters, digits, _ and $), got ${JSON.stringify(pgSchema)}.`);
+  }
+  const names = OUTBOX_TABLES.map((t) => JSON.stringify(provider === "postgresql" ? `${pgSchema}.${t}` : t));
+  const naming =
+    provider === "postgresql"
+      ? `    // PostgreSQL: schema-qualified names (the schema is DATABASE_URL's ?schema=, default public).`
+      : `    // SQLite: plain table names.`;
+  return [
+    `import { defineConfig, env } from "prisma/config";`,
+    ``,
+    `export default defineConfig({`,
+    `  schema: ${JSON.stringify(options.schemaPath ?? "prisma/schema.prisma")},`,
+    `  datasource: { url: env("DATABASE_URL") },`,
+    `  // Prisma 7.10 refuses tables.external (in generate, migrate and db) without this flag.`,
+    `  experimental: { externalTables: true },`,
+    `  tables: {`,
+    `    // Created and upgraded by \`mail-outbox migrate\`: Prisma Migrate leaves them alone, the client still has the models.`,
+    naming,
+    `    external: [${names.join(", ")}],`,
+    `  },`,
+    `});`,
+    ``,
+  ].join("\n");
 }
 
 const PRISMA_DIR = new URL("../prisma/", import.meta.url);
@@ -56,7 +111,8 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
   if (options.provider !== undefined && options.provider !== "postgresql" && options.provider !== "sqlite") {
     throw new OptionsError(`Expected \`provider\` to be "postgresql" or "sqlite", got ${JSON.stringify(options.provider)}.`);
   }
-  const target = path.resolve(options.cwd ?? process.cwd(), options.schemaPath);
+  const cwd = options.cwd ?? process.cwd();
+  const target = path.resolve(cwd, options.schemaPath);
   if (!existsSync(target)) {
     throw new OptionsError(`No Prisma schema at ${target}; pass the path of your schema.prisma (or of your schema folder).`);
   }
@@ -74,6 +130,12 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
     throw new OptionsError(`Cannot tell the database from ${target}: it has no datasource block with provider "postgresql" or "sqlite". Pass --provider postgresql or --provider sqlite.`);
   }
 
+  const relative = path.relative(cwd, target).split(path.sep).join("/");
+  const prismaConfig = prismaConfigFor(provider, {
+    schemaPath: relative === "" ? "." : relative,
+    ...(options.postgresSchema !== undefined ? { postgresSchema: options.postgresSchema } : {}),
+  });
+  const steps = nextSteps(provider, prismaConfig);
   const existing = contents.find((c) => MODEL.test(stripComments(c.text)));
   if (existing !== undefined) {
     return {
@@ -81,7 +143,8 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
       provider,
       schemaFile: existing.file,
       message: `${existing.file} already has the outbox models; nothing was changed.`,
-      nextSteps: nextSteps(provider),
+      nextSteps: steps,
+      prismaConfig,
     };
   }
 
@@ -96,14 +159,14 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
       }
       throw cause;
     }
-    return { changed: true, provider, schemaFile: file, message: `Wrote the outbox models to ${file}.`, nextSteps: nextSteps(provider) };
+    return { changed: true, provider, schemaFile: file, message: `Wrote the outbox models to ${file}.`, nextSteps: steps, prismaConfig };
   }
   const text = contents[0]?.text ?? "";
   const eol = text.includes("\r\n") ? "\r\n" : "\n";
   if (eol === "\r\n") models = models.replace(/\r?\n/g, "\r\n");
   const separator = text === "" ? "" : text.endsWith(eol) ? eol : eol + eol;
   await appendFile(target, separator + models);
-  return { changed: true, provider, schemaFile: target, message: `Added the outbox models (OutboxEmail, OutboxEmailAttempt) to ${target}.`, nextSteps: nextSteps(provider) };
+  return { changed: true, provider, schemaFile: target, message: `Added the outbox models (OutboxEmail, OutboxEmailAttempt) to ${target}.`, nextSteps: steps, prismaConfig };
 }
 
 /** Where this package keeps the PostgreSQL NOTIFY trigger for Prisma Migrate users. */
@@ -111,14 +174,13 @@ export function notifyTriggerPath(): string {
   return fileURLToPath(new URL("postgresql/notify-trigger.sql", PRISMA_DIR));
 }
 
-function nextSteps(provider: SchemaProvider): string {
+function nextSteps(provider: SchemaProvider, prismaConfig: string): string {
   const lines = [
     "Next steps:",
-    "  1. Create the tables, either",
+    "  1. Create the tables, either with Prisma Migrate:",
     "       npx prisma migrate dev --name mail_outbox",
-    "     or, to let mail-outbox manage them: list them in prisma.config.ts as",
-    '       tables: { external: ["mail_outbox", "mail_outbox_attempt"] }',
-    "     and run",
+    "     or with mail-outbox, keeping them out of Prisma Migrate: merge the prisma.config.ts below",
+    "     into yours (tables.external needs experimental.externalTables), then run",
     "       npx mail-outbox migrate",
   ];
   if (provider === "postgresql") {
@@ -132,8 +194,12 @@ function nextSteps(provider: SchemaProvider): string {
   const n = provider === "postgresql" ? 3 : 2;
   lines.push(
     `  ${n}. npx prisma generate, then enqueue mail in your transactions with the mailOutbox() extension.`,
-    `  ${n + 1}. Run the relay: DATABASE_URL=... MAIL_OUTBOX_TRANSPORT=smtp://127.0.0.1:25 npx mail-outbox relay`,
+    `  ${n + 1}. Run the relay: DATABASE_URL=... MAIL_OUTBOX_TRANSPORT=smtp://127.0.0.1:25 exec node_modules/.bin/mail-outbox relay (not npx: it does not pass SIGTERM on)`,
     `  ${n + 2}. Check the setup: npx mail-outbox doctor`,
+    "",
+    "prisma.config.ts for the mail-outbox migrate route:",
+    "",
+    prismaConfig.trimEnd(),
   );
   return lines.join("\n");
 }

@@ -266,6 +266,20 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.equal((held as unknown as { raw?: unknown }).raw, undefined);
     });
 
+    test("list marks a sent mail with refused recipients as partly refused, and only a sent one", async (t) => {
+      const fx = await fixture(t, dialect);
+      if (!fx) return;
+      const refusal = [{ recipient: "bob@example.test", response: "550 5.1.1 <bob@example.test>: Recipient address rejected" }];
+      const partly = await seed(fx.db, { status: "sent", envelopeTo: ["ann@example.test", "bob@example.test"], accepted: ["ann@example.test"], rejected: refusal, sentAt: at(1) });
+      const whole = await seed(fx.db, { status: "sent", accepted: ["ann@example.test"], sentAt: at(1) });
+      const dead = await seed(fx.db, { status: "dead", rejected: refusal });
+      const byId = new Map((await listMails(fx.db)).map((m) => [m.id, m]));
+      assert.equal(byId.get(partly.id)?.partlyRefused, true);
+      assert.deepEqual(byId.get(partly.id)?.rejected, refusal);
+      assert.equal(byId.get(whole.id)?.partlyRefused, false);
+      assert.equal(byId.get(dead.id)?.partlyRefused, false);
+    });
+
     test("SQL metacharacters in filters and ids match nothing and change nothing", async (t) => {
       const fx = await fixture(t, dialect);
       if (!fx) return;
@@ -391,9 +405,25 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.equal((await showMail(fx.db, sent.id)).status, "sent");
       assert.equal((await showMail(fx.db, cancelled.id)).status, "cancelled");
 
-      const again = await replayMails(fx.db, { status: "sent" });
-      assert.deepEqual(again.replayed.map((x) => x.id), [sent.id]);
       await assert.rejects(replayMails(fx.db, { status: "pending" }), OptionsError);
+    });
+
+    test("a replay that would resend a sent mail, by status or by id, is refused without resendSent and changes nothing", async (t) => {
+      const fx = await fixture(t, dialect);
+      if (!fx) return;
+      const sent = await seed(fx.db, { status: "sent", sentAt: at(1) });
+      const dead = await seed(fx.db, { status: "dead" });
+      const before = await dump(fx.db);
+      await assert.rejects(replayMails(fx.db, { status: "sent" }), UnsafeOperationError);
+      // By id the rows are checked inside the transaction: the dead mail named with it stays dead too.
+      await assert.rejects(replayMails(fx.db, { ids: [dead.id, sent.messageId] }), (e: unknown) => e instanceof UnsafeOperationError && /1 sent mail/.test(e.message));
+      assert.equal(await dump(fx.db), before);
+      const dry = await replayMails(fx.db, { ids: [sent.id], dryRun: true });
+      assert.deepEqual(dry.replayed.map((x) => [x.id, x.from]), [[sent.id, "sent"]]);
+      assert.equal(await dump(fx.db), before);
+      const r = await replayMails(fx.db, { ids: [dead.id, sent.messageId], resendSent: true });
+      assert.deepEqual(r.replayed.map((x) => x.id).sort(), [dead.id, sent.id].sort());
+      assert.equal((await showMail(fx.db, sent.id)).status, "pending");
     });
 
     test("replay by status, time and recipient takes only the matching rows", async (t) => {
@@ -433,9 +463,11 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       const held = await seed(fx.db, { status: "held" });
       const sending = await seed(fx.db, { status: "sending", leaseOwner: "r1", leaseExpiresAt: at(minutes(1)) });
       const sent = await seed(fx.db, { status: "sent" });
+      const cancelled = await seed(fx.db, { status: "cancelled" });
       const missing = "<gone@example.test>";
-      const r = await cancelMails(fx.db, { ids: [pending.id, held.messageId, sending.id, sent.id, missing], actor: "alice" });
+      const r = await cancelMails(fx.db, { ids: [pending.id, held.messageId, sending.id, sent.id, cancelled.id, missing], actor: "alice" });
       assert.deepEqual(r.cancelled.map((x) => [x.id, x.from]).sort(), [[pending.id, "pending"], [held.id, "held"]].sort());
+      assert.deepEqual(r.alreadyCancelled, [{ id: cancelled.id, messageId: cancelled.messageId, status: "cancelled" }], "cancel is idempotent");
       assert.deepEqual(r.notCancellable.map((x) => [x.id, x.status]).sort(), [[sending.id, "sending"], [sent.id, "sent"]].sort());
       assert.match(r.notCancellable.find((x) => x.id === sent.id)?.reason ?? "", /handed over/);
       assert.deepEqual(r.notFound, [missing]);
@@ -444,6 +476,9 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.equal(p.attemptLog.at(-1)?.outcome, "cancelled");
       assert.equal(p.attemptLog.at(-1)?.relay, "alice");
       assert.equal((await showMail(fx.db, sending.id)).status, "sending");
+      assert.equal((await showMail(fx.db, cancelled.id)).attemptLog.length, 0, "no log line for a mail cancelled already");
+      const again = await cancelMails(fx.db, { ids: [pending.id] });
+      assert.deepEqual([again.cancelled.length, again.alreadyCancelled.length, again.notCancellable.length], [0, 1, 0]);
       await assert.rejects(cancelMails(fx.db, { ids: [] }), OptionsError);
     });
 

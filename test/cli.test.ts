@@ -49,14 +49,17 @@ async function cli(args: string[], env: Record<string, string | undefined> = {},
   return { code, stdout: stdout.bytes().toString("utf8"), stderr: stderr.bytes().toString("utf8"), stdoutBytes: stdout.bytes() };
 }
 
-/** Run the CLI as a real program. */
-function cliProcess(args: string[], env: Record<string, string | undefined>): Promise<Run> {
+/** tsx's loader by URL, so the program also starts in a directory outside this repository. */
+const TSX = import.meta.resolve("tsx");
+
+/** Run the CLI as a real program (in `cwd`, by default the repository). */
+function cliProcess(args: string[], env: Record<string, string | undefined>, cwd = ROOT): Promise<Run> {
   return new Promise((resolve) => {
     const { DATABASE_URL: _d, MAIL_OUTBOX_TRANSPORT: _t, ...base } = process.env;
     execFile(
       process.execPath,
-      ["--import", "tsx", path.join(ROOT, "src/cli.ts"), ...args],
-      { cwd: ROOT, env: { ...base, ...env }, encoding: "buffer", timeout: 60_000 },
+      ["--import", TSX, path.join(ROOT, "src/cli.ts"), ...args],
+      { cwd, env: { ...base, ...env }, encoding: "buffer", timeout: 60_000 },
       (error, stdout, stderr) => {
         const code = error ? (typeof error.code === "number" ? error.code : -1) : 0;
         resolve({ code, stdout: stdout.toString("utf8"), stderr: stderr.toString("utf8"), stdoutBytes: stdout });
@@ -142,6 +145,20 @@ async function dump(db: Db): Promise<string> {
   return JSON.stringify([db.db.prepare("SELECT * FROM mail_outbox ORDER BY id").all(), db.db.prepare("SELECT * FROM mail_outbox_attempt ORDER BY id").all()]);
 }
 
+/** Every line of a log stream, parsed as JSON; fails on a line that is not JSON (plain text in a JSON log). */
+function jsonLines(text: string): Record<string, unknown>[] {
+  return text
+    .split("\n")
+    .filter((l) => l !== "")
+    .map((l) => {
+      try {
+        return JSON.parse(l) as Record<string, unknown>;
+      } catch {
+        assert.fail(`not a JSON log line: ${JSON.stringify(l)}`);
+      }
+    });
+}
+
 /** A TCP port on 127.0.0.1 where nothing listens. */
 async function closedPort(): Promise<number> {
   const server = net.createServer();
@@ -192,9 +209,9 @@ describe("reading the outbox from the command line", () => {
     const r = await cli(["list"], { DATABASE_URL: url });
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trimEnd().split("\n");
-    assert.match(lines[0]!, /^ID\s+STATUS\s+TRIES\s+CREATED\s+TO\s+SUBJECT$/);
+    assert.match(lines[0]!, /^ID\s+STATUS\s+TRIES\s+CREATED\s+NEXT\s+TO\s+SUBJECT$/);
     assert.ok(lines[1]!.startsWith(b.id));
-    assert.match(lines[1]!, /held UNCERTAIN .*2025-03-01T11:00:00Z\s+bob@example\.test \+1\s+second/);
+    assert.match(lines[1]!, /held UNCERTAIN .*2025-03-01T11:00:00Z\s+-\s+bob@example\.test \+1\s+second/);
     assert.ok(lines[2]!.startsWith(a.id));
     assert.equal(lines[1]!.indexOf("CREATED") === -1 ? lines[0]!.indexOf("CREATED") : -1, lines[0]!.indexOf("CREATED"));
     assert.equal(lines[1]!.indexOf("2025-03-01T11"), lines[0]!.indexOf("CREATED"), "columns are aligned");
@@ -325,9 +342,6 @@ describe("changing the outbox from the command line", () => {
     assert.equal(c.code, 1);
     assert.match(c.stdout, /^cancelled 1 mail$/m);
     assert.match(c.stdout, new RegExp(`not cancelled ${sent.id} .* sent: it was handed over`));
-    const ok = await cli(["--json", "cancel", "--dry-run", pending.id], { DATABASE_URL: url });
-    assert.equal(ok.code, 1, "already cancelled: not cancellable");
-    assert.equal(JSON.parse(ok.stdout).notCancellable[0].status, "cancelled");
     assert.equal((await cli(["cancel"], { DATABASE_URL: url })).code, 2);
     assert.equal((await cli(["cancel", "' OR 1=1 --"], { DATABASE_URL: url })).code, 2);
   });
@@ -471,7 +485,8 @@ describe("the relay command", () => {
     const r = await running;
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^stopped: claimed 1, sent 1/m);
-    assert.match(r.stderr, /mail-outbox: stopping/);
+    const log = jsonLines(r.stderr);
+    assert.ok(log.some((l) => l.signal === "SIGTERM" && /^stopping; hand-offs in flight get 2s/.test(String(l.msg))), r.stderr);
     assert.equal(signals.listenerCount("SIGTERM"), 0, "signal handlers removed");
 
     const signals2 = new EventEmitter();
@@ -481,7 +496,8 @@ describe("the relay command", () => {
     signals2.emit("SIGINT");
     const r2 = await running2;
     assert.equal(r2.code, 130);
-    assert.match(r2.stderr, /exiting at once/);
+    const log2 = jsonLines(r2.stderr);
+    assert.ok(log2.some((l) => l.signal === "SIGINT" && l.level === 40 && /^exiting at once/.test(String(l.msg))), r2.stderr);
   });
 
   test("the relay program exits 0 after a graceful stop on a real SIGTERM", async (t) => {
@@ -506,7 +522,10 @@ describe("the relay command", () => {
     child.kill("SIGTERM");
     assert.equal(await exited, 0, stderr);
     assert.match(stdout, /^stopped: claimed 1, sent 1/m);
-    assert.match(stderr, /"msg":"relay stopped"/);
+    // stderr is the relay's JSON log from the first line to the last, the signal notice included.
+    const log = jsonLines(stderr);
+    assert.ok(log.some((l) => l.msg === "relay stopped"));
+    assert.ok(log.some((l) => l.signal === "SIGTERM" && /^stopping/.test(String(l.msg))), stderr);
   });
 
   test("relay refuses to start without a transport (exit 2) or with bad tuning values (exit 2)", async (t) => {
@@ -599,5 +618,158 @@ describe("migrate and doctor", () => {
     assert.equal(text.code, 1, "no transport configured");
     assert.match(text.stdout, /^ok {4}database/m);
     assert.match(text.stdout, /^FAIL {2}transport {2}not configured/m);
+  });
+});
+
+describe("database URLs in output", () => {
+  test("a SQLite URL is shown as the user gave it (file:./dev.db), not as file:///dev.db, in errors, doctor and the relay's start log", async (t) => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "mail-outbox-url-"));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    assert.equal((await cli(["migrate"], { DATABASE_URL: `file:${path.join(dir, "dev.db")}` })).code, 0);
+    const smtp = await startTestSmtp();
+    t.after(() => smtp.close());
+    const env = { DATABASE_URL: "file:./dev.db", MAIL_OUTBOX_TRANSPORT: smtp.url };
+
+    const missing = await cliProcess(["show", newId()], env, dir);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /in the outbox at file:\.\/dev\.db;/);
+    const doctor = await cliProcess(["doctor"], env, dir);
+    assert.match(doctor.stdout, /reachable: file:\.\/dev\.db\b/);
+
+    const { DATABASE_URL: _d, MAIL_OUTBOX_TRANSPORT: _t, ...base } = process.env;
+    const child = spawn(process.execPath, ["--import", TSX, path.join(ROOT, "src/cli.ts"), "relay"], { cwd: dir, env: { ...base, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    t.after(() => void child.kill("SIGKILL"));
+    let stderr = "";
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no "relay started" line:\n${stderr}`)), 30_000);
+      child.stderr.on("data", (d: Buffer) => {
+        stderr += d.toString();
+        if (stderr.includes('"relay started"')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    child.kill("SIGTERM");
+    assert.equal(await exited, 0, stderr);
+    const started = jsonLines(stderr).find((l) => l.msg === "relay started");
+    assert.equal(started?.database, "file:./dev.db");
+    assert.doesNotMatch(`${missing.stderr}${doctor.stdout}${stderr}`, /file:\/\/\//);
+  });
+});
+
+describe("help", () => {
+  test("relay --help shows each default once, and every command's help lists the global options", async () => {
+    const relay = await cli(["relay", "--help"]);
+    assert.equal(relay.code, 0);
+    // One block per option: its first line starts with "  -", continuation lines are indented further.
+    const options = relay.stdout.split(/\n(?= {2}-)/).map((b) => b.replace(/\s+/g, " "));
+    for (const block of options) assert.ok((block.match(/\(default/g) ?? []).length <= 1, `default shown twice: ${block}`);
+    assert.ok(options.some((b) => /--stop-timeout <duration> .*\(default: 10s\)/.test(b)));
+    for (const command of ["relay", "status", "list", "show", "replay", "cancel", "purge", "init", "migrate", "doctor"]) {
+      const r = await cli([command, "--help"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /^Global Options:$/m, command);
+      for (const flag of ["--database-url <url>", "--transport <spec>", "--json"]) assert.ok(r.stdout.includes(flag), `${command} --help lists ${flag}`);
+    }
+    const real = await cliProcess(["help", "cancel"], {});
+    assert.equal(real.code, 0);
+    assert.match(real.stdout, /Global Options:[\s\S]*--database-url/);
+  });
+});
+
+describe("cancel and replay keep their promises", () => {
+  test("cancelling a mail cancelled already exits 0 and says so; cancelling a sent mail exits 1 with the reason", async (t) => {
+    const { db, url } = await sqliteDb(t);
+    const pending = await seed(db, { status: "pending" });
+    const sent = await seed(db, { status: "sent" });
+    assert.equal((await cli(["cancel", pending.id], { DATABASE_URL: url })).code, 0);
+    const before = await dump(db);
+
+    const again = await cli(["cancel", pending.messageId], { DATABASE_URL: url });
+    assert.equal(again.code, 0, again.stdout + again.stderr);
+    assert.match(again.stdout, /^cancelled 0 mails, 1 cancelled already$/m);
+    assert.match(again.stdout, new RegExp(`${pending.id} .* cancelled already: nothing to do`));
+    const json = await cli(["--json", "cancel", pending.id], { DATABASE_URL: url });
+    assert.equal(json.code, 0);
+    assert.deepEqual(JSON.parse(json.stdout).alreadyCancelled, [{ id: pending.id, messageId: pending.messageId, status: "cancelled" }]);
+    assert.equal(await dump(db), before, "nothing written for a mail cancelled already");
+
+    const refused = await cli(["cancel", sent.id], { DATABASE_URL: url });
+    assert.equal(refused.code, 1);
+    assert.match(refused.stdout, new RegExp(`not cancelled ${sent.id} .* sent: it was handed over to the MTA already; it cannot be called back`));
+  });
+
+  test("a replay that would resend sent mail, by --status sent or by id, exits 2 and changes nothing without --yes", async (t) => {
+    const { db, url } = await sqliteDb(t);
+    const sent = await seed(db, { status: "sent" });
+    const dead = await seed(db, { status: "dead" });
+    const before = await dump(db);
+    for (const args of [["replay", "--status", "sent"], ["replay", "--status", "dead,sent", "--since", "3650d"], ["replay", dead.id, sent.messageId]]) {
+      const r = await cli(args, { DATABASE_URL: url });
+      assert.equal(r.code, 2, `${args.join(" ")}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, /^mail-outbox: Refusing to replay .*sent mail.*the MTA accepted .* already.*--yes/);
+    }
+    assert.equal(await dump(db), before, "nothing changed, the dead mail named with the sent one included");
+
+    const dry = await cli(["replay", sent.id, "--dry-run"], { DATABASE_URL: url });
+    assert.equal(dry.code, 0);
+    assert.match(dry.stdout, /would replay 1 mail \(dry run/);
+    assert.match(dry.stdout, /1 of them was sent already: the replay delivers it again and needs --yes/);
+    assert.equal(await dump(db), before);
+
+    const yes = await cli(["replay", "--status", "sent", "--yes"], { DATABASE_URL: url });
+    assert.equal(yes.code, 0, yes.stderr);
+    assert.match(yes.stdout, /^replayed 1 mail$/m);
+    assert.equal(JSON.parse((await cli(["show", sent.id, "--json"], { DATABASE_URL: url })).stdout).status, "pending");
+  });
+});
+
+describe("list tells what is going on with a mail", () => {
+  test("list shows when pending mail is tried next and its last error, and marks a sent mail the MTA partly refused, in text and JSON", async (t) => {
+    const { db, url } = await sqliteDb(t);
+    const smtp = await startTestSmtp({
+      faults: (ctx) =>
+        ctx.phase !== "rcpt"
+          ? undefined
+          : ctx.recipient === "bob@example.test"
+            ? { reply: 550, message: "5.1.1 <bob@example.test>: Recipient address rejected" }
+            : ctx.recipient === "carl@example.test"
+              ? { reply: 451, message: "4.3.0 try again later" }
+              : undefined,
+    });
+    t.after(() => smtp.close());
+    const partly = await seed(db, { status: "pending", to: ["ann@example.test", "bob@example.test"], subject: "partly" });
+    const retry = await seed(db, { status: "pending", to: ["carl@example.test"], subject: "retry" });
+    const relay = await cli(["relay", "--once", "--json"], { DATABASE_URL: url, MAIL_OUTBOX_TRANSPORT: smtp.url, MAIL_OUTBOX_LOG_LEVEL: "silent" });
+    assert.equal(relay.code, 0, relay.stderr);
+    assert.equal(JSON.parse(relay.stdout).sent, 1);
+
+    const json = JSON.parse((await cli(["--json", "list"], { DATABASE_URL: url })).stdout) as Record<string, unknown>[];
+    const p = json.find((m) => m.id === partly.id)!;
+    const r = json.find((m) => m.id === retry.id)!;
+    assert.equal(p.status, "sent");
+    assert.equal(p.partlyRefused, true);
+    assert.deepEqual((p.rejected as { recipient: string }[]).map((x) => x.recipient), ["bob@example.test"]);
+    assert.equal(r.status, "pending");
+    assert.equal(r.partlyRefused, false);
+    assert.match(String(r.lastError), /451/);
+    const next = new Date(String(r.nextAttemptAt));
+    assert.ok(next.getTime() > Date.now(), "a retry is scheduled in the future");
+
+    const text = await cli(["list"], { DATABASE_URL: url });
+    assert.equal(text.code, 0, text.stderr);
+    const lines = text.stdout.trimEnd().split("\n");
+    const header = lines[0]!;
+    const pLine = lines.findIndex((l) => l.startsWith(partly.id));
+    const rLine = lines.findIndex((l) => l.startsWith(retry.id));
+    assert.match(lines[pLine]!, /\bsent PARTLY REFUSED\b/);
+    assert.match(lines[pLine + 1]!, /^ {2}refused 1 of 2: bob@example\.test \(550 5\.1\.1 /);
+    assert.equal(lines[rLine]!.slice(header.indexOf("NEXT")).split(/\s+/)[0], next.toISOString().replace(/\.\d{3}Z$/, "Z"));
+    assert.match(lines[rLine + 1]!, /^ {2}last error: .*451 4\.3\.0 try again later/);
+    const shown = await cli(["show", partly.id], { DATABASE_URL: url });
+    assert.match(shown.stdout, /^status:\s+sent \(PARTLY REFUSED: 1 of 2 recipients refused, see rejected\)$/m);
+    assert.match(shown.stdout, /^rejected:\s+bob@example\.test: 550 5\.1\.1 /m);
   });
 });

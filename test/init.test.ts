@@ -1,0 +1,163 @@
+/**
+ * The `prisma.config.ts` that `mail-outbox init` prints (and the README shows) for the route where
+ * `mail-outbox migrate` creates the tables: the real `prisma generate` accepts it, and Prisma's
+ * schema engine, given its table names, sees no drift in a database that `migrate` created.
+ */
+import { test, describe } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { bindMigrationAwareSqlAdapterFactory } from "@prisma/driver-adapter-utils";
+import { PrismaBetterSqlite3 } from "@prisma/adapter-better-sqlite3";
+import { OUTBOX_TABLES, prismaConfigFor } from "../src/init.js";
+import { diffLiveAgainstModels, loadSchemaEngineWasm, REPO_ROOT } from "../scripts/gen-migration-sql.js";
+import { freshPostgres, freshSqlite } from "./support/db.js";
+import { needPostgres } from "./support/services.js";
+
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const TSX = import.meta.resolve("tsx");
+
+function run(file: string, args: string[], cwd: string, env: Record<string, string | undefined>): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    const { DATABASE_URL: _d, ...base } = process.env;
+    execFile(file, args, { cwd, env: { ...base, ...env }, timeout: 120_000 }, (error, stdout, stderr) =>
+      resolve({ code: error ? (typeof error.code === "number" ? error.code : -1) : 0, out: `${stdout}${stderr}` }),
+    );
+  });
+}
+
+/**
+ * `prisma generate` in `dir`, offline: the CLI resolves the native schema engine before it
+ * generates (and would download it); generate never runs it, so the variable may name any file.
+ */
+function prismaGenerate(dir: string): Promise<{ code: number; out: string }> {
+  return run(path.join(ROOT, "node_modules/.bin/prisma"), ["generate"], dir, {
+    DATABASE_URL: "postgresql://app@127.0.0.1:5432/app",
+    PRISMA_SCHEMA_ENGINE_BINARY: process.execPath,
+    PRISMA_HIDE_UPDATE_MESSAGE: "1",
+    CHECKPOINT_DISABLE: "1",
+  });
+}
+
+/** A new application directory: node_modules (this repository's), and a schema with a User model. */
+async function app(t: { after(fn: () => Promise<void>): void }, provider: "postgresql" | "sqlite"): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "mail-outbox-app-"));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  await mkdir(path.join(dir, "prisma"));
+  await symlink(path.join(ROOT, "node_modules"), path.join(dir, "node_modules"), "dir");
+  await writeFile(
+    path.join(dir, "prisma", "schema.prisma"),
+    `generator client {\n  provider = "prisma-client"\n  output   = "./generated"\n}\n\ndatasource db {\n  provider = "${provider}"\n}\n\nmodel User {\n  id Int @id\n}\n`,
+  );
+  return dir;
+}
+
+/** The TypeScript between `import { defineConfig` and the closing `});` (as printed, or as in a README block). */
+function configIn(text: string): string {
+  const m = /^[ \t]*import \{ defineConfig[\s\S]*?^[ \t]*\}\);$/m.exec(text);
+  assert.ok(m, `no prisma.config.ts in:\n${text}`);
+  const indent = /^[ \t]*/.exec(m[0])?.[0] ?? "";
+  return `${m[0].split("\n").map((l) => (l.startsWith(indent) ? l.slice(indent.length) : l)).join("\n")}\n`;
+}
+
+/** The same config as it was before Prisma 7.10's rule was known: `tables.external` without the flag. */
+function withoutFlag(config: string): string {
+  const old = config.replace(/^.*experimental:.*\n/m, "");
+  assert.notEqual(old, config);
+  return old;
+}
+
+describe("the prisma.config.ts for the mail-outbox migrate route", () => {
+  for (const provider of ["postgresql", "sqlite"] as const) {
+    test(`\`mail-outbox init\` prints a prisma.config.ts with which the real \`prisma generate\` builds the client (${provider}); the old one without experimental.externalTables fails`, async (t) => {
+      const dir = await app(t, provider);
+      const init = await run(process.execPath, ["--import", TSX, path.join(ROOT, "src/cli.ts"), "init"], dir, {});
+      assert.equal(init.code, 0, init.out);
+      const config = configIn(init.out);
+      const names = provider === "postgresql" ? OUTBOX_TABLES.map((n) => `public.${n}`) : [...OUTBOX_TABLES];
+      assert.ok(config.includes(`external: [${names.map((n) => JSON.stringify(n)).join(", ")}]`), config);
+      assert.ok(config.includes(`schema: "prisma/schema.prisma"`), "the schema path, relative to the directory of prisma.config.ts");
+
+      await writeFile(path.join(dir, "prisma.config.ts"), config);
+      const generated = await prismaGenerate(dir);
+      assert.equal(generated.code, 0, generated.out);
+      assert.match(generated.out, /Generated Prisma Client/);
+      assert.ok(existsSync(path.join(dir, "prisma", "generated", "models", "OutboxEmail.ts")), "the client has the outbox models");
+
+      await writeFile(path.join(dir, "prisma.config.ts"), withoutFlag(config));
+      const old = await prismaGenerate(dir);
+      assert.notEqual(old.code, 0, "Prisma 7.10 refuses tables.external without the flag");
+      assert.match(old.out, /requires `experimental\.externalTables`/);
+    });
+  }
+
+  test("the README's prisma.config.ts works with the real `prisma generate`", async (t) => {
+    const readme = await readFile(path.join(ROOT, "README.md"), "utf8");
+    const block = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1] ?? "").find((b) => b.includes("tables:"));
+    assert.ok(block, "README shows a prisma.config.ts with tables.external");
+    const config = configIn(block);
+    assert.match(config, /experimental: \{ externalTables: true \}/);
+    const dir = await app(t, "postgresql");
+    await writeFile(path.join(dir, "prisma.config.ts"), config);
+    const generated = await prismaGenerate(dir);
+    assert.equal(generated.code, 0, generated.out);
+    await writeFile(path.join(dir, "prisma.config.ts"), withoutFlag(config));
+    assert.notEqual((await prismaGenerate(dir)).code, 0);
+  });
+
+  test("with the printed table names, Prisma's schema engine sees no drift in a SQLite database that `mail-outbox migrate` created", async () => {
+    const fx = await freshSqlite();
+    try {
+      const config = prismaConfigFor("sqlite");
+      const external = JSON.parse(/external: (\[.*\])/.exec(config)?.[1] ?? "null") as string[];
+      const models = await readFile(path.join(ROOT, "prisma", "sqlite", "outbox.prisma"), "utf8");
+      // The tests' User table is in the fixture; the application's schema after `mail-outbox init`.
+      const schema = `datasource db {\n  provider = "sqlite"\n}\n\nmodel User {\n  id    Int     @id @default(autoincrement())\n  email String  @unique\n  name  String?\n}\n\n${models}`;
+      const glue = await loadSchemaEngineWasm();
+      const factory = new PrismaBetterSqlite3({ url: fx.url });
+      const engine = await glue.SchemaEngine.new({ datamodels: [["schema.prisma", schema]] }, () => {}, bindMigrationAwareSqlAdapterFactory(factory));
+      try {
+        const files = [{ path: "schema.prisma", content: schema }];
+        const diff = (externalTables: string[]) =>
+          engine.diff({
+            from: { tag: "schemaDatasource", files, configDir: REPO_ROOT },
+            to: { tag: "schemaDatamodel", files },
+            script: false,
+            exitCode: true,
+            filters: { externalTables, externalEnums: [] },
+          });
+        const listed = await diff(external);
+        assert.equal(listed.exitCode, 0, listed.stdout ?? "");
+        // Without the list, Prisma Migrate would want to drop the record of migrations.
+        const unlisted = await diff([]);
+        assert.equal(unlisted.exitCode, 2);
+        assert.match(unlisted.stdout ?? "", /mail_outbox_migrations/);
+        // Schema-qualified names are refused on SQLite.
+        await assert.rejects(diff(external.map((n) => `main.${n}`)), /simple identifiers/);
+      } finally {
+        engine.free();
+      }
+    } finally {
+      await fx.cleanup();
+    }
+  });
+
+  test("with the printed table names, Prisma's schema engine sees no drift in a PostgreSQL schema that `mail-outbox migrate` created", async (t) => {
+    if (!(await needPostgres(t))) return;
+    const fx = await freshPostgres();
+    t.after(() => fx.cleanup());
+    const config = prismaConfigFor("postgresql", { postgresSchema: fx.schema });
+    const external = JSON.parse(/external: (\[.*\])/.exec(config)?.[1] ?? "null") as string[];
+    // diffLiveAgainstModels leaves out `<schema>.<table>` for mail_outbox_migrations and each table
+    // given: exactly the names printed, which the engine wants qualified on PostgreSQL.
+    assert.deepEqual(external, OUTBOX_TABLES.map((n) => `${fx.schema}.${n}`));
+    const userOnly = `datasource db {\n  provider = "postgresql"\n}\n\nmodel User {\n  id    Int     @id @default(autoincrement())\n  email String  @unique\n  name  String?\n}\n`;
+    const connectionString = fx.url.replace(/\?.*$/, "");
+    const diff = await diffLiveAgainstModels({ provider: "postgresql", connectionString, schema: fx.schema }, { schema: userOnly, ignoreTables: ["mail_outbox", "mail_outbox_attempt"] });
+    assert.equal(diff.empty, true, diff.summary);
+  });
+});
