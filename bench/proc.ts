@@ -1,6 +1,8 @@
 /**
  * Child processes of the benchmark. bench/child.ts is bundled once per run with esbuild into
- * bench/.build/child.mjs (packages stay external), so each child is plain `node` without a
+ * .bench-build/child.mjs at the top of the repo (packages stay external; one level below the top, so
+ * the library's `new URL("../migrations/", import.meta.url)` finds the shipped SQL as it does from
+ * dist/), so each child is plain `node` without a
  * TypeScript loader: it starts fast, its RSS is the contender's own, and `--cpu-prof` profiles
  * show the contender's code.
  */
@@ -18,7 +20,7 @@ const srcDir = path.join(here, "..", "src");
  * file names) instead of src/, to measure a proposed change A/B without touching src/.
  */
 const altSrc = process.env.BENCH_SRC_DIR ? path.resolve(process.env.BENCH_SRC_DIR) : null;
-const outfile = path.join(here, ".build", altSrc ? "child-alt.mjs" : "child.mjs");
+const outfile = path.join(here, "..", ".bench-build", altSrc ? "child-alt.mjs" : "child.mjs");
 let built: Promise<void> | null = null;
 
 export function buildChild(): Promise<void> {

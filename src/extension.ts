@@ -1,6 +1,7 @@
 /**
  * The Prisma extension: `enqueue()` and `enqueueMany()` on the `outboxEmail` model, written in the
- * caller's transaction.
+ * caller's transaction. Both return a Prisma promise, so they also join a batch transaction
+ * (`prisma.$transaction([...])`).
  */
 import { Prisma } from "@prisma/client/extension";
 import { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_MESSAGE_BYTES, validateComposeDefaults } from "./compose.js";
@@ -12,7 +13,7 @@ export interface MailOutboxOptions {
   readonly defaultFrom?: AddressInput;
   /** Attempts before a mail is parked as dead, when the mail does not say. @default 25 */
   readonly maxAttempts?: number;
-  /** Largest composed message, in bytes. @default 10 MiB */
+  /** Largest composed message, in bytes. @default 10,000,000 (below Postfix's `message_size_limit`, 10,240,000) */
   readonly maxMessageBytes?: number;
   /** Largest composed header section, in bytes. @default 100,000 (below Postfix's `header_size_limit`) */
   readonly maxHeaderBytes?: number;
@@ -28,12 +29,115 @@ export interface EnqueueResult {
   readonly messageId: string;
 }
 
+/** A Prisma promise (what Prisma's own queries return): lazy, and accepted by `$transaction([...])`. */
+export type EnqueuePromise<T> = Prisma.PrismaPromise<T>;
+
+/** What Prisma hands each element of `$transaction([...])` (its `PrismaPromiseBatchTransaction`). */
+interface BatchTransaction {
+  readonly kind: "batch";
+  readonly index: number;
+}
+
+/** A query promise as Prisma builds it: `requestTransaction` makes it one element of a batch. */
+interface QueryPromise<T> extends PromiseLike<T> {
+  requestTransaction?(batch: BatchTransaction): PromiseLike<unknown>;
+}
+
 /** The subset of a Prisma model delegate the extension uses. */
 interface OutboxDelegate {
-  create(args: { data: Record<string, unknown>; select: { id: true } }): Promise<{ id: string }>;
-  createMany(args: { data: Record<string, unknown>[] }): Promise<{ count: number }>;
-  findFirst(args: { where: Record<string, unknown>; select: { id: true; messageId: true } }): Promise<{ id: string; messageId: string } | null>;
-  findMany(args: { where: Record<string, unknown>; select: { id: true; messageId: true; idempotencyKey: true } }): Promise<{ id: string; messageId: string; idempotencyKey: string | null }[]>;
+  create(args: { data: Record<string, unknown>; select: { id: true } }): QueryPromise<{ id: string }>;
+  createMany(args: { data: Record<string, unknown>[] }): QueryPromise<{ count: number }>;
+  findFirst(args: { where: Record<string, unknown>; select: { id: true; messageId: true } }): QueryPromise<{ id: string; messageId: string } | null>;
+  findMany(args: { where: Record<string, unknown>; select: { id: true; messageId: true; idempotencyKey: true } }): QueryPromise<{ id: string; messageId: string; idempotencyKey: string | null }[]>;
+  /** The model's name in the schema (`OutboxEmail`). */
+  readonly $name?: string;
+  /** The client (or interactive transaction) the delegate belongs to. */
+  readonly $parent?: unknown;
+}
+
+/**
+ * Builds a Prisma promise the way Prisma's runtime does (`createPrismaPromise`): nothing runs until
+ * it is awaited (then once, memoised) or until `$transaction([...])` calls `requestTransaction`
+ * with its batch (then the batch decides). Prisma recognises its promises by
+ * `Symbol.toStringTag === "PrismaPromise"`.
+ */
+function prismaPromise<T>(run: (batch: BatchTransaction | undefined) => Promise<T>): EnqueuePromise<T> {
+  let started: Promise<T> | undefined;
+  const once = () => (started ??= run(undefined));
+  const promise = {
+    then: (onFulfilled?: ((v: T) => unknown) | null, onRejected?: ((e: unknown) => unknown) | null) => once().then(onFulfilled, onRejected),
+    catch: (onRejected?: ((e: unknown) => unknown) | null) => once().catch(onRejected),
+    finally: (onFinally?: (() => void) | null) => once().finally(onFinally),
+    requestTransaction: (batch: BatchTransaction) => run(batch),
+    [Symbol.toStringTag]: "PrismaPromise" as const,
+  };
+  return promise as unknown as EnqueuePromise<T>;
+}
+
+/**
+ * Runs `query` alone (awaited: on the delegate's own client or interactive transaction) or as its
+ * element of the batch. In a batch, Prisma holds every element at a lock until the last one has
+ * arrived, then runs them all in one database transaction; an element that fails before it
+ * arrives (bad input here) makes `$transaction([...])` reject and nothing runs at all, the way a
+ * Prisma validation error does.
+ */
+function execute<T>(query: QueryPromise<T>, batch: BatchTransaction | undefined): PromiseLike<T> {
+  if (batch === undefined) return query;
+  if (typeof query.requestTransaction !== "function") {
+    throw new TypeError("prisma-mail-outbox: this Prisma client's queries cannot join $transaction([...]); use $transaction(async (tx) => ...) instead.");
+  }
+  return query.requestTransaction(batch) as PromiseLike<T>;
+}
+
+/**
+ * A unique violation (P2002) of this outbox write itself. In a batch every element is rejected with
+ * the error of the statement that failed, so a unique violation of another model (a duplicate
+ * `User.email`) must not be mistaken for a duplicate idempotency key: Prisma names the model in
+ * `meta.modelName`, and sometimes the failing element in `batchRequestIdx`.
+ */
+function isOwnUniqueViolation(err: unknown, delegate: OutboxDelegate, batch: BatchTransaction | undefined): boolean {
+  const e = err as { code?: unknown; batchRequestIdx?: unknown; meta?: { modelName?: unknown } } | null;
+  if (e?.code !== "P2002") return false;
+  const model = e.meta?.modelName;
+  if (model !== undefined && delegate.$name !== undefined && model !== delegate.$name) return false;
+  return batch === undefined || typeof e.batchRequestIdx !== "number" || e.batchRequestIdx === batch.index;
+}
+
+// Mail enqueued per interactive-transaction delegate (`tx.outboxEmail`, one object per transaction),
+// for `expectEnqueued(tx, ...)` in prisma-mail-outbox/testing. Shared through a global symbol so a
+// second copy of this module (a test runner's own module registry) sees the same records. Only
+// transaction delegates are keys: they are dropped with their transaction, so nothing accumulates.
+const ENQUEUED_KEY = Symbol.for("prisma-mail-outbox.enqueuedInTransaction");
+type EnqueuedRegistry = WeakMap<object, string[]>;
+function enqueuedRegistry(): EnqueuedRegistry {
+  const g = globalThis as { [ENQUEUED_KEY]?: EnqueuedRegistry };
+  return (g[ENQUEUED_KEY] ??= new WeakMap());
+}
+
+/**
+ * Whether a Prisma client is an interactive transaction's (`tx` in `$transaction(async (tx) => ...)`):
+ * Prisma leaves `$connect` out of those (its `ITXClientDenyList`).
+ * @internal
+ */
+export function isTransactionClient(client: unknown): boolean {
+  return typeof client === "object" && client !== null && typeof (client as { $connect?: unknown }).$connect !== "function";
+}
+
+function recordEnqueued(delegate: OutboxDelegate, ids: readonly string[]): void {
+  if (!isTransactionClient(delegate.$parent)) return;
+  const registry = enqueuedRegistry();
+  const list = registry.get(delegate);
+  if (list) list.push(...ids);
+  else registry.set(delegate, [...ids]);
+}
+
+/**
+ * The ids of the mail enqueued through this transaction's `outboxEmail` delegate (for
+ * prisma-mail-outbox/testing); undefined when nothing was enqueued through it.
+ * @internal
+ */
+export function enqueuedInTransaction(delegate: object): readonly string[] | undefined {
+  return enqueuedRegistry().get(delegate);
 }
 
 function resolveDefaults(options: MailOutboxOptions): ComposeDefaults {
@@ -73,10 +177,6 @@ function toRow(m: ComposedMail, now: Date): Record<string, unknown> {
   return row;
 }
 
-function isUniqueViolation(err: unknown): boolean {
-  return (err as { code?: unknown } | null)?.code === "P2002";
-}
-
 /**
  * The outbox as a Prisma extension. Add the `OutboxEmail` and `OutboxEmailAttempt` models to your
  * schema (`mail-outbox init`), then extend your client:
@@ -100,82 +200,114 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
           /**
            * Put one mail in the outbox, in the transaction this delegate belongs to.
            *
-           * - Called on `tx.outboxEmail` inside `prisma.$transaction(async (tx) => ...)`: the mail is written
-           *   in that transaction. If it commits, the relay will hand the mail to the MTA (at least once,
-           *   with the Message-ID returned here). If it rolls back, the mail never existed and is never sent.
-           * - Called on `prisma.outboxEmail`: the mail is written and committed on its own.
-           * - Bad input throws `InvalidMailError` (listing every problem) before anything is written; a key
-           *   already used throws `DuplicateIdempotencyKeyError`. The transaction stays yours: catch the error
-           *   and commit your business data, or let it propagate to roll back.
+           * - On `tx.outboxEmail` inside `prisma.$transaction(async (tx) => ...)`: the mail is written in that
+           *   transaction. If it commits, the relay will hand the mail to the MTA (at least once, with the
+           *   Message-ID returned here). If it rolls back, the mail never existed and is never sent.
+           * - As an element of a batch, `prisma.$transaction([prisma.user.create(...), prisma.outboxEmail.enqueue(...)])`:
+           *   the same, with the batch's transaction. Bad input or a key already in the outbox rejects the
+           *   whole batch before any of it runs: nothing is written.
+           * - On `prisma.outboxEmail` outside a transaction: the mail is written and committed at once, on
+           *   its own, independent of any business write. It will be sent even if your next write fails.
+           *   The outbox guarantee (mail if and only if your data commits) needs a transaction.
+           * - Bad input rejects with `InvalidMailError` (listing every problem) before anything is written; a
+           *   key already used rejects with `DuplicateIdempotencyKeyError`. In an interactive transaction the
+           *   transaction stays yours: catch the error and commit your business data, or let it propagate
+           *   to roll back.
            *
-           * The complete RFC 5322 message is composed here, so the relay forwards these exact bytes and a
-           * replay sends exactly what was committed.
+           * Like Prisma's own queries, the returned promise is lazy: nothing happens until it is awaited
+           * (or passed to `$transaction([...])`). The complete RFC 5322 message is composed then, so the
+           * relay forwards these exact bytes and a replay sends exactly what was committed.
+           *
+           * @example
+           * ```ts
+           * await prisma.$transaction(async (tx) => {
+           *   const user = await tx.user.create({ data: { email } });
+           *   await tx.outboxEmail.enqueue({ to: email, subject: "Welcome", text: `Hello ${user.name}` });
+           * });
+           * // or, as a batch:
+           * await prisma.$transaction([
+           *   prisma.user.create({ data: { email } }),
+           *   prisma.outboxEmail.enqueue({ to: email, subject: "Welcome", text: "Hello" }),
+           * ]);
+           * ```
            */
-          async enqueue<T>(this: T, mail: MailInput): Promise<EnqueueResult> {
+          enqueue<T>(this: T, mail: MailInput): EnqueuePromise<EnqueueResult> {
             const delegate = Prisma.getExtensionContext(this) as unknown as OutboxDelegate;
-            const now = new Date();
-            const composed = await composeMail(mail, defaults, now);
-            if (composed.idempotencyKey !== null) {
-              // Look first: on PostgreSQL a failed INSERT would abort the caller's transaction.
-              const existing = await delegate.findFirst({ where: { idempotencyKey: composed.idempotencyKey }, select: { id: true, messageId: true } });
-              if (existing) throw new DuplicateIdempotencyKeyError(composed.idempotencyKey, existing.id, existing.messageId);
-            }
-            try {
-              await delegate.create({ data: toRow(composed, now), select: { id: true } });
-            } catch (err) {
-              if (composed.idempotencyKey !== null && isUniqueViolation(err)) {
-                throw new DuplicateIdempotencyKeyError(composed.idempotencyKey, null, null, { cause: err });
+            return prismaPromise(async (batch) => {
+              const now = new Date();
+              const composed = await composeMail(mail, defaults, now);
+              if (composed.idempotencyKey !== null) {
+                // Look first: on PostgreSQL a failed INSERT would abort the caller's transaction. In a batch
+                // this read runs before the batch's transaction, on the client's own connection.
+                const existing = await delegate.findFirst({ where: { idempotencyKey: composed.idempotencyKey }, select: { id: true, messageId: true } });
+                if (existing) throw new DuplicateIdempotencyKeyError(composed.idempotencyKey, existing.id, existing.messageId);
               }
-              throw err;
-            }
-            return { id: composed.id, messageId: composed.messageId };
+              try {
+                await execute(delegate.create({ data: toRow(composed, now), select: { id: true } }), batch);
+              } catch (err) {
+                if (composed.idempotencyKey !== null && isOwnUniqueViolation(err, delegate, batch)) {
+                  throw new DuplicateIdempotencyKeyError(composed.idempotencyKey, null, null, { cause: err });
+                }
+                throw err;
+              }
+              if (batch === undefined) recordEnqueued(delegate, [composed.id]);
+              return { id: composed.id, messageId: composed.messageId };
+            });
           },
 
           /**
            * Put several mails in the outbox with one INSERT, in the transaction this delegate belongs to.
            * All or nothing: if any mail is invalid, `InvalidMailError` lists the problems of every mail
-           * (prefixed `mails[i].`) and nothing is written. Same commit and rollback guarantees as `enqueue`.
+           * (prefixed `mails[i].`) and nothing is written. Same commit, rollback, batch and
+           * outside-a-transaction behaviour as `enqueue`.
            */
-          async enqueueMany<T>(this: T, mails: readonly MailInput[]): Promise<EnqueueResult[]> {
+          enqueueMany<T>(this: T, mails: readonly MailInput[]): EnqueuePromise<EnqueueResult[]> {
             const delegate = Prisma.getExtensionContext(this) as unknown as OutboxDelegate;
-            if (!Array.isArray(mails)) throw new InvalidMailError(["mails: expected an array of mails"]);
-            if (mails.length === 0) return [];
-            const now = new Date();
-            const problems: string[] = [];
-            const composed: ComposedMail[] = [];
-            for (let i = 0; i < mails.length; i++) {
-              try {
-                composed.push(await composeMail(mails[i], defaults, now));
-              } catch (err) {
-                if (err instanceof InvalidMailError) problems.push(...err.problems.map((p) => `mails[${i}].${p}`));
-                else throw err;
+            return prismaPromise(async (batch) => {
+              if (!Array.isArray(mails)) throw new InvalidMailError(["mails: expected an array of mails"]);
+              if (mails.length === 0) {
+                // Nothing to write; in a batch Prisma still waits for this element to arrive.
+                if (batch !== undefined) await execute(delegate.findMany({ where: { id: { in: [] } }, select: { id: true, messageId: true, idempotencyKey: true } }), batch);
+                return [];
               }
-            }
-            const keys = new Map<string, number>();
-            composed.forEach((m, i) => {
-              if (m.idempotencyKey === null) return;
-              const first = keys.get(m.idempotencyKey);
-              if (first !== undefined) problems.push(`mails[${i}].idempotencyKey: the same key as mails[${first}]`);
-              else keys.set(m.idempotencyKey, i);
-            });
-            if (problems.length > 0) throw new InvalidMailError(problems);
-            if (keys.size > 0) {
-              const existing = await delegate.findMany({
-                where: { idempotencyKey: { in: [...keys.keys()] } },
-                select: { id: true, messageId: true, idempotencyKey: true },
+              const now = new Date();
+              const problems: string[] = [];
+              const composed: ComposedMail[] = [];
+              for (let i = 0; i < mails.length; i++) {
+                try {
+                  composed.push(await composeMail(mails[i], defaults, now));
+                } catch (err) {
+                  if (err instanceof InvalidMailError) problems.push(...err.problems.map((p) => `mails[${i}].${p}`));
+                  else throw err;
+                }
+              }
+              const keys = new Map<string, number>();
+              composed.forEach((m, i) => {
+                if (m.idempotencyKey === null) return;
+                const first = keys.get(m.idempotencyKey);
+                if (first !== undefined) problems.push(`mails[${i}].idempotencyKey: the same key as mails[${first}]`);
+                else keys.set(m.idempotencyKey, i);
               });
-              const hit = existing[0];
-              if (hit) throw new DuplicateIdempotencyKeyError(hit.idempotencyKey ?? "", hit.id, hit.messageId);
-            }
-            try {
-              await delegate.createMany({ data: composed.map((m) => toRow(m, now)) });
-            } catch (err) {
-              if (keys.size > 0 && isUniqueViolation(err)) {
-                throw new DuplicateIdempotencyKeyError([...keys.keys()].join(", "), null, null, { cause: err });
+              if (problems.length > 0) throw new InvalidMailError(problems);
+              if (keys.size > 0) {
+                const existing = await delegate.findMany({
+                  where: { idempotencyKey: { in: [...keys.keys()] } },
+                  select: { id: true, messageId: true, idempotencyKey: true },
+                });
+                const hit = existing[0];
+                if (hit) throw new DuplicateIdempotencyKeyError(hit.idempotencyKey ?? "", hit.id, hit.messageId);
               }
-              throw err;
-            }
-            return composed.map((m) => ({ id: m.id, messageId: m.messageId }));
+              try {
+                await execute(delegate.createMany({ data: composed.map((m) => toRow(m, now)) }), batch);
+              } catch (err) {
+                if (keys.size > 0 && isOwnUniqueViolation(err, delegate, batch)) {
+                  throw new DuplicateIdempotencyKeyError([...keys.keys()].join(", "), null, null, { cause: err });
+                }
+                throw err;
+              }
+              if (batch === undefined) recordEnqueued(delegate, composed.map((m) => m.id));
+              return composed.map((m) => ({ id: m.id, messageId: m.messageId }));
+            });
           },
         },
       },

@@ -1,6 +1,8 @@
 /**
  * Test helpers for applications that use the outbox (in the manner of River's rivertest):
- * assert, inside the transaction under test, that it enqueued the mail you expect.
+ * assert, inside the transaction under test, that it enqueued the mail you expect. Inside a
+ * transaction they look only at the mail that transaction enqueued, so other mail in a shared
+ * database (committed by other tests or processes) never counts.
  *
  * @example
  * ```ts
@@ -12,6 +14,7 @@
  * ```
  */
 import { AssertionError } from "node:assert";
+import { enqueuedInTransaction, isTransactionClient } from "./extension.js";
 
 export interface EnqueuedMail {
   readonly id: string;
@@ -39,7 +42,7 @@ export interface EnqueuedMatch {
 }
 
 interface ClientLike {
-  outboxEmail: { findMany(args: unknown): Promise<Record<string, unknown>[]> };
+  outboxEmail: { findMany(args: unknown): PromiseLike<Record<string, unknown>[]> };
 }
 
 function toMail(r: Record<string, unknown>): EnqueuedMail {
@@ -75,17 +78,35 @@ export async function listEnqueued(client: unknown, where: Record<string, unknow
 }
 
 /**
- * Assert that the transaction (or client) `tx` sees enqueued mail matching `match`; returns the matches.
+ * The mail `tx` enqueued, oldest first: on an interactive transaction client (`tx` in
+ * `prisma.$transaction(async (tx) => ...)`), the mail enqueued through `tx.outboxEmail` in that
+ * transaction and nothing else (the extension records their ids per transaction; the rows are read
+ * through `tx`). On a client outside a transaction, every pending mail in the outbox.
+ */
+export async function listEnqueuedBy(tx: unknown): Promise<EnqueuedMail[]> {
+  if (!isTransactionClient(tx)) return listEnqueued(tx, { status: "pending" });
+  const delegate = (tx as ClientLike).outboxEmail;
+  const ids = (typeof delegate === "object" && delegate !== null ? enqueuedInTransaction(delegate) : undefined) ?? [];
+  if (ids.length === 0) return [];
+  return listEnqueued(tx, { id: { in: [...ids] } });
+}
+
+/**
+ * Assert that the transaction `tx` enqueued mail matching `match`; returns the matches.
+ * Inside `prisma.$transaction(async (tx) => ...)` only the mail enqueued through this `tx` counts
+ * (call it with the same `tx` the code under test used; a nested `tx.$transaction(...)` has its own).
+ * Given a client outside a transaction, it looks at every pending mail in the outbox.
  * Throws an AssertionError that lists what was enqueued instead.
  */
 export async function expectEnqueued(tx: unknown, match: EnqueuedMatch): Promise<EnqueuedMail[]> {
-  const all = await listEnqueued(tx, { status: "pending" });
+  const inTransaction = isTransactionClient(tx);
+  const all = await listEnqueuedBy(tx);
   const hits = all.filter((m) => matches(m, match));
   const ok = match.count === undefined ? hits.length > 0 : hits.length === match.count;
   if (!ok) {
     const seen = all.map((m) => `  ${m.messageId} to=${m.envelopeTo.join(",")} subject=${JSON.stringify(m.subject)}`).join("\n") || "  (none)";
     throw new AssertionError({
-      message: `Expected ${match.count ?? "at least one"} enqueued mail matching ${JSON.stringify(match, (_k, v) => (v instanceof RegExp ? String(v) : v))}, found ${hits.length}. Pending mail in the outbox:\n${seen}`,
+      message: `Expected ${match.count ?? "at least one"} enqueued mail matching ${JSON.stringify(match, (_k, v) => (v instanceof RegExp ? String(v) : v))}, found ${hits.length}. ${inTransaction ? "Mail this transaction enqueued" : "Pending mail in the outbox"}:\n${seen}`,
       actual: hits.length,
       expected: match.count ?? 1,
       operator: match.count === undefined ? ">=" : "===",

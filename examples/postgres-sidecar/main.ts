@@ -15,7 +15,8 @@
  *    SIGTERM (a graceful stop) and prints `mail-outbox list`.
  *
  * The CLI runs from this repository's source (`node --import tsx src/cli.ts`); in your app it is
- * `npx mail-outbox` (the package's bin).
+ * the package's bin: `npx mail-outbox <command>` for a one-off command, and for the long-running
+ * relay `exec node_modules/.bin/mail-outbox relay` (npx would not pass SIGTERM on).
  */
 import { execFile, spawn } from "node:child_process";
 import path from "node:path";
