@@ -248,7 +248,7 @@ async function summarizeProfile(ctx: Ctx, key: string, dir: string | undefined):
 }
 
 function sinkCheck(ctx: Ctx, expected: number): { atSink: number | null; duplicates: number | null } {
-  const counts = ctx.sink.counts;
+  const counts = ctx.sink.counts();
   if (!counts) return { atSink: null, duplicates: null };
   let dup = 0;
   for (const n of counts.values()) if (n > 1) dup++;
@@ -286,7 +286,7 @@ async function drainOnce(ctx: Ctx, contender: ContenderName, mails: number): Pro
   const store = await freshStore(contender);
   try {
     await bulkLoad(store, ctx.template, mails);
-    ctx.sink.counts?.clear();
+    ctx.sink.clear();
     const key = `drain-${contender}`;
     const dir = profileDirFor(ctx, key);
     const child = await startChild<WorkerResult>(
@@ -329,7 +329,7 @@ async function drainPhase(ctx: Ctx, ceiling: number[]): Promise<DrainRun[]> {
 async function latencyOnce(ctx: Ctx, contender: ContenderName, load: Counts["latency"][number]): Promise<LatencyRun> {
   const store = await freshStore(contender);
   try {
-    ctx.sink.counts?.clear();
+    ctx.sink.clear();
     const worker = await startChild<WorkerResult>({ role: "worker", expected: load.mails, collectSent: true, reportProgress: false, ...workerConfig(contender, store, ctx.sink.url) } as WorkerConfig);
     await worker.ready;
     const target = contender === "relay-pg" || contender === "relay-sqlite" ? store.url : store.schema;
@@ -459,7 +459,7 @@ async function scalePhase(ctx: Ctx): Promise<{ runs: ScaleRun[]; checks: ScaleCh
   const mails = ctx.opts.counts.scaleMails;
   for (let round = 0; round < ctx.opts.counts.rounds; round++) {
     for (const k of rotate(ctx.opts.counts.scaleRelays, round)) {
-      ctx.sink.counts?.clear();
+      ctx.sink.clear();
       const r = await scaleOnce(ctx, k, mails, ctx.sink);
       const s = sinkCheck(ctx, mails);
       runs.push(r);
@@ -498,7 +498,7 @@ async function memoryPhase(ctx: Ctx): Promise<MemoryRun[]> {
     try {
       const loadMs = await bulkLoad(store, ctx.template, backlog);
       ctx.opts.log(`memory: loaded ${fmt(backlog)} mails in ${fmt(loadMs / 1000, 1)} s`);
-      ctx.sink.counts?.clear();
+      ctx.sink.clear();
       const key = `memory-${backlog}`;
       const dir = profileDirFor(ctx, key);
       const child = await startChild<WorkerResult>(

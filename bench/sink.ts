@@ -3,8 +3,8 @@
  * - Postfix's `smtp-sink` (C, one process, event-driven) when it is installed: it answers 250 to
  *   everything and leaves the CPU to the contenders. With `dump` it also appends every message to
  *   one file (used for the exactly-once check; it costs the sink about twice the CPU).
- * - otherwise, and for the quick CI variant, an `smtp-server` sink in this process that records
- *   how often each Message-ID arrived.
+ * - otherwise, and for the quick CI variant, the repository's test SMTP server (testkit/smtp.ts)
+ *   in this process, counting how often each Message-ID arrived and keeping nothing else.
  * - Postfix's `smtp-source` measures what the sink takes from a C client: the ceiling.
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -12,15 +12,17 @@ import { accessSync, constants, createReadStream } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import { SMTPServer } from "smtp-server";
+import { startTestSmtp } from "../testkit/smtp.js";
 
 export interface Sink {
   readonly kind: "smtp-sink" | "smtp-server";
   readonly port: number;
   /** `smtp://127.0.0.1:PORT?maxConnections=10`: the transport every contender uses. */
   readonly url: string;
-  /** smtp-server only: how often each Message-ID arrived since the last reset. */
-  readonly counts: Map<string, number> | null;
+  /** smtp-server only: how often each Message-ID arrived since the last `clear()`; null for smtp-sink. */
+  counts(): ReadonlyMap<string, number> | null;
+  /** Forget the counts (smtp-server; nothing to forget for smtp-sink). */
+  clear(): void;
   close(): Promise<void>;
 }
 
@@ -99,7 +101,8 @@ export async function startSmtpSink(options: { readonly dump?: string } = {}): P
     kind: "smtp-sink",
     port,
     url: sinkUrl(port),
-    counts: null,
+    counts: () => null,
+    clear: () => {},
     async close() {
       child.kill("SIGTERM");
       await exited;
@@ -113,37 +116,16 @@ function messageIdOf(head: string): string | null {
   return m?.[1] ?? null;
 }
 
-/** An smtp-server sink in this process that counts Message-IDs. */
+/** The test SMTP server in this process, counting Message-IDs only (`capture: "count"`). */
 export async function startRecordingSink(): Promise<Sink> {
-  const counts = new Map<string, number>();
-  const server = new SMTPServer({
-    logger: false,
-    authOptional: true,
-    disabledCommands: ["STARTTLS", "AUTH"],
-    hideSTARTTLS: true,
-    closeTimeout: 200,
-    onData(stream, _session, callback) {
-      let head = "";
-      stream.on("data", (c: Buffer) => {
-        if (head.length < 4096) head += c.toString("latin1");
-      });
-      stream.on("end", () => {
-        const id = messageIdOf(head) ?? "(none)";
-        counts.set(id, (counts.get(id) ?? 0) + 1);
-        callback(null, "2.0.0 Ok: queued");
-      });
-    },
-  });
-  const port = await new Promise<number>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve((server.server.address() as net.AddressInfo).port));
-  });
+  const smtp = await startTestSmtp({ capture: "count" });
   return {
     kind: "smtp-server",
-    port,
-    url: sinkUrl(port),
-    counts,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    port: smtp.port,
+    url: sinkUrl(smtp.port),
+    counts: () => smtp.countByMessageId(),
+    clear: () => smtp.clear(),
+    close: () => smtp.close(),
   };
 }
 

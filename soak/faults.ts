@@ -94,7 +94,7 @@ export interface MtaCopy {
 }
 
 /** A small seeded PRNG (mulberry32), the one the test SMTP server uses. */
-export { seededRandom as seeded } from "../test/support/smtp.js";
+export { seededRandom as seeded } from "../testkit/smtp.js";
 
 /** An exponentially distributed delay with the given mean (for "random moments"). */
 export function expDelay(random: () => number, meanMs: number): number {

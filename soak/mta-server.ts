@@ -1,10 +1,10 @@
 /**
  * The faulty MTA, in a process of its own so that relay kills and database restarts never disturb
- * it. A real SMTP server (test/support/smtp.ts, the `smtp-server` package) with a fault hook driven
+ * it. A real SMTP server (testkit/smtp.ts, the `smtp-server` package) with a fault hook driven
  * by soak/faults.ts. Started by soak/mta.ts with an IPC channel; answers commands on it and keeps,
  * for every message it took, one `MtaCopy` (Message-ID, which fault it went through, rollback marker).
  */
-import { startTestSmtp, type Fault, type FaultContext } from "../test/support/smtp.js";
+import { startTestSmtp, type Fault, type FaultContext } from "../testkit/smtp.js";
 import {
   fateOf,
   isRefusedRecipient,

@@ -5,6 +5,7 @@
  * Failures are classified by `err.code` and `err.responseCode` (the fields nodemailer and this
  * library's own errors carry), never by matching message text.
  */
+import { redactSecrets } from "./redact.js";
 
 export type HandoffFailureKind = "transient" | "permanent";
 
@@ -57,13 +58,6 @@ function field(err: unknown, key: string): unknown {
   return typeof err === "object" && err !== null ? (err as Record<string, unknown>)[key] : undefined;
 }
 
-/** Remove credentials that may appear in a message: `scheme://user:pass@`, `pass=...`. */
-export function redactSecrets(text: string): string {
-  return text
-    .replace(/([a-z][a-z0-9+.-]*:\/\/[^\s:/@]*):[^\s@/]*@/gi, "$1:***@")
-    .replace(/\b(pass(?:word)?|secret|token)=([^\s&]+)/gi, "$1=***");
-}
-
 /** nodemailer's `err.command` for the steps that open a session, before any mail is named. */
 function isSessionCommand(command: unknown): boolean {
   return typeof command === "string" && /^(?:CONN|EHLO|HELO|LHLO|STARTTLS|AUTH\b)/i.test(command);
@@ -72,6 +66,59 @@ function isSessionCommand(command: unknown): boolean {
 function responseCodeOf(err: unknown): number | null {
   const rc = field(err, "responseCode");
   if (typeof rc === "number" && Number.isInteger(rc) && rc >= 200 && rc <= 599) return rc;
+  return null;
+}
+
+/**
+ * Codes that mean nothing reached the MTA: the connection was never made, so the hand-off can be
+ * tried again at once within the same attempt. Not `ECONNECTION`: nodemailer also reports a
+ * connection closed after DATA (the MTA may have the mail) that way.
+ */
+export function isConnectionRefused(err: unknown): boolean {
+  if (err === null || typeof err !== "object" || field(err, "responseCode") !== undefined) return false;
+  return field(err, "code") === "ECONNREFUSED" || field(err, "errno") === "ECONNREFUSED" || field(field(err, "cause"), "code") === "ECONNREFUSED";
+}
+
+const UNREACHABLE_CODES = new Set(["ECONNECTION", "ECONNREFUSED", "ETIMEDOUT", "ESOCKET", "ECONNRESET", "EPIPE", "EDNS"]);
+
+/**
+ * A failure (as {@link classifyError} reports its `code` and `responseCode`) that says the MTA as a
+ * whole is unreachable, not that this one mail is unwelcome: a connection error without a reply.
+ */
+export function isMtaUnreachable(code: string | null, responseCode: number | null): boolean {
+  return responseCode === null && code !== null && UNREACHABLE_CODES.has(code);
+}
+
+/**
+ * The recipients a failed hand-off names as refused (nodemailer's `err.rejectedErrors`, when
+ * every recipient was refused), with the reply of each; null when the error names none.
+ */
+export function rejectedRecipientsOf(err: unknown): { recipient: string; response: string | null }[] | null {
+  const list = field(err, "rejectedErrors");
+  if (!Array.isArray(list)) return null;
+  return list.map((e: unknown) => {
+    const recipient = field(e, "recipient");
+    const response = field(e, "response");
+    return { recipient: String(recipient ?? ""), response: typeof response === "string" ? response : null };
+  });
+}
+
+/**
+ * The SMTP reply code with which the MTA refused `recipient` in a successful hand-off: the
+ * `responseCode` of its entry in `info.rejectedErrors` (nodemailer's and the pipelined transport's
+ * carry one), else the code that starts that entry's reply (RFC 5321 4.2: three digits, then the
+ * text); null when there is none. 4xx defers the recipient, 5xx refuses it for good.
+ */
+export function recipientReplyCode(info: SentMessageInfoLike, recipient: string): number | null {
+  const errors = info.rejectedErrors;
+  if (!errors) return null;
+  for (const e of errors) {
+    if (field(e, "recipient") !== recipient) continue;
+    const code = responseCodeOf(e);
+    if (code !== null) return code;
+    const response = field(e, "response");
+    return typeof response === "string" && /^[2-5]\d\d(?:[ -]|$)/.test(response) ? Number(response.slice(0, 3)) : null;
+  }
   return null;
 }
 

@@ -1,15 +1,27 @@
 /**
- * Connections the relay, the CLI and `migrate` open themselves, from one URL:
- * `file:./outbox.db` (SQLite, the embedded default) or `postgresql://...` (PostgreSQL).
+ * Open the store for a database URL: `file:./outbox.db` (SQLite, the embedded default) or
+ * `postgresql://...` (PostgreSQL). This is the one place that picks a store; everything else
+ * talks to the `Store` interface (src/store.ts).
  *
  * The relay does not go through a generated Prisma client: it runs a handful of batched
  * statements on the driver that Prisma's own adapters use (`pg`, `better-sqlite3`), so the
  * sidecar needs no code from the application.
  */
+import { existsSync } from "node:fs";
 import path from "node:path";
-import pg from "pg";
-import Database from "better-sqlite3";
 import { DatabaseConfigError } from "./errors.js";
+import { redactUrl } from "./redact.js";
+import type { Store } from "./store.js";
+import { PostgresStore } from "./stores/postgres/store.js";
+import { SqliteStore } from "./stores/sqlite/store.js";
+
+export type { Store } from "./store.js";
+export { PostgresStore } from "./stores/postgres/store.js";
+export { SqliteStore } from "./stores/sqlite/store.js";
+export { quoteIdent } from "./stores/postgres/schema-sql.js";
+export { fromSqliteTime, toSqliteTime } from "./stores/sqlite/time.js";
+/** Moved to src/redact.ts (the one redaction helper); re-exported here for existing callers. */
+export { redactUrl };
 
 export type Dialect = "postgresql" | "sqlite";
 
@@ -17,27 +29,14 @@ export type DatabaseLocation =
   | { readonly dialect: "sqlite"; readonly filename: string }
   | { readonly dialect: "postgresql"; readonly connectionString: string; readonly schema: string };
 
-export interface PostgresDb {
-  readonly dialect: "postgresql";
-  readonly pool: pg.Pool;
-  /** The schema that holds the outbox tables (`?schema=` in the URL, as Prisma reads it; default `public`). */
-  readonly schema: string;
-  /** The URL with its password replaced by `***`, fit for logs. */
-  readonly displayUrl: string;
-  close(): Promise<void>;
-}
-
-export interface SqliteDb {
-  readonly dialect: "sqlite";
-  readonly db: Database.Database;
-  /** The absolute path of the database file. */
-  readonly filename: string;
-  /** The URL as given (`file:./dev.db`), fit for logs. */
-  readonly displayUrl: string;
-  close(): Promise<void>;
-}
-
-export type Db = PostgresDb | SqliteDb;
+/**
+ * A store that `openDatabase` returns: every one is a {@link Store}. The shipped stores also
+ * carry their driver handle (`pool` and `schema`; `db` and `filename`), told apart by `dialect`,
+ * for tests and tools that run their own SQL beside the outbox. Library code takes a `Store`.
+ */
+export type Db = PostgresStore | SqliteStore;
+export type PostgresDb = PostgresStore;
+export type SqliteDb = SqliteStore;
 
 export interface OpenDatabaseOptions {
   /** PostgreSQL pool size. @default 4 */
@@ -46,32 +45,6 @@ export interface OpenDatabaseOptions {
   readonly applicationName?: string;
   /** SQLite: how long a writer waits for the lock before failing. @default 5000 */
   readonly busyTimeoutMs?: number;
-}
-
-/**
- * A database or transport URL fit for logs and messages: the password, and the values of query
- * parameters named like `pass`, `secret` or `token`, replaced by `***`. A SQLite URL comes back as
- * written (`file:./dev.db`, not the WHATWG form `file:///dev.db`, which reads like `/dev.db`).
- * Strings that are not URLs come back unchanged.
- *
- * @example
- * redactUrl("postgresql://app:hunter2@db/prod"); // "postgresql://app:***@db/prod"
- * redactUrl("file:./dev.db"); // "file:./dev.db"
- */
-export function redactUrl(url: string): string {
-  if (/^file:/i.test(url)) {
-    return url.replace(/\/\/([^:/@]*):([^@/]*)@/, "//$1:***@").replace(/([?&][^=&#]*(?:pass|secret|token)[^=&#]*=)[^&#]*/gi, "$1***");
-  }
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = "***";
-    for (const key of [...u.searchParams.keys()]) {
-      if (/pass|secret|token/i.test(key)) u.searchParams.set(key, "***");
-    }
-    return u.toString();
-  } catch {
-    return url.replace(/\/\/([^:/@]+):([^@/]*)@/, "//$1:***@");
-  }
 }
 
 /**
@@ -112,65 +85,45 @@ export function parseDatabaseUrl(url: string | undefined, cwd = process.cwd()): 
   );
 }
 
-/** Quote an SQL identifier (schema names only; table and column names are fixed). */
-export function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
+/**
+ * The database file a URL names, when the database lives in a file that does not exist (opening
+ * it would create an empty one); null otherwise.
+ * @throws DatabaseConfigError as {@link parseDatabaseUrl}.
+ */
+export function missingDatabaseFile(url: string | undefined): string | null {
+  const location = parseDatabaseUrl(url);
+  return location.dialect === "sqlite" && !existsSync(location.filename) ? location.filename : null;
 }
 
-/** Open a connection (SQLite) or a pool (PostgreSQL) to the database at `url`. */
+/** The PostgreSQL schema a URL names (`?schema=`, default `public`); null for a URL of another database or none. */
+export function databaseSchema(url: string | undefined): string | null {
+  if (url === undefined || !/^postgres(ql)?:\/\//.test(url)) return null;
+  const location = parseDatabaseUrl(url);
+  return location.dialect === "postgresql" ? location.schema : null;
+}
+
+/** Open the store for the database at `url`: a connection (SQLite) or a pool (PostgreSQL). */
 export async function openDatabase(url: string | undefined, options: OpenDatabaseOptions = {}): Promise<Db> {
   const location = parseDatabaseUrl(url);
   const displayUrl = redactUrl(url ?? "");
   if (location.dialect === "sqlite") {
-    let db: Database.Database;
-    try {
-      db = new Database(location.filename);
-    } catch (cause) {
-      throw new DatabaseConfigError(`Cannot open the SQLite database ${location.filename}: ${(cause as Error).message}`, { cause });
-    }
-    db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(options.busyTimeoutMs ?? 5000))}`);
-    // WAL lets the application write while the relay reads; it is a property of the file, kept across connections.
-    db.pragma("journal_mode = WAL");
-    db.pragma("foreign_keys = ON");
-    return {
-      dialect: "sqlite",
-      db,
-      filename: location.filename,
-      displayUrl,
-      async close() {
-        if (db.open) db.close();
-      },
-    };
+    return new SqliteStore({ filename: location.filename, displayUrl, ...(options.busyTimeoutMs !== undefined ? { busyTimeoutMs: options.busyTimeoutMs } : {}) });
   }
-  const pool = new pg.Pool({
+  return new PostgresStore({
     connectionString: location.connectionString,
-    max: options.poolSize ?? 4,
-    application_name: options.applicationName ?? "mail-outbox",
-    options: `-c search_path=${quoteIdent(location.schema)}`,
-    connectionTimeoutMillis: 10_000,
-  });
-  // An idle client whose backend was terminated emits 'error' on the pool; without a listener
-  // that would crash the process. The next query gets a fresh connection.
-  pool.on("error", () => {});
-  return {
-    dialect: "postgresql",
-    pool,
     schema: location.schema,
     displayUrl,
-    async close() {
-      await pool.end();
-    },
-  };
+    ...(options.poolSize !== undefined ? { poolSize: options.poolSize } : {}),
+    ...(options.applicationName !== undefined ? { applicationName: options.applicationName } : {}),
+  });
 }
 
-/** SQLite keeps Prisma's DateTime as ISO-8601 text with an explicit offset (the adapter's default `timestampFormat`). */
-export function toSqliteTime(d: Date): string {
-  return d.toISOString().replace("Z", "+00:00");
-}
-
-/** Read a DateTime column from SQLite: ISO text (Prisma's default) or epoch milliseconds (`timestampFormat: "unixepoch-ms"`). */
-export function fromSqliteTime(v: unknown): Date | null {
-  if (v === null || v === undefined) return null;
-  if (typeof v === "number" || typeof v === "bigint") return new Date(Number(v));
-  return new Date(String(v));
+/** A store, given one or a URL to open for one call and close after it. */
+export async function withStore<T>(storeOrUrl: Store | string, fn: (store: Store) => Promise<T>): Promise<T> {
+  const store = typeof storeOrUrl === "string" ? await openDatabase(storeOrUrl) : storeOrUrl;
+  try {
+    return await fn(store);
+  } finally {
+    if (typeof storeOrUrl === "string") await store.close();
+  }
 }

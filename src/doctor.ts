@@ -3,17 +3,16 @@
  * `mail-outbox doctor` only prints what {@link doctor} returns.
  */
 import { execFile } from "node:child_process";
-import { accessSync, constants, existsSync, realpathSync } from "node:fs";
+import { accessSync, constants, realpathSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { countNumericTimes, errorMessage, pingDatabase } from "./admin.js";
+import { errorMessage, pingDatabase } from "./admin.js";
 import { DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_MESSAGE_BYTES } from "./compose.js";
-import { openDatabase, parseDatabaseUrl, type Db } from "./db.js";
+import { missingDatabaseFile, openDatabase } from "./db.js";
 import { OptionsError } from "./errors.js";
-import { inspectSchema, type SchemaProblem } from "./migrate.js";
+import { inspectSchema } from "./schema.js";
 import { DEFAULT_SENDMAIL_PATH } from "./sendmail.js";
-import * as pgSql from "./sql/postgres-admin.js";
-import * as liteSql from "./sql/sqlite-admin.js";
+import type { SchemaProblem, Store } from "./store.js";
 import { createTransporter, describeTransport, isLoopbackHost, verifyTransport, type TransportSpec } from "./transport.js";
 
 const execFileAsync = promisify(execFile);
@@ -44,8 +43,8 @@ export interface DoctorReport {
 export interface DoctorOptions {
   /** `file:./outbox.db` or `postgresql://...`. Either this or `db`. A SQLite file that does not exist is reported, not created. */
   readonly databaseUrl?: string | undefined;
-  /** An open database; doctor does not close it. */
-  readonly db?: Db;
+  /** An open store (`openDatabase()`); doctor does not close it. */
+  readonly db?: Store;
   /** The relay's transport (`MAIL_OUTBOX_TRANSPORT`); when absent the transport check fails as "not configured". */
   readonly transport?: TransportSpec | undefined;
   /** How long to wait for the transport to answer. @default 10_000 */
@@ -112,20 +111,20 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
   let largestPending: number | null = null;
 
   // ---- database, schema, times ----
-  let db: Db | undefined = options.db;
+  let db: Store | undefined = options.db;
   const ownsDb = db === undefined;
   try {
     if (db === undefined) {
-      const location = parseDatabaseUrl(options.databaseUrl);
-      if (location.dialect === "sqlite" && !existsSync(location.filename)) {
-        checks.push(check("database", "fail", `the SQLite database ${location.filename} does not exist`, "check DATABASE_URL (or --database-url), or create the tables there with `mail-outbox migrate`"));
+      const missing = missingDatabaseFile(options.databaseUrl);
+      if (missing !== null) {
+        checks.push(check("database", "fail", `the SQLite database ${missing} does not exist`, "check DATABASE_URL (or --database-url), or create the tables there with `mail-outbox migrate`"));
       } else {
         db = await openDatabase(options.databaseUrl);
       }
     }
     if (db !== undefined) {
       await pingDatabase(db);
-      checks.push(check("database", "ok", `reachable: ${db.displayUrl} (${db.dialect})`));
+      checks.push(check("database", "ok", `reachable: ${db.displayUrl} (${db.provider})`));
     }
   } catch (e) {
     checks.push(check("database", "fail", errorMessage(e), "check DATABASE_URL (or --database-url) and that the database is running"));
@@ -145,27 +144,26 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
     checks.push(check("schema", "fail", errorMessage(e), "run `mail-outbox migrate`"));
   }
   try {
-    if (db !== undefined && checks.every((c) => c.ok)) {
-      if (db.dialect === "sqlite") {
-        const numeric = await countNumericTimes(db);
-        checks.push(
-          numeric === 0
-            ? check("times", "ok", "times are stored as ISO-8601 text, as the relay compares them")
-            : check(
-                "times",
-                "fail",
-                `${numeric} row(s) store times as numbers: the application's PrismaBetterSqlite3 adapter uses timestampFormat "unixepoch-ms"; the relay needs the default "iso8601" (such rows are treated as due at once)`,
-                'create the adapter without timestampFormat (the default "iso8601"); rows already written keep their numbers',
-              ),
-        );
-      }
+    // Only where times can be stored as numbers (SQLite); null elsewhere.
+    const numeric = db !== undefined && checks.every((c) => c.ok) ? await db.countNumericTimes() : null;
+    if (numeric !== null) {
+      checks.push(
+        numeric === 0
+          ? check("times", "ok", "times are stored as ISO-8601 text, as the relay compares them")
+          : check(
+              "times",
+              "fail",
+              `${numeric} row(s) store times as numbers: the application's PrismaBetterSqlite3 adapter uses timestampFormat "unixepoch-ms"; the relay needs the default "iso8601" (such rows are treated as due at once)`,
+              'create the adapter without timestampFormat (the default "iso8601"); rows already written keep their numbers',
+            ),
+      );
     }
   } catch (e) {
     checks.push(check("times", "fail", errorMessage(e)));
   }
   try {
     if (db !== undefined && checks.every((c) => c.ok)) {
-      largestPending = db.dialect === "postgresql" ? await pgSql.largestPendingSize(db.pool) : liteSql.largestPendingSize(db.db);
+      largestPending = await db.largestPendingSize();
     }
   } catch {
     // Only used to compare with the MTA's limit; that check says "no pending mail" without it.

@@ -33,10 +33,13 @@ export class MailTooLargeError extends InvalidMailError {
   override name = "MailTooLargeError";
   readonly size: number;
   readonly limit: number;
-  constructor(size: number, limit: number) {
-    super([
-      `the composed message is ${size} bytes, over the limit of ${limit} bytes (raise maxMessageBytes, or link to large files instead of attaching them)`,
-    ]);
+  constructor(size: number, limit: number, options?: { cause?: unknown }) {
+    super(
+      [
+        `the composed message is ${size} bytes, over the limit of ${limit} bytes (raise maxMessageBytes, or link to large files instead of attaching them)`,
+      ],
+      options,
+    );
     this.size = size;
     this.limit = limit;
   }
@@ -52,12 +55,15 @@ export class HeaderTooLargeError extends InvalidMailError {
   override name = "HeaderTooLargeError";
   readonly size: number;
   readonly limit: number;
-  constructor(size: number, limit: number, options?: { atLeast?: boolean }) {
-    super([
-      `headers: the header section of the message is ${options?.atLeast === true ? "at least " : ""}${size} bytes, over the limit of ${limit} bytes, ` +
-        "past which MTAs cut it (Postfix's header_size_limit is 102,400); put fewer recipients in to and cc (use bcc, or send several mails), " +
-        "shorten the subject or the extra headers, or raise maxHeaderBytes if your MTA takes more",
-    ]);
+  constructor(size: number, limit: number, options?: { atLeast?: boolean; cause?: unknown }) {
+    super(
+      [
+        `headers: the header section of the message is ${options?.atLeast === true ? "at least " : ""}${size} bytes, over the limit of ${limit} bytes, ` +
+          "past which MTAs cut it (Postfix's header_size_limit is 102,400); put fewer recipients in to and cc (use bcc, or send several mails), " +
+          "shorten the subject or the extra headers, or raise maxHeaderBytes if your MTA takes more",
+      ],
+      options?.cause !== undefined ? { cause: options.cause } : undefined,
+    );
     this.size = size;
     this.limit = limit;
   }
@@ -132,11 +138,6 @@ export class NotFoundError extends MailOutboxError {
   override name = "NotFoundError";
 }
 
-/** A state change that the state machine does not allow (for example cancelling a sent mail). */
-export class InvalidTransitionError extends MailOutboxError {
-  override name = "InvalidTransitionError";
-}
-
 /** A bulk operation whose filter matches everything was refused without an explicit `all`/`yes`. */
 export class UnsafeOperationError extends MailOutboxError {
   override name = "UnsafeOperationError";
@@ -163,8 +164,8 @@ export class SendmailExitError extends MailOutboxError {
   readonly exitCode: number | null;
   readonly signal: NodeJS.Signals | null;
   readonly stderr: string;
-  constructor(message: string, exitCode: number | null, signal: NodeJS.Signals | null, stderr: string) {
-    super(message);
+  constructor(message: string, exitCode: number | null, signal: NodeJS.Signals | null, stderr: string, options?: { cause?: unknown }) {
+    super(message, options);
     this.exitCode = exitCode;
     this.signal = signal;
     this.stderr = stderr;
@@ -181,11 +182,12 @@ export class EightBitMimeError extends MailOutboxError {
   readonly code = "E8BITMIME";
   /** Where the first byte >= 0x80 is in the stored message; -1 when not known. */
   readonly offset: number;
-  constructor(server: string, offset: number) {
+  constructor(server: string, offset: number, options?: { cause?: unknown }) {
     super(
       `Not sent: the message has 8-bit bytes${offset >= 0 ? ` (the first at byte ${offset})` : ""} and ${server} does not offer 8BITMIME (RFC 6152). ` +
         "Enable 8BITMIME on that MTA (Postfix, Exim and Sendmail offer it unless configured not to; Postfix: check smtpd_discard_ehlo_keywords) " +
         "or point the relay at one that offers it, then replay the mail (mail-outbox replay <id>); or send it again as a new mail composed 7-bit.",
+      options,
     );
     this.offset = offset;
   }

@@ -1,5 +1,22 @@
-/** prisma-mail-outbox: the public API. */
+/**
+ * prisma-mail-outbox: the public API, listed by name. Anything not exported here is internal and
+ * may change in any release.
+ *
+ * - The Prisma extension: `mailOutbox()` adds `enqueue` / `enqueueMany` to `outboxEmail`.
+ * - The relay: `createRelay()` claims committed mail and hands it to the MTA.
+ * - Transports: `createTransporter()` builds the one the relay uses from a URL.
+ * - Operator functions (what the CLI calls): status, list, show, replay, cancel, purge, migrate,
+ *   doctor, init.
+ * - Errors: one class per thing that can go wrong, all `instanceof MailOutboxError`.
+ * Test helpers for applications live in `prisma-mail-outbox/testing`.
+ */
+
+// The Prisma extension and what a mail is made of.
 export { mailOutbox, type MailOutboxOptions, type EnqueueResult, type EnqueuePromise } from "./extension.js";
+export type { MailInput, AttachmentInput, AddressInput, JsonValue } from "./types.js";
+export { DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_MESSAGE_BYTES } from "./compose.js";
+
+// The relay.
 export {
   createRelay,
   type Relay,
@@ -11,14 +28,78 @@ export {
   type RetryEvent,
   type DeadEvent,
 } from "./relay.js";
-export { createTransporter, describeTransport, verifyTransport, type TransportSpec } from "./transport.js";
-export { classifyError, parseQueueId, type ClassifiedFailure, type HandoffResult } from "./classify.js";
-export { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_BYTES } from "./compose.js";
-export { openDatabase, parseDatabaseUrl, redactUrl, type Db, type Dialect } from "./db.js";
+export type { LeaseExpiryPolicy, RescuedMail } from "./store.js";
+export type { HandoffOutcome, AttemptOutcome } from "./store.js";
+
+// Transports.
+export {
+  createTransporter,
+  describeTransport,
+  verifyTransport,
+  type TransportSpec,
+  type TransportCheck,
+  type TransportCapabilities,
+  type CapableTransport,
+  type RawSend,
+  type RawEnvelope,
+  type RawSendResult,
+} from "./transport.js";
+
+// The database.
+export { openDatabase, parseDatabaseUrl, type Db, type OpenDatabaseOptions, type DatabaseLocation } from "./db.js";
+export type { Store, MailRecord, AttemptRecord, RejectedRecipient } from "./store.js";
+
+// Operator functions (each CLI command calls one of these).
+export {
+  getStatus,
+  listMails,
+  showMail,
+  replayMails,
+  cancelMails,
+  purgeMails,
+  pingDatabase,
+  PURGEABLE_STATUSES,
+  type DbOrUrl,
+  type StatusReport,
+  type StatusOptions,
+  type ListOptions,
+  type ShowOptions,
+  type MailDetail,
+  type ReplayOptions,
+  type ReplayResult,
+  type ChangedMail,
+  type SkippedMail,
+  type CancelOptions,
+  type CancelResult,
+  type UnchangedMail,
+  type PurgeOptions,
+  type PurgeResult,
+  type PurgeableStatus,
+} from "./admin.js";
 export { migrate, checkSchema, inspectSchema, type MigrateOptions, type MigrateResult, type SchemaProblem } from "./migrate.js";
-export { doctor, MTA_SIZE_ALLOWANCE_BYTES, type DoctorOptions, type DoctorReport, type DoctorCheck, type DoctorStatus } from "./doctor.js";
-export * from "./admin.js";
-export * from "./errors.js";
+export { doctor, type DoctorOptions, type DoctorReport, type DoctorCheck, type DoctorStatus } from "./doctor.js";
+export { initSchema, prismaConfigFor, type InitOptions, type InitResult, type SchemaProvider } from "./init.js";
+
+// The state machine of a mail.
 export { STATUSES, TRANSITIONS, type OutboxStatus, type Transition } from "./states.js";
-export type { MailInput, AttachmentInput, AddressInput, JsonValue, ComposedMail } from "./types.js";
-export type { LeaseExpiryPolicy, RescuedMail } from "./sql/types.js";
+
+// Errors.
+export {
+  MailOutboxError,
+  InvalidMailError,
+  MailTooLargeError,
+  HeaderTooLargeError,
+  DuplicateIdempotencyKeyError,
+  OptionsError,
+  TransportConfigError,
+  DatabaseConfigError,
+  DatabaseUnavailableError,
+  SchemaError,
+  SchemaNotReadyError,
+  NotFoundError,
+  UnsafeOperationError,
+  RelayStateError,
+  HandoffTimeoutError,
+  SendmailExitError,
+  EightBitMimeError,
+} from "./errors.js";

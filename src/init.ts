@@ -11,6 +11,7 @@ import { existsSync } from "node:fs";
 import { appendFile, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { databaseSchema } from "./db.js";
 import { OptionsError } from "./errors.js";
 
 export type SchemaProvider = "postgresql" | "sqlite";
@@ -30,6 +31,12 @@ export interface InitOptions {
    * qualify the names in `prismaConfig`. @default "public"
    */
   readonly postgresSchema?: string;
+  /**
+   * The application's DATABASE_URL: when it is a PostgreSQL URL, its `?schema=` is the default of
+   * `postgresSchema` (what `mail-outbox init` passes). Other URLs are ignored.
+   * @throws DatabaseConfigError for a PostgreSQL URL that is not valid.
+   */
+  readonly databaseUrl?: string;
 }
 
 export interface InitResult {
@@ -105,6 +112,8 @@ const MODEL = /^[ \t]*model[ \t]+(OutboxEmail|OutboxEmailAttempt)[ \t]*\{/m;
  * @throws OptionsError when the schema is missing, its provider is neither PostgreSQL nor SQLite, or `provider` contradicts it.
  */
 export async function initSchema(options: InitOptions): Promise<InitResult> {
+  // First, as `mail-outbox init` always did: a malformed DATABASE_URL is reported before the schema is looked at.
+  const postgresSchema = options?.postgresSchema ?? databaseSchema(options?.databaseUrl) ?? undefined;
   if (typeof options?.schemaPath !== "string" || options.schemaPath.trim() === "") {
     throw new OptionsError("Expected `schemaPath` to name your Prisma schema, for example prisma/schema.prisma.");
   }
@@ -133,7 +142,7 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
   const relative = path.relative(cwd, target).split(path.sep).join("/");
   const prismaConfig = prismaConfigFor(provider, {
     schemaPath: relative === "" ? "." : relative,
-    ...(options.postgresSchema !== undefined ? { postgresSchema: options.postgresSchema } : {}),
+    ...(postgresSchema !== undefined ? { postgresSchema } : {}),
   });
   const steps = nextSteps(provider, prismaConfig);
   const existing = contents.find((c) => MODEL.test(stripComments(c.text)));

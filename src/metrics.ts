@@ -1,8 +1,10 @@
 /** Prometheus metrics of the relay, registered in a registry the caller owns (prom-client). */
 import { Counter, Histogram, type Registry } from "prom-client";
+import type { HandoffOutcome } from "./outcome.js";
 
 export interface RelayMetrics {
   readonly claimed: Counter;
+  /** Label `outcome`: a {@link HandoffOutcome}. */
   readonly handoffs: Counter<"outcome">;
   readonly rescued: Counter;
   readonly duration: Histogram;
@@ -16,7 +18,13 @@ export function relayMetrics(registry: Registry): RelayMetrics {
   if (existing) return existing;
   const m: RelayMetrics = {
     claimed: new Counter({ name: "mail_outbox_claimed_total", help: "Outbox rows claimed by the relay", registers: [registry] }),
-    handoffs: new Counter({ name: "mail_outbox_handoffs_total", help: "Hand-offs to the MTA by outcome (sent, retry, dead)", labelNames: ["outcome"], registers: [registry] }),
+    // The label values are the hand-off outcomes of the attempt log (mail_outbox_attempt.outcome): see outcome.ts.
+    handoffs: new Counter({
+      name: "mail_outbox_handoffs_total",
+      help: "Hand-offs to the MTA by outcome, as the attempt log records them (accepted, partial, transient, permanent)",
+      labelNames: ["outcome"],
+      registers: [registry],
+    }),
     rescued: new Counter({ name: "mail_outbox_rescued_total", help: "Rows rescued after their relay's lease expired (uncertain hand-offs)", registers: [registry] }),
     duration: new Histogram({
       name: "mail_outbox_handoff_seconds",

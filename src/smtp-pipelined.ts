@@ -8,7 +8,8 @@
  * that does not offer PIPELINING gets one command at a time and one transaction per connection.
  *
  * It implements nodemailer's transport interface (`name`, `version`, `send`, `verify`, `close`,
- * `isIdle`), so `createTransporter` can hand it out like any transport, plus `sendRaw(envelope, raw)`,
+ * `isIdle`), so `createTransporter` can hand it out like any transport, and declares its
+ * `capabilities` (see `TransportCapabilities` in src/transport.ts): `sendRaw(envelope, raw)`,
  * which the relay calls directly to skip nodemailer's Mailer (no MimeNode per message), and
  * `capacity`, the hand-offs it carries at once, which sizes the relay's default concurrency.
  *
@@ -21,28 +22,16 @@
  * CRLF, then dot-stuffed. A message with 8-bit bytes is declared `BODY=8BITMIME` when the server
  * offered 8BITMIME in its EHLO reply; otherwise it fails with `EightBitMimeError` (permanent)
  * before any command of its transaction is written.
+ *
+ * Over 400 lines: one SMTP client, the connection (greeting, EHLO, pipelined transactions, replies
+ * matched in order) and the pool over it; the two share the protocol's state and read best together.
  */
 import net from "node:net";
 import type { Transport } from "nodemailer";
 import { EightBitMimeError } from "./errors.js";
 import { eightBitAt, toSmtpData } from "./wire.js";
 
-export interface RawEnvelope {
-  readonly from: string;
-  readonly to: readonly string[];
-}
-
-export interface RawSendResult {
-  readonly response: string;
-  readonly accepted: string[];
-  readonly rejected: string[];
-  readonly rejectedErrors: { recipient: string; response: string; responseCode: number }[];
-}
-
-/** A transport that can hand over an already composed message without nodemailer's Mailer. */
-export interface RawSender {
-  sendRaw(envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult>;
-}
+import type { RawEnvelope, RawSend, RawSendResult } from "./transport.js";
 
 export interface PipelinedSmtpOptions {
   readonly host: string;
@@ -313,7 +302,9 @@ class Connection {
 /** Transactions one connection carries at once when the server pipelines. */
 export const DEFAULT_PIPELINE_DEPTH = 4;
 
-export function createPipelinedSmtpTransport(o: PipelinedSmtpOptions): Transport & RawSender & { readonly capacity: number; close(): void; isIdle(): boolean; verify(): Promise<true> } {
+export function createPipelinedSmtpTransport(
+  o: PipelinedSmtpOptions,
+): Transport & { readonly capabilities: { readonly capacity: number; readonly sendRaw: RawSend }; close(): void; isIdle(): boolean; verify(): Promise<true> } {
   const depth = Math.max(1, o.pipelineDepth ?? DEFAULT_PIPELINE_DEPTH);
   const conns = new Set<Connection>();
   const opening = new Set<Promise<Connection>>();
@@ -402,9 +393,11 @@ export function createPipelinedSmtpTransport(o: PipelinedSmtpOptions): Transport
   return {
     name: "SMTP (pipelined)",
     version: "1.0.0",
-    /** Hand-offs it carries at once when the server pipelines; the relay sizes its default concurrency by it. */
-    capacity: o.maxConnections * depth,
-    sendRaw,
+    capabilities: {
+      /** Hand-offs it carries at once when the server pipelines; the relay sizes its default concurrency by it. */
+      capacity: o.maxConnections * depth,
+      sendRaw,
+    },
     send(mail, callback) {
       const envelope = mail.data.envelope as RawEnvelope | undefined;
       const raw = mail.data.raw;

@@ -1,13 +1,16 @@
 /**
- * The state machine of an outbox row. Every status change in the SQL of this library
- * is one of the transitions listed here (see the diagram in the README).
+ * The state machine of an outbox row. Every status change any store statement makes is one of
+ * the transitions listed here (see the diagram in the README); test/store-conformance.test.ts
+ * checks it on every store by comparing (id, status) before and after each operation.
  *
  * ```
  * pending --claim--> sending --accepted--> sent
  *    ^                  |  \--permanent / attempts exhausted--> dead
- *    |                  |--transient (backoff)--> pending
+ *    |                  |--transient (backoff), partly deferred--> pending
  *    |                  |--released at stop--> pending
  *    |                  \--lease expired (relay died)--> pending (policy "resend") | held (policy "hold")
+ *    |                                                  | dead (its attempts used up)
+ * pending|held --accepted-late--> sent   (the MTA's 250 recorded after the lease expired and the row was rescued)
  * pending|held --cancel--> cancelled
  * dead|cancelled|held|sent --replay--> pending
  * ```
@@ -24,8 +27,11 @@ export type Transition =
   | "permanent"
   | "exhausted"
   | "release"
+  | "accepted-late"
+  | "partial"
   | "lease-expired-resend"
   | "lease-expired-hold"
+  | "lease-expired-exhausted"
   | "cancel"
   | "replay";
 
@@ -33,12 +39,21 @@ export type Transition =
 export const TRANSITIONS: Readonly<Record<Transition, { readonly from: readonly OutboxStatus[]; readonly to: OutboxStatus }>> = {
   claim: { from: ["pending"], to: "sending" },
   accepted: { from: ["sending"], to: "sent" },
+  /**
+   * The relay that handed the mail over records the MTA's 250 although its lease expired meanwhile
+   * and another relay rescued the row: the MTA has the mail, so it is not sent again.
+   */
+  "accepted-late": { from: ["pending", "held"], to: "sent" },
   transient: { from: ["sending"], to: "pending" },
+  /** Some recipients accepted, others deferred (4xx): pending again for the deferred ones. */
+  partial: { from: ["sending"], to: "pending" },
   permanent: { from: ["sending"], to: "dead" },
   exhausted: { from: ["sending"], to: "dead" },
   release: { from: ["sending"], to: "pending" },
   "lease-expired-resend": { from: ["sending"], to: "pending" },
   "lease-expired-hold": { from: ["sending"], to: "held" },
+  /** The lease expired on the last allowed attempt: dead, marked as an uncertain hand-off. */
+  "lease-expired-exhausted": { from: ["sending"], to: "dead" },
   cancel: { from: ["pending", "held"], to: "cancelled" },
   replay: { from: ["dead", "cancelled", "held", "sent"], to: "pending" },
 };

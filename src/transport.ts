@@ -32,6 +32,13 @@
  *
  * Credentials in the URL are percent-decoded (`smtp://me%40example.com:p%40ss@host`). Nothing
  * this module logs or throws contains the password.
+ *
+ * A transport declares what it can do beyond `send` as `capabilities` ({@link TransportCapabilities}:
+ * raw sending, capacity); the relay reads them through {@link transportCapabilities}, never by
+ * probing the transport's methods.
+ *
+ * Over 400 lines: a third of it is the table above and TSDoc; the rest is one URL grammar with
+ * four schemes, which reads best in one place.
  */
 import os from "node:os";
 import nodemailer from "nodemailer";
@@ -40,12 +47,71 @@ import type { Transport, Transporter } from "nodemailer";
 import type { SMTPPoolOptions } from "nodemailer/lib/smtp-pool";
 import type { SMTPTransportOptions } from "nodemailer/lib/smtp-transport";
 import { TransportConfigError } from "./errors.js";
-import { redactUrl } from "./db.js";
+import { redactUrl } from "./redact.js";
 import { classifyError } from "./classify.js";
 import { createSendmailTransport, checkSendmailPath, DEFAULT_SENDMAIL_PATH } from "./sendmail.js";
 import { createSendmailBsTransport } from "./sendmail-bs.js";
 import { createPipelinedSmtpTransport, type FallbackSender } from "./smtp-pipelined.js";
 import { WireSmtpPool } from "./wire.js";
+
+/** The envelope of an already composed message. */
+export interface RawEnvelope {
+  readonly from: string;
+  readonly to: readonly string[];
+}
+
+/** What a raw hand-off returns: the fields of nodemailer's `SentMessageInfo` that `toHandoffResult` reads. */
+export interface RawSendResult {
+  readonly response: string;
+  readonly accepted: string[];
+  readonly rejected: string[];
+  readonly rejectedErrors: { recipient: string; response: string; responseCode: number }[];
+}
+
+/** Hand over an already composed message (final bytes) without nodemailer's Mailer. */
+export type RawSend = (envelope: RawEnvelope, raw: Buffer) => Promise<RawSendResult>;
+
+/**
+ * What a nodemailer transport (the object with `send` that a transporter wraps) may declare about
+ * itself as `capabilities`, instead of being probed for methods. The relay reads it once, through
+ * {@link transportCapabilities}. The pipelining SMTP transport declares both; a transport that
+ * declares nothing is driven through `sendMail` with the relay's default concurrency.
+ *
+ * @example
+ * ```ts
+ * const transport: Transport & CapableTransport = { name: "mine", version: "1", send, capabilities: { capacity: 40 } };
+ * createRelay({ databaseUrl, transport: nodemailer.createTransport(transport) });
+ * ```
+ */
+export interface TransportCapabilities {
+  /** Hand-offs it carries at once; the relay's default `concurrency` grows to it (never shrinks). */
+  readonly capacity?: number;
+  /** Hand over a composed message directly, skipping nodemailer's Mailer (a MimeNode per message). */
+  readonly sendRaw?: RawSend;
+}
+
+/** A nodemailer transport that declares its {@link TransportCapabilities}. */
+export interface CapableTransport {
+  readonly capabilities?: TransportCapabilities;
+}
+
+const NO_CAPABILITIES: TransportCapabilities = Object.freeze({});
+
+/**
+ * The capabilities the transport inside `transporter` declares (`transport.capabilities`), checked:
+ * a `capacity` that is not a positive safe integer and a `sendRaw` that is not a function are
+ * left out. `sendRaw` comes back bound to its transport, ready to call.
+ */
+export function transportCapabilities(transporter: Transporter): TransportCapabilities {
+  const inner = (transporter as { transporter?: unknown }).transporter as CapableTransport | undefined;
+  const declared = inner?.capabilities;
+  if (declared === null || typeof declared !== "object") return NO_CAPABILITIES;
+  const { capacity, sendRaw } = declared;
+  return {
+    ...(typeof capacity === "number" && Number.isSafeInteger(capacity) && capacity > 0 ? { capacity } : {}),
+    ...(typeof sendRaw === "function" ? { sendRaw: sendRaw.bind(declared) as RawSend } : {}),
+  };
+}
 
 /** A nodemailer transport object or nodemailer transport options, used as they are. */
 export type TransportOptions = Transport | SMTPPoolOptions | SMTPTransportOptions;
@@ -296,8 +362,9 @@ function isTransportObject(value: unknown): value is Transport {
  * - A nodemailer `Transporter` comes back unchanged; a transport object (`{ name, version, send }`)
  *   or nodemailer transport options are passed to `nodemailer.createTransport`.
  *
- * The relay calls `sendMail({ envelope: { from, to }, raw, messageId })`, then `toHandoffResult(info)`,
- * or `classifyError(err)` on failure.
+ * The relay calls the declared `sendRaw(envelope, raw)` when the transport has one (see
+ * {@link transportCapabilities}), else `sendMail({ envelope: { from, to }, raw, messageId })`; then
+ * `toHandoffResult(info)`, or `classifyError(err)` on failure.
  *
  * @throws TransportConfigError for an unknown scheme, a malformed URL, a relative sendmail path
  *   or a bad parameter; the message lists the accepted forms and never contains the password.

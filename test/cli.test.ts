@@ -7,7 +7,7 @@ import { test, describe } from "node:test";
 import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
 import { execFile, spawn } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -15,10 +15,9 @@ import { fileURLToPath } from "node:url";
 import { main } from "../src/cli.js";
 import { openDatabase, toSqliteTime, type Db, type SqliteDb } from "../src/db.js";
 import { newId } from "../src/ids.js";
-import { initSchema } from "../src/init.js";
 import { freshPostgres, freshSqlite } from "./support/db.js";
 import { needPostgres } from "./support/services.js";
-import { startTestSmtp } from "./support/smtp.js";
+import { startTestSmtp } from "../testkit/smtp.js";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const SECRET = "s3cr3t-pw";
@@ -574,18 +573,6 @@ describe("init", () => {
 
       const lite = path.join(dir, "lite.prisma");
       await writeFile(lite, `datasource db {\n  provider = "sqlite"\n}\n`);
-      const r = await initSchema({ schemaPath: lite });
-      assert.equal(r.provider, "sqlite");
-      assert.doesNotMatch(await readFile(lite, "utf8"), /@db\./);
-
-      const folder = path.join(dir, "multi");
-      await mkdir(folder);
-      await writeFile(path.join(folder, "schema.prisma"), `datasource db {\n  provider = "postgresql"\n}\n`);
-      const multi = await initSchema({ schemaPath: folder });
-      assert.equal(multi.schemaFile, path.join(folder, "mail_outbox.prisma"));
-      assert.match(await readFile(multi.schemaFile, "utf8"), /model OutboxEmailAttempt \{/);
-      assert.equal((await initSchema({ schemaPath: folder })).changed, false);
-
       const mysql = path.join(dir, "mysql.prisma");
       await writeFile(mysql, `datasource db {\n  provider = "mysql"\n}\n`);
       assert.equal((await cli(["init", "--schema", mysql])).code, 2);

@@ -9,7 +9,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { createRelay, mailOutbox, openDatabase } from "../src/index.js";
 import { freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
-import { startTestSmtp } from "./support/smtp.js";
+import { startTestSmtp } from "../testkit/smtp.js";
 import { needPostgres } from "./support/services.js";
 
 const FIXTURE = fileURLToPath(new URL("./fixtures/relay-process.ts", import.meta.url));

@@ -15,7 +15,8 @@ import { main } from "../src/cli.js";
 import { openDatabase } from "../src/db.js";
 import { doctor, findPostconf, type DoctorReport } from "../src/doctor.js";
 import { migrate } from "../src/migrate.js";
-import { dropSchema, freshSqlite, postgresUrl, uniqueSchemaName } from "./support/db.js";
+import { dropSchema, freshSqlite, postgresUrl, prismaClientFor, uniqueSchemaName } from "./support/db.js";
+import { mailOutbox } from "../src/index.js";
 import { needPostfix, needPostgres, PG_ADMIN_URL, POSTFIX_SENDMAIL } from "./support/services.js";
 
 async function cli(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -188,5 +189,41 @@ describe("doctor and the local Postfix's size limits", () => {
     const r = await cli(["doctor", "--max-header-bytes", "lots"], {});
     assert.equal(r.code, 2);
     assert.match(r.stderr, /--max-header-bytes expects a whole number of at least 1, got "lots"/);
+  });
+});
+
+/** Run one statement on a SQLite outbox (to plant rows the library would never write). */
+async function sqliteExec(url: string, sql: string): Promise<void> {
+  const db = await openDatabase(url);
+  try {
+    if (db.dialect !== "sqlite") throw new Error("sqliteExec is for SQLite");
+    db.db.prepare(sql).run();
+  } finally {
+    await db.close();
+  }
+}
+
+describe("doctor on SQLite", () => {
+  it("flags rows whose times an adapter with timestampFormat unixepoch-ms wrote as numbers", async () => {
+    const fx = await freshSqlite();
+    const prisma: any = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));
+    try {
+      await prisma.outboxEmail.enqueue({ to: "t@example.com", subject: "t", text: "x" });
+      const run = async () => {
+        const out: string[] = [];
+        const io = { stdout: { write: (c: string) => (out.push(c), true) }, stderr: { write: (c: string) => (out.push(c), true) }, env: { DATABASE_URL: fx.url, MAIL_OUTBOX_TRANSPORT: "sendmail:/bin/true" } };
+        const code = await main(["doctor", "--json"], io as never);
+        return { code, report: JSON.parse(out.join("")) as { checks: { name: string; ok: boolean; message: string }[] } };
+      };
+      const good = await run();
+      assert.equal(good.report.checks.find((c) => c.name === "times")?.ok, true);
+      await sqliteExec(fx.url, "UPDATE mail_outbox SET next_attempt_at = 1795870000000");
+      const bad = await run();
+      assert.equal(bad.code, 1);
+      assert.match(bad.report.checks.find((c) => c.name === "times")?.message ?? "", /1 row\(s\) store times as numbers.*unixepoch-ms/);
+    } finally {
+      await prisma.$disconnect();
+      await fx.cleanup();
+    }
   });
 });

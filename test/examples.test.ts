@@ -15,7 +15,7 @@ import pg from "pg";
 import { listMails, type MailRecord } from "../src/index.js";
 import { dropSchema, postgresUrl, uniqueSchemaName } from "./support/db.js";
 import { needPostfix, needPostgres } from "./support/services.js";
-import { startTestSmtp } from "./support/smtp.js";
+import { startTestSmtp } from "../testkit/smtp.js";
 import { waitForLog } from "./support/postfix.js";
 
 const repo = fileURLToPath(new URL("../", import.meta.url));

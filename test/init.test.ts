@@ -1,5 +1,6 @@
 /**
- * The `prisma.config.ts` that `mail-outbox init` prints (and the README shows) for the route where
+ * `initSchema` (`mail-outbox init`): the outbox models added to an application's Prisma schema,
+ * in the flavour of its provider, once. And the `prisma.config.ts` that `mail-outbox init` prints (and the README shows) for the route where
  * `mail-outbox migrate` creates the tables: the real `prisma generate` accepts it, and Prisma's
  * schema engine, given its table names, sees no drift in a database that `migrate` created.
  */
@@ -13,7 +14,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { bindMigrationAwareSqlAdapterFactory } from "@prisma/driver-adapter-utils";
 import { PrismaBetterSqlite3 } from "@prisma/adapter-better-sqlite3";
-import { OUTBOX_TABLES, prismaConfigFor } from "../src/init.js";
+import { initSchema, OUTBOX_TABLES, prismaConfigFor } from "../src/init.js";
 import { diffLiveAgainstModels, loadSchemaEngineWasm, REPO_ROOT } from "../scripts/gen-migration-sql.js";
 import { freshPostgres, freshSqlite } from "./support/db.js";
 import { needPostgres } from "./support/services.js";
@@ -70,6 +71,39 @@ function withoutFlag(config: string): string {
   assert.notEqual(old, config);
   return old;
 }
+
+describe("adding the outbox models to a schema", () => {
+  test("a SQLite schema gets the SQLite flavour of the models, and a multi-file schema folder gets mail_outbox.prisma, once", async (t) => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "mail-outbox-init-"));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const lite = path.join(dir, "lite.prisma");
+    await writeFile(lite, `datasource db {\n  provider = "sqlite"\n}\n`);
+    const r = await initSchema({ schemaPath: lite });
+    assert.equal(r.provider, "sqlite");
+    assert.doesNotMatch(await readFile(lite, "utf8"), /@db\./);
+
+    const folder = path.join(dir, "multi");
+    await mkdir(folder);
+    await writeFile(path.join(folder, "schema.prisma"), `datasource db {\n  provider = "postgresql"\n}\n`);
+    const multi = await initSchema({ schemaPath: folder });
+    assert.equal(multi.schemaFile, path.join(folder, "mail_outbox.prisma"));
+    assert.match(await readFile(multi.schemaFile, "utf8"), /model OutboxEmailAttempt \{/);
+    assert.equal((await initSchema({ schemaPath: folder })).changed, false);
+  });
+
+  test("the PostgreSQL schema of DATABASE_URL (?schema=) qualifies the table names in the printed prisma.config.ts", async (t) => {
+    const dir = await app(t, "postgresql");
+    const expected = `external: [${OUTBOX_TABLES.map((n) => JSON.stringify(`billing.${n}`)).join(", ")}]`;
+    const viaCli = await run(process.execPath, ["--import", TSX, path.join(ROOT, "src/cli.ts"), "init"], dir, { DATABASE_URL: "postgresql://app@127.0.0.1:5432/app?schema=billing" });
+    assert.equal(viaCli.code, 0, viaCli.out);
+    assert.ok(configIn(viaCli.out).includes(expected), viaCli.out);
+    const again = await initSchema({ schemaPath: "prisma/schema.prisma", cwd: dir, databaseUrl: "postgres://app@db/app?schema=billing" });
+    assert.equal(again.changed, false);
+    assert.ok(again.prismaConfig.includes(expected), again.prismaConfig);
+    const plain = await initSchema({ schemaPath: "prisma/schema.prisma", cwd: dir, databaseUrl: "file:./dev.db" });
+    assert.ok(plain.prismaConfig.includes(`"public.mail_outbox"`), "without a PostgreSQL URL: public");
+  });
+});
 
 describe("the prisma.config.ts for the mail-outbox migrate route", () => {
   for (const provider of ["postgresql", "sqlite"] as const) {

@@ -6,7 +6,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mailOutbox, createRelay, InvalidMailError, DuplicateIdempotencyKeyError, openDatabase, type Relay } from "../src/index.js";
 import { freshSqlite, freshPostgres, prismaClientFor } from "./support/db.js";
-import { startTestSmtp, type TestSmtp } from "./support/smtp.js";
+import { startTestSmtp, type TestSmtp } from "../testkit/smtp.js";
 import { needPostgres } from "./support/services.js";
 import { expectEnqueued, expectNotEnqueued } from "../src/testing.js";
 import { main } from "../src/cli.js";

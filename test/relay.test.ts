@@ -1,7 +1,8 @@
 /**
  * The relay handle and its lease: options, stopping by signal or `await using`, a hand-off slower
- * than the lease, the "hold" policy for uncertain hand-offs, a database that is gone, and outbox
- * tables that are missing at start or dropped while the relay runs.
+ * than the lease, the "hold" policy for uncertain hand-offs, a transport's declared capabilities,
+ * waking on PostgreSQL's NOTIFY, a database that is gone, and outbox tables that are missing at
+ * start or dropped while the relay runs. What is written for each hand-off: outcome.test.ts.
  */
 import { describe, it, after } from "node:test";
 import type { TestContext } from "node:test";
@@ -14,9 +15,11 @@ import { randomUUID } from "node:crypto";
 import { pino } from "pino";
 import { createRelay, mailOutbox, migrate, openDatabase, OptionsError, DatabaseUnavailableError, SchemaNotReadyError, replayMails } from "../src/index.js";
 import { freshSqlite, freshPostgres, prismaClientFor, postgresUrl, uniqueSchemaName, dropSchema } from "./support/db.js";
-import { startTestSmtp } from "./support/smtp.js";
+import { startTestSmtp } from "../testkit/smtp.js";
 import { needPostgres } from "./support/services.js";
 import { Registry } from "prom-client";
+import nodemailer from "nodemailer";
+import type { CapableTransport, RawEnvelope } from "../src/transport.js";
 import { main } from "../src/cli.js";
 
 const quiet = { logger: false as const };
@@ -86,7 +89,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       await s.prisma.outboxEmail.enqueue({ to: "m1@example.com", subject: "m", text: "x" });
       await createRelay({ databaseUrl: s.fx.url, transport: s.smtp.url, metricsRegistry: registry, ...quiet }).runOnce();
       const text = await registry.metrics();
-      assert.match(text, /mail_outbox_handoffs_total\{outcome="sent"\} 1/);
+      assert.match(text, /mail_outbox_handoffs_total\{outcome="accepted"\} 1/);
       assert.match(text, /mail_outbox_claimed_total 1/);
     });
 
@@ -131,6 +134,75 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
   });
 }
 
+describe("a transport's declared capabilities", () => {
+  it("the relay hands composed mail to the transport's declared sendRaw, as many at once as its declared capacity", async () => {
+    const fx = await freshSqlite();
+    const prisma: any = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));
+    try {
+      await prisma.outboxEmail.enqueueMany(Array.from({ length: 30 }, (_, i) => ({ to: `cap${i}@example.com`, subject: `cap ${i}`, text: "x" })));
+      let inFlight = 0;
+      let peak = 0;
+      let viaSend = 0;
+      const received: Buffer[] = [];
+      const transport: CapableTransport & { name: string; version: string; send(mail: unknown, callback: (err: Error | null) => void): void } = {
+        name: "declared",
+        version: "1",
+        send(_mail, callback) {
+          viaSend++;
+          callback(new Error("the relay should have used sendRaw"));
+        },
+        capabilities: {
+          capacity: 25,
+          async sendRaw(envelope: RawEnvelope, raw: Buffer) {
+            peak = Math.max(peak, ++inFlight);
+            await new Promise((r) => setTimeout(r, 20));
+            inFlight--;
+            received.push(raw);
+            return { response: "250 2.0.0 Ok: queued as ABC123", accepted: [...envelope.to], rejected: [], rejectedErrors: [] };
+          },
+        },
+      };
+      const counts = await createRelay({ databaseUrl: fx.url, transport: nodemailer.createTransport(transport as never), ...quiet }).runOnce();
+      assert.equal(counts.sent, 30);
+      assert.equal(received.length, 30);
+      assert.equal(viaSend, 0, "never through nodemailer's Mailer");
+      assert.equal(peak, 25, "the default concurrency grows to the declared capacity");
+    } finally {
+      await prisma.$disconnect();
+      await fx.cleanup();
+    }
+  });
+});
+
+describe("relay on PostgreSQL with LISTEN", () => {
+  it("a committed mail wakes the relay at once, also after its LISTEN connection was cut, without waiting for the poll interval", async (t) => {
+    if (!(await needPostgres(t))) return;
+    const fx = await freshPostgres();
+    const smtp = await startTestSmtp();
+    const prisma: any = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));
+    const relay = createRelay({ databaseUrl: fx.url, transport: smtp.url, relayId: `listen-${randomUUID().slice(0, 8)}`, pollIntervalMs: 600_000, ...quiet });
+    try {
+      await relay.start();
+      await prisma.outboxEmail.enqueue({ to: "wake1@example.com", subject: "wake 1", text: "x" });
+      await smtp.waitFor(1, 20_000);
+      // Cut the relay's LISTEN connection, as a server restart or a network blip would.
+      const cut = await query<{ n: number }>(
+        fx.url,
+        `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name LIKE '%${relay.id}%listen%'`,
+      );
+      assert.equal(cut[0]?.n, 1, "the relay listens on a connection of its own");
+      await new Promise((r) => setTimeout(r, 200));
+      await prisma.outboxEmail.enqueue({ to: "wake2@example.com", subject: "wake 2", text: "x" });
+      await smtp.waitFor(2, 20_000);
+    } finally {
+      await relay.stop();
+      await prisma.$disconnect();
+      await smtp.close();
+      await fx.cleanup();
+    }
+  });
+});
+
 describe("relay without a database", () => {
   it("runOnce() gives up with DatabaseUnavailableError when PostgreSQL cannot be reached", async () => {
     const relay = createRelay({ databaseUrl: "postgresql://postgres:s3cr3t@127.0.0.1:1/none", transport: "smtp://127.0.0.1:25", ...quiet });
@@ -141,31 +213,6 @@ describe("relay without a database", () => {
       return true;
     });
     assert.ok(Date.now() - started < 20_000);
-  });
-});
-
-describe("doctor on SQLite", () => {
-  it("flags rows whose times an adapter with timestampFormat unixepoch-ms wrote as numbers", async () => {
-    const fx = await freshSqlite();
-    const prisma: any = (await prismaClientFor(fx.url)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));
-    try {
-      await prisma.outboxEmail.enqueue({ to: "t@example.com", subject: "t", text: "x" });
-      const run = async () => {
-        const out: string[] = [];
-        const io = { stdout: { write: (c: string) => (out.push(c), true) }, stderr: { write: (c: string) => (out.push(c), true) }, env: { DATABASE_URL: fx.url, MAIL_OUTBOX_TRANSPORT: "sendmail:/bin/true" } };
-        const code = await main(["doctor", "--json"], io as never);
-        return { code, report: JSON.parse(out.join("")) as { checks: { name: string; ok: boolean; message: string }[] } };
-      };
-      const good = await run();
-      assert.equal(good.report.checks.find((c) => c.name === "times")?.ok, true);
-      await query(fx.url, "UPDATE mail_outbox SET next_attempt_at = 1795870000000");
-      const bad = await run();
-      assert.equal(bad.code, 1);
-      assert.match(bad.report.checks.find((c) => c.name === "times")?.message ?? "", /1 row\(s\) store times as numbers.*unixepoch-ms/);
-    } finally {
-      await prisma.$disconnect();
-      await fx.cleanup();
-    }
   });
 });
 

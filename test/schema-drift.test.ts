@@ -104,8 +104,8 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       const fx = await migratedOnly(dialect);
       const db = await openDatabase(fx.url);
       try {
-        const hint = "update COLUMNS / INDEXES in src/migrate.ts to match the models";
-        assert.deepEqual(sortBy(await liveColumns(db)), sortBy(expectedColumns(dialect)), hint);
+        const hint = "update COLUMNS / INDEXES in src/schema.ts to match the models";
+        assert.deepEqual(sortBy(await liveColumns(db)), sortBy(expectedColumns(db)), hint);
         assert.deepEqual((await liveIndexes(db)).sort(), expectedIndexes().map((i) => i.name).sort(), hint);
       } finally {
         await db.close();

@@ -6,24 +6,31 @@
  */
 import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
-import { createTransporter, classifyError, createRelay, mailOutbox, TransportConfigError, describeTransport } from "../src/index.js";
-import { startTestSmtp, type StartTestSmtpOptions, type TestSmtp } from "./support/smtp.js";
-import { startScriptedSmtp } from "./support/scripted-smtp.js";
+import { createTransporter, createRelay, mailOutbox, TransportConfigError, describeTransport } from "../src/index.js";
+import { classifyError } from "../src/classify.js";
+import { startScriptedSmtp, startTestSmtp, type StartTestSmtpOptions, type TestSmtp } from "../testkit/smtp.js";
 import { freshSqlite, prismaClientFor } from "./support/db.js";
-import type { RawSender } from "../src/smtp-pipelined.js";
+import { transportCapabilities, type RawSend } from "../src/transport.js";
 
 function rawMessage(id: string, body: string): Buffer {
   return Buffer.from([`From: a@example.com`, `To: b@example.com`, `Message-ID: <${id}@example.com>`, `Subject: t`, ``, body, ``].join("\r\n"));
 }
 
-type Send = RawSender["sendRaw"];
+type Send = RawSend;
+
+/** The raw sender the transport declares (the pipelining transport always does). */
+function rawSender(t: ReturnType<typeof createTransporter>): RawSend {
+  const send = transportCapabilities(t).sendRaw;
+  assert.ok(send, "the transport declares sendRaw");
+  return send;
+}
 
 /** A server of its own and a one-connection pipelining transport to it, both closed afterwards. */
 async function withOneConnection(options: StartTestSmtpOptions, fn: (server: TestSmtp, send: Send) => Promise<void>): Promise<void> {
   const server = await startTestSmtp(options);
   const t = createTransporter(`${server.url}?maxConnections=1`);
   try {
-    await fn(server, (t.transporter as unknown as RawSender).sendRaw.bind(t.transporter));
+    await fn(server, rawSender(t));
   } finally {
     t.close();
     await server.close();
@@ -34,7 +41,7 @@ describe("pipelining SMTP transport", async () => {
   const smtp = await startTestSmtp();
   after(() => smtp.close());
   const transporter = createTransporter(`${smtp.url}?pipelining=true&maxConnections=2`);
-  const raw = (transporter.transporter as unknown as RawSender).sendRaw.bind(transporter.transporter);
+  const raw = rawSender(transporter);
   after(() => transporter.close());
 
   it("hands over the composed bytes exactly, dot-stuffing lines that start with a dot", async () => {
@@ -72,7 +79,7 @@ describe("pipelining SMTP transport", async () => {
 
   it("a refused connection is a transient failure", async () => {
     const down = createTransporter("smtp://127.0.0.1:1?pipelining=true");
-    const err = await (down.transporter as unknown as RawSender).sendRaw({ from: "a@example.com", to: ["b@example.com"] }, rawMessage("down", "x")).catch((e: unknown) => e);
+    const err = await rawSender(down)({ from: "a@example.com", to: ["b@example.com"] }, rawMessage("down", "x")).catch((e: unknown) => e);
     down.close();
     assert.equal(classifyError(err).kind, "transient");
   });
@@ -141,7 +148,7 @@ describe("pipelining SMTP transport", async () => {
       const peer = await startScriptedSmtp({ pipelining, rcpt: (a) => (a.startsWith("bad") ? "550 5.1.1 No such user" : "250 2.1.5 Ok"), data: () => "451 4.3.0 Error: queue file write error" });
       const t = createTransporter(`smtp://127.0.0.1:${peer.port}?maxConnections=1`);
       try {
-        const err = await (t.transporter as unknown as RawSender).sendRaw({ from: "a@example.com", to: ["good@example.com", "bad@example.com"] }, rawMessage("data451", "x")).catch((e: unknown) => e);
+        const err = await rawSender(t)({ from: "a@example.com", to: ["good@example.com", "bad@example.com"] }, rawMessage("data451", "x")).catch((e: unknown) => e);
         const c = classifyError(err);
         assert.equal(c.kind, "transient");
         assert.equal(c.responseCode, 451);
@@ -176,7 +183,7 @@ describe("pipelining SMTP transport", async () => {
     const peer = await startScriptedSmtp({ rcpt: () => "hello there" });
     const t = createTransporter(`smtp://127.0.0.1:${peer.port}?maxConnections=1`);
     try {
-      const err = await (t.transporter as unknown as RawSender).sendRaw({ from: "a@example.com", to: ["x@example.com"] }, rawMessage("garbage", "x")).catch((e: unknown) => e);
+      const err = await rawSender(t)({ from: "a@example.com", to: ["x@example.com"] }, rawMessage("garbage", "x")).catch((e: unknown) => e);
       const c = classifyError(err);
       assert.equal(c.kind, "transient");
       assert.equal(c.code, "EPROTOCOL");

@@ -1,14 +1,14 @@
 /**
- * The MTA hand-off over SMTP, against a real SMTP server in this process (test/support/smtp.ts),
- * and the classification of what the MTA answers.
+ * The MTA hand-off over SMTP, against a real SMTP server in this process (testkit/smtp.ts). The
+ * classification of what the MTA answers, on its own, is in classify.test.ts.
  */
 import { test, describe } from "node:test";
 import assert from "node:assert/strict";
 import nodemailer from "nodemailer";
 import { createTransporter, describeTransport, verifyTransport } from "../src/transport.js";
-import { classifyError, parseQueueId, toHandoffResult } from "../src/classify.js";
-import { EightBitMimeError, HandoffTimeoutError, SendmailExitError, TransportConfigError } from "../src/errors.js";
-import { startTestSmtp, failTimes, rejectRecipients, combineFaults } from "./support/smtp.js";
+import { classifyError, toHandoffResult } from "../src/classify.js";
+import { TransportConfigError } from "../src/errors.js";
+import { startTestSmtp, failTimes, rejectRecipients, combineFaults } from "../testkit/smtp.js";
 
 let seq = 0;
 function mail(to: string[] = ["ann@example.com"], extraBody = "") {
@@ -359,74 +359,5 @@ describe("createTransporter", () => {
     assert.deepEqual(sent, [m.messageId]);
     assert.equal(result.queueId, "1abcDE-000123-AB");
     assert.equal(describeTransport(custom), "nodemailer transporter (memory)");
-  });
-});
-
-describe("classifying MTA answers", () => {
-  test("queue ids are read from Postfix, Exim and Sendmail replies, and absent from replies without one", () => {
-    assert.equal(parseQueueId("250 2.0.0 Ok: queued as 8CCD166093"), "8CCD166093");
-    assert.equal(parseQueueId("250 2.0.0 Ok: queued as 4XyZ0k2fQmz1w9"), "4XyZ0k2fQmz1w9");
-    assert.equal(parseQueueId("250 OK id=1abcDE-000123-AB"), "1abcDE-000123-AB");
-    assert.equal(parseQueueId("250 OK id=1rXyZa-00000001234-ABCD"), "1rXyZa-00000001234-ABCD");
-    assert.equal(parseQueueId("250 2.0.0 x8J3Z4aB012345 Message accepted for delivery"), "x8J3Z4aB012345");
-    assert.equal(parseQueueId("250 x8J3Z4aB012345 Message accepted for delivery"), "x8J3Z4aB012345");
-    assert.equal(parseQueueId("250 OK: message queued"), null);
-    assert.equal(parseQueueId("sendmail exited 0"), null);
-    assert.equal(parseQueueId(""), null);
-    assert.equal(parseQueueId(null), null);
-    assert.equal(parseQueueId(undefined), null);
-  });
-
-  test("failures are classified by code and reply code, never by text", () => {
-    const cases: Array<[unknown, "transient" | "permanent"]> = [
-      [{ code: "EMESSAGE", responseCode: 451, response: "451 try later" }, "transient"],
-      [{ code: "EMESSAGE", responseCode: 452 }, "transient"],
-      [{ code: "EMESSAGE", responseCode: 421 }, "transient"],
-      [{ code: "EMESSAGE", responseCode: 552, response: "552 too big" }, "permanent"],
-      [{ code: "EENVELOPE", responseCode: 550 }, "permanent"],
-      [{ code: "EENVELOPE", responseCode: 503 }, "transient"],
-      [{ code: "EENVELOPE" }, "permanent"],
-      [{ code: "EAUTH", responseCode: 535 }, "transient"],
-      [{ code: "ECONNECTION" }, "transient"],
-      [{ code: "ETIMEDOUT" }, "transient"],
-      [{ code: "ESOCKET" }, "transient"],
-      [{ code: "ECONNREFUSED" }, "transient"],
-      [{ code: "ECONNRESET" }, "transient"],
-      [{ code: "EPIPE" }, "transient"],
-      [{ code: "EDNS" }, "transient"],
-      [{ code: "EPROTOCOL" }, "transient"],
-      [{ code: "ETLS" }, "transient"],
-      [new SendmailExitError("sendmail exited with code 75", 75, null, "temp"), "transient"],
-      [new HandoffTimeoutError("silent"), "transient"],
-      [new EightBitMimeError("127.0.0.1:25", 42), "permanent"],
-      [{ code: "E8BITMIME" }, "permanent"],
-      [Object.assign(new Error("Permanent failure: 550 in the text only"), {}), "transient"],
-      ["a string", "transient"],
-      [null, "transient"],
-    ];
-    for (const [err, kind] of cases) {
-      assert.equal(classifyError(err).kind, kind, JSON.stringify(err));
-    }
-    const f = classifyError(new SendmailExitError("x exited", 75, null, ""));
-    assert.equal(f.code, "ESENDMAIL");
-    assert.equal(classifyError(new HandoffTimeoutError("slow")).code, "ETIMEDOUT");
-    const multi = classifyError(Object.assign(new Error("line one\r\nline two"), { code: "EMESSAGE", responseCode: 554 }));
-    assert.equal(multi.message, "EMESSAGE: line one line two");
-  });
-
-  test("toHandoffResult keeps the reply, the queue id and who was refused", () => {
-    const result = toHandoffResult({
-      response: "250 2.0.0 Ok: queued as 8CCD166093",
-      accepted: ["a@x"],
-      rejected: ["b@x"],
-      rejectedErrors: [Object.assign(new Error("no"), { recipient: "b@x", response: "550 5.1.1 no such user" })],
-    });
-    assert.deepEqual(result, {
-      response: "250 2.0.0 Ok: queued as 8CCD166093",
-      queueId: "8CCD166093",
-      accepted: ["a@x"],
-      rejected: [{ recipient: "b@x", response: "550 5.1.1 no such user" }],
-    });
-    assert.deepEqual(toHandoffResult({}), { response: "", queueId: null, accepted: [], rejected: [] });
   });
 });

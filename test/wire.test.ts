@@ -12,11 +12,12 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { createTransporter, createRelay, classifyError, EightBitMimeError } from "../src/index.js";
+import { createTransporter, createRelay, EightBitMimeError } from "../src/index.js";
+import { classifyError } from "../src/classify.js";
 import { bareLineEndAt, eightBitAt, hasEightBit, toCrlf, toLf, toSmtpData } from "../src/wire.js";
+import { transportCapabilities } from "../src/transport.js";
 import { newId } from "../src/ids.js";
-import type { RawSender } from "../src/smtp-pipelined.js";
-import { startTestSmtp, type StartTestSmtpOptions, type TestSmtp } from "./support/smtp.js";
+import { startTestSmtp, type StartTestSmtpOptions, type TestSmtp } from "../testkit/smtp.js";
 import { freshSqlite, prismaClientFor } from "./support/db.js";
 
 /** A body with every line-end trap: dot lines, lone CR before a dot, lone LF, CR CR LF, no final newline. */
@@ -54,11 +55,11 @@ const CLIENTS = [
   { name: "nodemailer's pool (pipelining=false)", query: "?maxConnections=1&pipelining=false" },
 ] as const;
 
-/** Send `raw` the way the relay does: `sendRaw` when the transport has it, else `sendMail`. */
+/** Send `raw` the way the relay does: `sendRaw` when the transport declares it, else `sendMail`. */
 async function handOff(spec: string, raw: Buffer, to = ["b@example.com"]) {
   const t = createTransporter(spec);
   try {
-    const sendRaw = (t.transporter as Partial<RawSender>).sendRaw?.bind(t.transporter);
+    const sendRaw = transportCapabilities(t).sendRaw;
     return sendRaw ? await sendRaw({ from: "a@example.com", to }, raw) : await t.sendMail({ envelope: { from: "a@example.com", to }, raw });
   } finally {
     t.close();

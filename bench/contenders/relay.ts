@@ -3,7 +3,7 @@ import type pg from "pg";
 import type Database from "better-sqlite3";
 import { openDatabase, toSqliteTime, type Db } from "../../src/db.js";
 import { createRelay } from "../../src/relay.js";
-import { COMPLETE_ACCEPTED } from "../../src/sql/sqlite.js";
+import { COMPLETE_ACCEPTED } from "../../src/stores/sqlite/relay-sql.js";
 import { rawWith, type MailTemplate } from "../mail.js";
 import type { CommonSettings, Hooks, Producer, Running } from "./types.js";
 

@@ -23,8 +23,11 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 // In your application: import { ... } from "prisma-mail-outbox";
-import { describeTransport, NotFoundError, openDatabase, redactUrl, showMail, type EnqueueResult } from "../../src/index.js";
-import { startLocalMta, type LocalMta } from "../shared/local-mta.js";
+import { describeTransport, NotFoundError, openDatabase, showMail, type EnqueueResult } from "../../src/index.js";
+// This repository's helper that hides a password in a URL before printing it (not part of the package's API).
+import { redactUrl } from "../../src/redact.js";
+// A stand-in for your MTA (Postfix, a smarthost): this repository's in-process test SMTP server, which prints one line per mail it takes.
+import { startTestSmtp, type TestSmtp } from "../../testkit/smtp.js";
 import { APP_TABLES_SQL, createClient, DEFAULT_DATABASE_URL, placeOrder, type Checkout } from "./shop.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -82,8 +85,8 @@ await prisma.stock.upsert({ where: { item: "mug" }, create: { item: "mug", avail
 console.log(`   Order and Stock tables ready; 5 mugs in stock`);
 
 // ---- 2. The relay, as a separate process -----------------------------------------------------------
-let mta: LocalMta | null = null;
-const transport = process.env.MAIL_OUTBOX_TRANSPORT ?? (mta = await startLocalMta()).url;
+let mta: TestSmtp | null = null;
+const transport = process.env.MAIL_OUTBOX_TRANSPORT ?? (mta = await startTestSmtp({ print: (line) => console.log(`   MTA    ${line}`) })).url;
 console.log(`\n2. Relay: a separate process, as in production (MTA: ${describeTransport(transport)})`);
 if (mta) console.log("   The MTA is a small SMTP server inside this example; set MAIL_OUTBOX_TRANSPORT=smtp://localhost:25 (or sendmail:) for a real one.");
 const relayArgs = ["relay"];

@@ -20,7 +20,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 // In your application: import { ... } from "prisma-mail-outbox";
 import { createRelay, describeTransport, getStatus, listMails, migrate, NotFoundError, openDatabase, showMail, type EnqueueResult } from "../../src/index.js";
-import { startLocalMta, type LocalMta } from "../shared/local-mta.js";
+// A stand-in for your MTA (Postfix, a smarthost): this repository's in-process test SMTP server, which prints one line per mail it takes.
+import { startTestSmtp, type TestSmtp } from "../../testkit/smtp.js";
 import { createClient, DECLINED_CARD, signUp, sqliteFile, USER_TABLE_SQL, type Signup } from "./signup.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -81,8 +82,8 @@ try {
 }
 
 // ---- 3. The relay --------------------------------------------------------------------------------
-let mta: LocalMta | null = null;
-const transport = process.env.MAIL_OUTBOX_TRANSPORT ?? (mta = await startLocalMta()).url;
+let mta: TestSmtp | null = null;
+const transport = process.env.MAIL_OUTBOX_TRANSPORT ?? (mta = await startTestSmtp({ print: (line) => console.log(`   MTA    ${line}`) })).url;
 console.log(
   `\n2. Relay: createRelay({ databaseUrl, transport }).runOnce() hands committed mail to the MTA\n` +
     `   MTA: ${describeTransport(transport)}` +

@@ -6,7 +6,7 @@
  */
 import { createRelay, mailOutbox, openDatabase } from "../../src/index.js";
 import { freshSqlite, prismaClientFor } from "../../test/support/db.js";
-import { startTestSmtp } from "../../test/support/smtp.js";
+import { startTestSmtp } from "../../testkit/smtp.js";
 
 const fx = await freshSqlite();
 let deferred = 0;

@@ -8,7 +8,7 @@
  */
 import { createRelay, mailOutbox, openDatabase } from "../../src/index.js";
 import { freshSqlite, prismaClientFor } from "../../test/support/db.js";
-import { failTimes, startTestSmtp } from "../../test/support/smtp.js";
+import { failTimes, startTestSmtp } from "../../testkit/smtp.js";
 
 const fx = await freshSqlite();
 // The first message: body received and kept, then the connection drops without the 250.

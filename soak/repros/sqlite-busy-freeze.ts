@@ -11,7 +11,7 @@ import { spawn } from "node:child_process";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createRelay, mailOutbox, openDatabase } from "../../src/index.js";
 import { freshSqlite, prismaClientFor } from "../../test/support/db.js";
-import { startTestSmtp } from "../../test/support/smtp.js";
+import { startTestSmtp } from "../../testkit/smtp.js";
 
 const fx = await freshSqlite();
 const smtp = await startTestSmtp({ faults: (ctx) => (ctx.phase === "data" ? { stallMs: 300 } : undefined) });

@@ -1,8 +1,21 @@
 /**
- * A real SMTP server in the test process (the `smtp-server` package), with hooks that inject
- * faults. It listens on 127.0.0.1, answers the end of DATA like Postfix
- * (`250 2.0.0 Ok: queued as 8CCD166093`, a unique 10-hex-digit queue id) and records every
- * message it takes.
+ * The one SMTP server of this repository: the tests, the soak, the benchmark and the examples all
+ * use it. Not part of the package (`package.json` "files" leaves it out); it sits at the top
+ * level, not under test/, because the examples and the benchmark use it too.
+ *
+ * - `startTestSmtp()`: a real SMTP server in this process (the `smtp-server` package) on
+ *   127.0.0.1, with hooks that inject faults (replies, dropped connections, stalls; at the
+ *   greeting, MAIL FROM, RCPT TO or the end of DATA). It answers the end of DATA like Postfix
+ *   (`250 2.0.0 Ok: queued as 8CCD166093`, a 10-hex-digit queue id unique to the server) and
+ *   records every message it takes, or with `capture: "count"` only counts Message-IDs (the
+ *   benchmark's sink).
+ * - `startScriptedSmtp()`: a raw peer that answers each command line from a script, for replies
+ *   `smtp-server` cannot be made to give (a refused DATA command, a line that is not SMTP, a 554
+ *   greeting that keeps the session open). It is a separate function, not a mode of the server
+ *   above: `smtp-server` sends 354 itself before it calls `onData` and writes only well-formed
+ *   replies, so those replies need a socket of its own.
+ * - Fault hooks: `failRate` (seeded random share of messages), `failTimes`, `rejectRecipients`,
+ *   `combineFaults`, and the seeded PRNG `seededRandom` (the soak's faults draw from it).
  *
  * @example
  * ```ts
@@ -17,8 +30,8 @@
  * }
  * ```
  */
-import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
+import net from "node:net";
 import type { AddressInfo, Socket } from "node:net";
 import { SMTPServer } from "smtp-server";
 import type { SMTPServerSession, SMTPServerDataStream } from "smtp-server";
@@ -70,16 +83,21 @@ export interface TestSmtp {
   readonly port: number;
   /** `smtp://127.0.0.1:PORT` */
   readonly url: string;
-  /** Every message taken, in order. */
+  /** Every message taken, in order (always empty with `capture: "count"`). */
   readonly messages: ReceivedMessage[];
-  /** How often each Message-ID arrived (duplicates show as > 1). */
+  /** How often each Message-ID arrived (duplicates show as > 1; `(none)` for messages without one). A copy. */
   countByMessageId(): Map<string, number>;
-  /** Resolve once `predicate(messages)` holds, or once `count` messages arrived; reject after `timeoutMs`. */
+  /**
+   * Resolve once `predicate(messages)` holds, or once `count` messages arrived; reject after
+   * `timeoutMs`. With `capture: "count"` a count counts every message taken since `clear()`.
+   */
   waitFor(predicateOrCount: ((messages: readonly ReceivedMessage[]) => boolean) | number, timeoutMs?: number): Promise<void>;
+  /** Forget the messages and counts taken so far (the benchmark's sink between runs). */
+  clear(): void;
   setFaults(hook: FaultHook | null): void;
   /** Connections accepted so far. */
   readonly sessions: number;
-  /** Every MAIL FROM the server answered, taken or not, in order, with its parameters. */
+  /** Every MAIL FROM the server answered, taken or not, in order, with its parameters (empty with `capture: "count"`). */
   readonly mailFroms: { readonly address: string; readonly args: Record<string, string> }[];
   /** Every byte clients sent, all sessions in order of arrival (empty unless `captureWire`). */
   wire(): Buffer;
@@ -104,17 +122,39 @@ export interface StartTestSmtpOptions {
   readonly hide8BitMime?: boolean;
   /** Keep every byte clients send (see `wire()`), for tests of what goes over the socket. */
   readonly captureWire?: boolean;
+  /**
+   * `messages`: keep every message taken (`messages`, `mailFroms`). `count`: read only the first
+   * 16 KiB of each message, for its Message-ID, and keep nothing but how often each Message-ID
+   * arrived (`countByMessageId()`): the benchmark's sink, where the server's own cost counts.
+   * @default "messages"
+   */
+  readonly capture?: "messages" | "count";
+  /**
+   * Called with one line per message taken, e.g.
+   * `accepted <id@example.com> for ann@example.com (1234 bytes), replied "250 2.0.0 Ok: queued as 8CCD166093"`
+   * (the examples print it).
+   */
+  readonly print?: (line: string) => void;
 }
 
 /** The Message-ID header of a raw message (unfolded, trimmed), or null. */
 export function parseMessageId(raw: Buffer): string | null {
-  const text = raw.toString("latin1");
+  return messageIdIn(raw.toString("latin1"));
+}
+
+/** The Message-ID header in the text of a message (or of its first bytes), or null. */
+function messageIdIn(text: string): string | null {
   const end = text.search(/\r?\n\r?\n/);
-  const head = (end >= 0 ? text.slice(0, end) : text).replace(/\r?\n[ \t]+/g, " ");
-  const m = /^message-id:[ \t]*(.*)$/im.exec(head);
-  const value = m?.[1]?.trim();
+  const head = end >= 0 ? text.slice(0, end) : text;
+  // The header's line and its continuation lines, unfolded.
+  const m = /^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)/im.exec(head);
+  const value = m?.[1]?.replace(/\r?\n[ \t]+/g, " ").trim();
   return value ? value : null;
 }
+
+/** Bytes of each message read for its Message-ID with `capture: "count"`. */
+const COUNT_HEAD_BYTES = 16 * 1024;
+const EMPTY = Buffer.alloc(0);
 
 function smtpError(code: number, message: string): Error & { responseCode: number } {
   return Object.assign(new Error(message), { responseCode: code });
@@ -128,7 +168,12 @@ function defaultText(code: number): string {
 
 export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise<TestSmtp> {
   let hook: FaultHook | null = options.faults ?? null;
+  const keep = (options.capture ?? "messages") === "messages";
+  const print = options.print;
   const messages: ReceivedMessage[] = [];
+  /** `capture: "count"`: how often each Message-ID arrived, and how many messages in all. */
+  const counts = new Map<string, number>();
+  let counted = 0;
   const mailFroms: { address: string; args: Record<string, string> }[] = [];
   const wireChunks: Buffer[] = [];
   const argsOf = (args: unknown): Record<string, string> =>
@@ -136,20 +181,17 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
   const events = new EventEmitter();
   events.setMaxListeners(0);
   const sessionNumbers = new Map<string, number>();
-  const queueIds = new Set<string>();
   const timers = new Set<NodeJS.Timeout>();
   let sessions = 0;
   let listening = false;
   let closed = false;
 
+  // Queue ids: 10 hex digits, unique to this server and ascending with time, as Postfix's are
+  // (random steps from a random start: no set of ids to keep, no call to the system's random source).
+  let lastQueueId = Math.floor(Math.random() * 2 ** 38);
   const newQueueId = (): string => {
-    for (;;) {
-      const id = randomBytes(5).toString("hex").toUpperCase();
-      if (!queueIds.has(id)) {
-        queueIds.add(id);
-        return id;
-      }
-    }
+    lastQueueId += 1 + Math.floor(Math.random() * 2 ** 16);
+    return lastQueueId.toString(16).toUpperCase().padStart(10, "0");
   };
   const later = (ms: number, fn: () => void) => {
     const t = setTimeout(() => {
@@ -182,34 +224,53 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
       apply({ phase: "connect", session: sessions }, session, callback);
     },
     onMailFrom(address, session, callback) {
-      mailFroms.push({ address: address.address, args: argsOf(address.args) });
+      if (keep) mailFroms.push({ address: address.address, args: argsOf(address.args) });
       apply({ phase: "mail", session: sessionNo(session) }, session, callback);
     },
     onRcptTo(address, session, callback) {
       apply({ phase: "rcpt", recipient: address.address, session: sessionNo(session) }, session, callback);
     },
     onData(stream: SMTPServerDataStream, session, callback) {
+      // `capture: "count"` keeps only the first bytes, as text: the benchmark's sink must cost no
+      // more than the counting sink it replaced (about 12 to 14 µs per end of DATA here).
       const chunks: Buffer[] = [];
-      stream.on("data", (c: Buffer) => chunks.push(c));
+      let head = "";
+      let size = 0;
+      stream.on("data", (c: Buffer) => {
+        if (keep) chunks.push(c);
+        else if (size < COUNT_HEAD_BYTES) head += c.toString("latin1");
+        size += c.length;
+      });
       stream.on("end", () => {
-        const raw = Buffer.concat(chunks);
-        const messageId = parseMessageId(raw);
+        const raw = keep ? Buffer.concat(chunks) : EMPTY;
+        const messageId = keep ? parseMessageId(raw) : messageIdIn(head);
         const fault = hook?.({ phase: "data", messageId, session: sessionNo(session) });
         const record = (replyDropped: boolean): string => {
           const queueId = newQueueId();
           const from = session.envelope.mailFrom;
-          messages.push({
-            messageId,
-            envelopeFrom: from ? from.address : "",
-            recipients: session.envelope.rcptTo.map((r) => r.address),
-            raw,
-            queueId,
-            receivedAt: Date.now(),
-            replyDropped,
-            authUser: typeof session.user === "string" ? session.user : null,
-            session: sessionNo(session),
-            mailFromArgs: argsOf(from ? from.args : undefined),
-          });
+          const recipients = keep || print ? session.envelope.rcptTo.map((r) => r.address) : [];
+          if (keep) {
+            messages.push({
+              messageId,
+              envelopeFrom: from ? from.address : "",
+              recipients,
+              raw,
+              queueId,
+              receivedAt: Date.now(),
+              replyDropped,
+              authUser: typeof session.user === "string" ? session.user : null,
+              session: sessionNo(session),
+              mailFromArgs: argsOf(from ? from.args : undefined),
+            });
+          } else {
+            const key = messageId ?? "(none)";
+            counts.set(key, (counts.get(key) ?? 0) + 1);
+            counted += 1;
+          }
+          print?.(
+            `${replyDropped ? "kept" : "accepted"} ${messageId ?? "(no Message-ID)"} for ${recipients.join(", ")} (${size} bytes), ` +
+              (replyDropped ? "dropped the connection instead of replying" : `replied "250 2.0.0 Ok: queued as ${queueId}"`),
+          );
           events.emit("message");
           return queueId;
         };
@@ -268,6 +329,7 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
     });
 
   const port = await listen(options.port ?? 0);
+  const taken = () => (keep ? messages.length : counted);
 
   return {
     port,
@@ -279,15 +341,16 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
       return sessions;
     },
     countByMessageId() {
-      const counts = new Map<string, number>();
+      if (!keep) return new Map(counts);
+      const byId = new Map<string, number>();
       for (const m of messages) {
         const key = m.messageId ?? "(none)";
-        counts.set(key, (counts.get(key) ?? 0) + 1);
+        byId.set(key, (byId.get(key) ?? 0) + 1);
       }
-      return counts;
+      return byId;
     },
     waitFor(predicateOrCount, timeoutMs = 10_000) {
-      const check = typeof predicateOrCount === "number" ? () => messages.length >= predicateOrCount : () => predicateOrCount(messages);
+      const check = typeof predicateOrCount === "number" ? () => taken() >= predicateOrCount : () => predicateOrCount(messages);
       if (check()) return Promise.resolve();
       return new Promise<void>((resolve, reject) => {
         const onMessage = () => {
@@ -299,10 +362,16 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
         const timer = setTimeout(() => {
           events.off("message", onMessage);
           const wanted = typeof predicateOrCount === "number" ? `${predicateOrCount} messages` : "the condition";
-          reject(new Error(`test SMTP server: waited ${timeoutMs} ms for ${wanted}; ${messages.length} received`));
+          reject(new Error(`test SMTP server: waited ${timeoutMs} ms for ${wanted}; ${taken()} received`));
         }, timeoutMs);
         events.on("message", onMessage);
       });
+    },
+    clear() {
+      messages.length = 0;
+      mailFroms.length = 0;
+      counts.clear();
+      counted = 0;
     },
     setFaults(next) {
       hook = next;
@@ -322,6 +391,8 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
     },
   };
 }
+
+// ---- fault hooks ---------------------------------------------------------------------------------
 
 /** A small seeded PRNG (mulberry32): the same seed gives the same fault plan. */
 export function seededRandom(seed: number): () => number {
@@ -397,5 +468,87 @@ export function combineFaults(...hooks: FaultHook[]): FaultHook {
       if (f) return f;
     }
     return undefined;
+  };
+}
+
+// ---- the scripted peer ---------------------------------------------------------------------------
+
+export interface SmtpScript {
+  /** The greeting. @default "220 scripted ESMTP" */
+  readonly greeting?: string;
+  /** The reply to RCPT TO for this address. @default "250 2.1.5 Ok" */
+  readonly rcpt?: (address: string) => string;
+  /** The reply to DATA; a 354 lets the message in. @default "354 go ahead" */
+  readonly data?: () => string;
+  /** Offer PIPELINING in the EHLO reply. @default true */
+  readonly pipelining?: boolean;
+}
+
+export interface ScriptedSmtp {
+  readonly port: number;
+  /** `smtp://127.0.0.1:PORT` */
+  readonly url: string;
+  /** Command lines received, in order (a message body shows as `<body>`). */
+  readonly log: string[];
+  close(): Promise<void>;
+}
+
+/**
+ * A scripted SMTP peer for replies `smtp-server` cannot be made to give (see the module's header).
+ * It answers each command line from `script`, takes every message body with
+ * `250 2.0.0 Ok: queued as SCRIPTED1` and keeps nothing but `log`; use `startTestSmtp()` for
+ * everything it can do.
+ */
+export async function startScriptedSmtp(script: SmtpScript): Promise<ScriptedSmtp> {
+  const log: string[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => {});
+    socket.write(`${script.greeting ?? "220 scripted ESMTP"}\r\n`);
+    let buffer = "";
+    let inData = false;
+    socket.on("data", (chunk: Buffer) => {
+      buffer += chunk.toString("latin1");
+      for (;;) {
+        if (inData) {
+          const end = buffer.startsWith(".\r\n") ? 0 : buffer.indexOf("\r\n.\r\n");
+          if (end < 0) return;
+          buffer = buffer.slice(end === 0 ? 3 : end + 5);
+          inData = false;
+          log.push("<body>");
+          socket.write("250 2.0.0 Ok: queued as SCRIPTED1\r\n");
+          continue;
+        }
+        const i = buffer.indexOf("\r\n");
+        if (i < 0) return;
+        const line = buffer.slice(0, i);
+        buffer = buffer.slice(i + 2);
+        log.push(line);
+        const verb = line.slice(0, 4).toUpperCase();
+        if (verb === "EHLO") socket.write(`250-scripted\r\n${script.pipelining === false ? "" : "250-PIPELINING\r\n"}250 8BITMIME\r\n`);
+        else if (verb === "HELO" || verb === "MAIL" || verb === "RSET") socket.write("250 Ok\r\n");
+        else if (verb === "RCPT") socket.write(`${script.rcpt?.(line.replace(/^RCPT TO:<(.*)>.*$/i, "$1")) ?? "250 2.1.5 Ok"}\r\n`);
+        else if (verb === "DATA") {
+          const reply = script.data?.() ?? "354 go ahead";
+          socket.write(`${reply}\r\n`);
+          inData = reply.startsWith("354");
+        } else if (verb === "QUIT") socket.end("221 Bye\r\n");
+        else socket.write("502 5.5.2 Error: command not recognized\r\n");
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    url: `smtp://127.0.0.1:${port}`,
+    log,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
   };
 }

@@ -1,59 +1,19 @@
 /**
  * The operator statements for PostgreSQL, one statement per function, side by side with
- * `sqlite-admin.ts`. Every value is a bound parameter; status lists come from the constants of
+ * ../sqlite/admin-sql.ts. Every value is a bound parameter; status lists come from the constants of
  * `states.ts`. Table and column names are fixed (the pool's `search_path` selects the schema).
  */
 import type pg from "pg";
-import { MAIL_COLUMNS, type TargetRow } from "./types.js";
+import type { ActionLogLine, ChangeTarget, CountByStatus, MailFilter, StatusCount } from "../../store.js";
+import { ATTEMPT_COLUMNS, MAIL_COLUMNS, type PlainAttemptRow, type PlainMailRow } from "../rows.js";
 
 /** A pool or a client checked out of it (inside a transaction). */
 export interface Queryable {
   query<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
 }
 
-/** Every column but `raw`, as stored. */
-export interface PgMailRow {
-  id: string;
-  message_id: string;
-  status: string;
-  priority: number;
-  idempotency_key: string | null;
-  envelope_from: string;
-  envelope_to: unknown;
-  subject: string;
-  size: number;
-  metadata: unknown;
-  attempts: number;
-  max_attempts: number;
-  send_at: Date;
-  next_attempt_at: Date;
-  lease_owner: string | null;
-  lease_expires_at: Date | null;
-  last_error: string | null;
-  mta_response: string | null;
-  mta_queue_id: string | null;
-  accepted: unknown;
-  rejected: unknown;
-  uncertain_handoffs: number;
-  created_at: Date;
-  updated_at: Date;
-  sent_at: Date | null;
-  raw?: Buffer | null;
-}
-
-export interface PgAttemptRow {
-  id: string;
-  attempt: number;
-  relay: string;
-  started_at: Date;
-  duration_ms: number;
-  outcome: string;
-  response: string | null;
-  response_code: number | null;
-  error_code: string | null;
-  error: string | null;
-  queue_id: string | null;
-}
+/** Every column but `raw`, as stored: pg parses jsonb and timestamptz itself. */
+export type PgMailRow = PlainMailRow & { raw?: Buffer | null };
 
 /**
  * The filter shared by list, replay and purge. `null` means "no constraint".
@@ -68,18 +28,7 @@ const FILTER = `(NOT $1::boolean OR id = ANY($2::uuid[]) OR message_id = ANY($3:
   AND ($7::timestamptz IS NULL OR created_at < $7::timestamptz)
   AND ($8::boolean IS NOT TRUE OR uncertain_handoffs > 0)`;
 
-export interface PgFilter {
-  readonly byIds: boolean;
-  readonly ids: readonly string[];
-  readonly messageIds: readonly string[];
-  readonly statuses: readonly string[] | null;
-  readonly recipient: string | null;
-  readonly since: Date | null;
-  readonly until: Date | null;
-  readonly uncertainOnly: boolean;
-}
-
-function filterParams(f: PgFilter): unknown[] {
+function filterParams(f: MailFilter): unknown[] {
   return [f.byIds, f.ids, f.messageIds, f.statuses, f.recipient, f.since, f.until, f.uncertainOnly];
 }
 
@@ -93,28 +42,17 @@ export async function largestPendingSize(q: Queryable): Promise<number | null> {
   return r.rows[0]?.n ?? null;
 }
 
-export interface PgStatusRow {
-  status: string;
-  total: number;
-  uncertain: number;
-  due: number;
-  oldest_due_created: Date | null;
-  oldest_due_at: Date | null;
-  next_at: Date | null;
-  expired_leases: number;
-}
-
 /** Per status: rows, uncertain rows, due pending rows and their oldest, next scheduled attempt, expired leases. */
-export async function statusCounts(q: Queryable, now: Date): Promise<PgStatusRow[]> {
-  const r = await q.query<PgStatusRow>(
+export async function statusCounts(q: Queryable, now: Date): Promise<StatusCount[]> {
+  const r = await q.query<StatusCount>(
     `SELECT status,
        count(*)::int AS total,
        (count(*) FILTER (WHERE uncertain_handoffs > 0))::int AS uncertain,
        (count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= $1))::int AS due,
-       min(created_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= $1) AS oldest_due_created,
-       min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= $1) AS oldest_due_at,
-       min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at > $1) AS next_at,
-       (count(*) FILTER (WHERE status = 'sending' AND lease_expires_at < $1))::int AS expired_leases
+       min(created_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= $1) AS "oldestDueCreatedAt",
+       min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= $1) AS "oldestDueAt",
+       min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at > $1) AS "nextAttemptAt",
+       (count(*) FILTER (WHERE status = 'sending' AND lease_expires_at < $1))::int AS "expiredLeases"
      FROM mail_outbox
      GROUP BY status`,
     [now],
@@ -123,7 +61,7 @@ export async function statusCounts(q: Queryable, now: Date): Promise<PgStatusRow
 }
 
 /** Rows matching the filter, newest first. */
-export async function listMails(q: Queryable, f: PgFilter, limit: number): Promise<PgMailRow[]> {
+export async function listMails(q: Queryable, f: MailFilter, limit: number): Promise<PgMailRow[]> {
   const r = await q.query<PgMailRow>(
     `SELECT ${MAIL_COLUMNS} FROM mail_outbox
      WHERE ${FILTER}
@@ -147,9 +85,9 @@ export async function findMail(q: Queryable, id: string | null, messageId: strin
 }
 
 /** The attempts of one mail in the order they happened. */
-export async function listAttempts(q: Queryable, emailId: string): Promise<PgAttemptRow[]> {
-  const r = await q.query<PgAttemptRow>(
-    `SELECT id, attempt, relay, started_at, duration_ms, outcome, response, response_code, error_code, error, queue_id
+export async function listAttempts(q: Queryable, emailId: string): Promise<PlainAttemptRow[]> {
+  const r = await q.query<PlainAttemptRow>(
+    `SELECT ${ATTEMPT_COLUMNS}
      FROM mail_outbox_attempt
      WHERE email_id = $1
      ORDER BY started_at, attempt, id`,
@@ -159,9 +97,9 @@ export async function listAttempts(q: Queryable, emailId: string): Promise<PgAtt
 }
 
 /** The rows a bulk change (replay, cancel) would touch, locked until the transaction ends when `lock`. */
-export async function selectTargets(q: Queryable, f: PgFilter, lock: boolean): Promise<TargetRow[]> {
-  const r = await q.query<TargetRow>(
-    `SELECT id, message_id, status, attempts, last_error, uncertain_handoffs
+export async function selectTargets(q: Queryable, f: MailFilter, lock: boolean): Promise<ChangeTarget[]> {
+  const r = await q.query<ChangeTarget>(
+    `SELECT id, message_id AS "messageId", status, attempts, last_error AS "lastError", uncertain_handoffs AS "uncertainHandoffs"
      FROM mail_outbox
      WHERE ${FILTER}
      ORDER BY created_at, id
@@ -203,7 +141,7 @@ export async function cancelBatch(q: Queryable, ids: readonly string[], from: re
 /** One operator action per mail in the attempt log (outcome "replayed" or "cancelled"), so `show` tells the story. */
 export async function insertAdminAttempts(
   q: Queryable,
-  rows: readonly { readonly id: string; readonly emailId: string; readonly response: string }[],
+  rows: readonly ActionLogLine[],
   actor: string,
   outcome: string,
   at: Date,
@@ -212,13 +150,13 @@ export async function insertAdminAttempts(
     `INSERT INTO mail_outbox_attempt (id, email_id, attempt, relay, started_at, duration_ms, outcome, response)
      SELECT t.id, t.email_id, 0, $4, $5, 0, $6, t.response
      FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(id, email_id, response)`,
-    [rows.map((r) => r.id), rows.map((r) => r.emailId), rows.map((r) => r.response), actor, at, outcome],
+    [rows.map((r) => r.id), rows.map((r) => r.mailId), rows.map((r) => r.response), actor, at, outcome],
   );
 }
 
 /** How many rows a purge would delete, per status. `cutoff` null: any age. */
-export async function countPurgeable(q: Queryable, statuses: readonly string[], cutoff: Date | null): Promise<{ status: string; n: number }[]> {
-  const r = await q.query<{ status: string; n: number }>(
+export async function countPurgeable(q: Queryable, statuses: readonly string[], cutoff: Date | null): Promise<CountByStatus[]> {
+  const r = await q.query<CountByStatus>(
     `SELECT status, count(*)::int AS n
      FROM mail_outbox
      WHERE status = ANY($1::text[]) AND ($2::timestamptz IS NULL OR updated_at < $2::timestamptz)
@@ -234,8 +172,8 @@ export async function purgeBatch(
   statuses: readonly string[],
   cutoff: Date | null,
   limit: number,
-): Promise<{ status: string; n: number }[]> {
-  const r = await q.query<{ status: string; n: number }>(
+): Promise<CountByStatus[]> {
+  const r = await q.query<CountByStatus>(
     `WITH victims AS (
        SELECT id FROM mail_outbox
        WHERE status = ANY($1::text[]) AND ($2::timestamptz IS NULL OR updated_at < $2::timestamptz)

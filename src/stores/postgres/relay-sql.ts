@@ -2,10 +2,14 @@
  * The relay's hot path on PostgreSQL: claim, complete, renew, rescue. One statement each,
  * every value a bound parameter, batches passed as arrays and expanded with unnest().
  * Time comes from the database clock (now()), so relays on hosts with skewed clocks agree.
+ * Side by side with ../sqlite/relay-sql.ts.
  */
 import pg from "pg";
-import type { ClaimRow, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
-import { LEASE_EXPIRED_MESSAGE, attemptColumns, toClaimedMails } from "./types.js";
+import type { LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "../../store.js";
+import { LEASE_EXPIRED_MESSAGE, attemptColumns, toClaimedMails, type ClaimRow } from "../rows.js";
+
+/** The hot-path methods of the PostgreSQL store. */
+export type RelayStatements = Pick<RelayStore, "claim" | "complete" | "renew" | "rescue">;
 
 /** Claim due rows. SKIP LOCKED lets several relays claim side by side without waiting on each other. */
 export const CLAIM = `
@@ -42,6 +46,24 @@ const BYTEA_OID = 17;
 const pgTypes = pg.types;
 
 /**
+ * node-postgres (pg-protocol 1.x) reads every column of a row as a UTF-8 string, binary ones too,
+ * and makes the Buffer from that string: bytes that are not UTF-8 come back as U+FFFD (EF BF BD).
+ * The stored message is 7-bit or UTF-8 almost always; the exception (an 8-bit `message/rfc822`
+ * attachment in another charset) shows that mark, and those rows' bytes are read again, exactly,
+ * in text mode (hex). A message holding a real U+FFFD costs the same extra read.
+ */
+const REPLACEMENT_CHARACTER = Buffer.from([0xef, 0xbf, 0xbd]);
+export const RAW_OF = `SELECT id::text AS id, raw FROM mail_outbox WHERE id = ANY($1::uuid[])`;
+
+async function rereadLossyRaw(pool: pg.Pool, rows: ClaimRow[]): Promise<void> {
+  const lossy = rows.filter((r) => r.raw.includes(REPLACEMENT_CHARACTER));
+  if (lossy.length === 0) return;
+  const exact = await pool.query<{ id: string; raw: Buffer }>({ name: "mail_outbox_raw_of", text: RAW_OF, values: [lossy.map((r) => r.id)] });
+  const byId = new Map(exact.rows.map((r) => [r.id, r.raw]));
+  for (const r of lossy) r.raw = byId.get(r.id) ?? r.raw;
+}
+
+/**
  * Record a batch of outcomes and their attempts in one statement.
  * An "accepted" outcome is recorded even if the lease was lost meanwhile (the MTA has the mail:
  * marking it sent prevents another resend); every other outcome only applies while this relay
@@ -53,16 +75,16 @@ WITH v AS (
     AS v(id, kind, delay_ms, response, queue_id, accepted, rejected, error, remaining)
 ), upd AS (
   UPDATE mail_outbox m
-  SET status = CASE v.kind WHEN 'accepted' THEN 'sent' WHEN 'dead' THEN 'dead' ELSE 'pending' END,
+  SET status = CASE v.kind WHEN 'accepted' THEN 'sent' WHEN 'permanent' THEN 'dead' ELSE 'pending' END,
       attempts = CASE WHEN v.kind = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END,
-      next_attempt_at = CASE WHEN v.kind IN ('retry', 'partial') THEN now() + v.delay_ms * interval '1 millisecond' ELSE m.next_attempt_at END,
+      next_attempt_at = CASE WHEN v.kind IN ('transient', 'partial') THEN now() + v.delay_ms * interval '1 millisecond' ELSE m.next_attempt_at END,
       sent_at = CASE WHEN v.kind = 'accepted' THEN now() ELSE m.sent_at END,
       mta_response = coalesce(v.response, m.mta_response),
       mta_queue_id = CASE WHEN v.kind IN ('accepted', 'partial') THEN v.queue_id ELSE m.mta_queue_id END,
       accepted = CASE WHEN v.kind IN ('accepted', 'partial') THEN coalesce(m.accepted, '[]'::jsonb) || v.accepted ELSE m.accepted END,
       rejected = CASE WHEN v.rejected IS NULL THEN m.rejected ELSE coalesce(m.rejected, '[]'::jsonb) || v.rejected END,
       envelope_to = CASE WHEN v.kind = 'partial' THEN v.remaining ELSE m.envelope_to END,
-      last_error = CASE WHEN v.kind IN ('retry', 'dead', 'partial') THEN v.error ELSE m.last_error END,
+      last_error = CASE WHEN v.kind IN ('transient', 'permanent', 'partial') THEN v.error ELSE m.last_error END,
       lease_owner = NULL,
       lease_expires_at = NULL,
       updated_at = now()
@@ -147,14 +169,13 @@ WITH expired AS (
 )
 SELECT id, message_id, status, previous_owner FROM upd`;
 
-export function postgresRelayStore(pool: pg.Pool): RelayStore {
+export function postgresRelayStatements(pool: pg.Pool): RelayStatements {
   return {
-    dialect: "postgresql",
-
     async claim(owner, limit, leaseMs) {
       // `binary` is a QueryConfig option of pg that its type definitions leave out.
       const config = { name: "mail_outbox_claim", text: CLAIM, values: [owner, limit, leaseMs], binary: true, types: CLAIM_TYPES } as pg.QueryConfig;
       const { rows } = await pool.query<ClaimRow>(config);
+      await rereadLossyRaw(pool, rows);
       return toClaimedMails(rows);
     },
 
@@ -187,13 +208,13 @@ export function postgresRelayStore(pool: pg.Pool): RelayStore {
       for (const o of outcomes) {
         ids.push(o.id);
         kinds.push(o.kind);
-        delays.push(o.kind === "retry" || o.kind === "partial" ? Math.round(o.delayMs) : null);
+        delays.push(o.kind === "transient" || o.kind === "partial" ? Math.round(o.delayMs) : null);
         responses.push(o.kind === "release" ? null : o.response);
         queueIds.push(o.kind === "accepted" || o.kind === "partial" ? o.queueId : null);
         accepted.push(o.kind === "accepted" || o.kind === "partial" ? JSON.stringify(o.accepted) : null);
-        const rej = o.kind === "accepted" || o.kind === "dead" || o.kind === "partial" ? o.rejected : null;
+        const rej = o.kind === "accepted" || o.kind === "permanent" || o.kind === "partial" ? o.rejected : null;
         rejected.push(rej && rej.length > 0 ? JSON.stringify(rej) : null);
-        errors.push(o.kind === "retry" || o.kind === "dead" || o.kind === "partial" ? o.error : null);
+        errors.push(o.kind === "transient" || o.kind === "permanent" || o.kind === "partial" ? o.error : null);
         remaining.push(o.kind === "partial" ? JSON.stringify(o.deferred.map((d) => d.recipient)) : null);
         if (o.kind === "release") continue;
         const a = attemptColumns(o);

@@ -1,12 +1,13 @@
 /**
  * The operator statements for SQLite, one statement per function, side by side with
- * `postgres-admin.ts`. Every value is a bound parameter; lists are bound as JSON text and opened
+ * ../postgres/admin-sql.ts. Every value is a bound parameter; lists are bound as JSON text and opened
  * with `json_each`. DateTime columns hold ISO-8601 text with `+00:00` (Prisma's default), so
- * times are bound with `toSqliteTime` and compare as text.
+ * times are bound with `toSqliteTime` and compare as text; JSON columns are text, parsed here.
  */
 import type Database from "better-sqlite3";
-import { toSqliteTime } from "../db.js";
-import { MAIL_COLUMNS, type TargetRow } from "./types.js";
+import type { ActionLogLine, ChangeTarget, CountByStatus, MailFilter, StatusCount } from "../../store.js";
+import { ATTEMPT_COLUMNS, MAIL_COLUMNS, parseJson, type PlainAttemptRow, type PlainMailRow } from "../rows.js";
+import { fromSqliteTime, toSqliteTime } from "./time.js";
 
 type Db = Database.Database;
 
@@ -54,6 +55,25 @@ export interface SqliteAttemptRow {
   queue_id: string | null;
 }
 
+const date = (v: unknown): Date => fromSqliteTime(v) ?? new Date(Number.NaN);
+
+/** A stored row with its JSON parsed and its times as Dates. */
+export function plainMailRow(r: SqliteMailRow): PlainMailRow {
+  return {
+    ...r,
+    envelope_to: parseJson(r.envelope_to),
+    metadata: parseJson(r.metadata),
+    accepted: parseJson(r.accepted),
+    rejected: parseJson(r.rejected),
+    send_at: date(r.send_at),
+    next_attempt_at: date(r.next_attempt_at),
+    lease_expires_at: fromSqliteTime(r.lease_expires_at),
+    created_at: date(r.created_at),
+    updated_at: date(r.updated_at),
+    sent_at: fromSqliteTime(r.sent_at),
+  };
+}
+
 /** The filter shared by list, replay and cancel; named parameters, NULL means "no constraint". */
 const FILTER = `(@byIds = 0 OR id IN (SELECT value FROM json_each(@ids)) OR message_id IN (SELECT value FROM json_each(@messageIds)))
   AND (@statuses IS NULL OR status IN (SELECT value FROM json_each(@statuses)))
@@ -64,18 +84,7 @@ const FILTER = `(@byIds = 0 OR id IN (SELECT value FROM json_each(@ids)) OR mess
   AND (@until IS NULL OR created_at < @until)
   AND (@uncertainOnly = 0 OR uncertain_handoffs > 0)`;
 
-export interface SqliteFilter {
-  readonly byIds: boolean;
-  readonly ids: readonly string[];
-  readonly messageIds: readonly string[];
-  readonly statuses: readonly string[] | null;
-  readonly recipient: string | null;
-  readonly since: Date | null;
-  readonly until: Date | null;
-  readonly uncertainOnly: boolean;
-}
-
-function filterParams(f: SqliteFilter): Record<string, unknown> {
+function filterParams(f: MailFilter): Record<string, unknown> {
   return {
     byIds: f.byIds ? 1 : 0,
     ids: JSON.stringify(f.ids),
@@ -98,20 +107,9 @@ export function largestPendingSize(db: Db): number | null {
   return row?.n ?? null;
 }
 
-export interface SqliteStatusRow {
-  status: string;
-  total: number;
-  uncertain: number;
-  due: number;
-  oldest_due_created: string | number | null;
-  oldest_due_at: string | number | null;
-  next_at: string | number | null;
-  expired_leases: number;
-}
-
 /** Per status: rows, uncertain rows, due pending rows and their oldest, next scheduled attempt, expired leases. */
-export function statusCounts(db: Db, now: Date): SqliteStatusRow[] {
-  return db
+export function statusCounts(db: Db, now: Date): StatusCount[] {
+  const rows = db
     .prepare(
       `SELECT status,
          count(*) AS total,
@@ -120,15 +118,25 @@ export function statusCounts(db: Db, now: Date): SqliteStatusRow[] {
          min(created_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= @now) AS oldest_due_created,
          min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= @now) AS oldest_due_at,
          min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at > @now) AS next_at,
-         count(*) FILTER (WHERE status = 'sending' AND lease_expires_at < @now) AS expired_leases
+         count(*) FILTER (WHERE status = 'sending' AND lease_expires_at < @now) AS expiredLeases
        FROM mail_outbox
        GROUP BY status`,
     )
-    .all({ now: toSqliteTime(now) }) as SqliteStatusRow[];
+    .all({ now: toSqliteTime(now) }) as (Omit<StatusCount, "oldestDueCreatedAt" | "oldestDueAt" | "nextAttemptAt"> & {
+    oldest_due_created: unknown;
+    oldest_due_at: unknown;
+    next_at: unknown;
+  })[];
+  return rows.map(({ oldest_due_created, oldest_due_at, next_at, ...r }) => ({
+    ...r,
+    oldestDueCreatedAt: fromSqliteTime(oldest_due_created),
+    oldestDueAt: fromSqliteTime(oldest_due_at),
+    nextAttemptAt: fromSqliteTime(next_at),
+  }));
 }
 
 /** Rows matching the filter, newest first. */
-export function listMails(db: Db, f: SqliteFilter, limit: number): SqliteMailRow[] {
+export function listMails(db: Db, f: MailFilter, limit: number): SqliteMailRow[] {
   return db
     .prepare(
       `SELECT ${MAIL_COLUMNS} FROM mail_outbox
@@ -152,27 +160,28 @@ export function findMail(db: Db, id: string | null, messageId: string | null, wi
 }
 
 /** The attempts of one mail in the order they happened. */
-export function listAttempts(db: Db, emailId: string): SqliteAttemptRow[] {
-  return db
+export function listAttempts(db: Db, emailId: string): PlainAttemptRow[] {
+  const rows = db
     .prepare(
-      `SELECT id, attempt, relay, started_at, duration_ms, outcome, response, response_code, error_code, error, queue_id
+      `SELECT ${ATTEMPT_COLUMNS}
        FROM mail_outbox_attempt
        WHERE email_id = @emailId
        ORDER BY started_at, attempt, id`,
     )
     .all({ emailId }) as SqliteAttemptRow[];
+  return rows.map((r) => ({ ...r, started_at: date(r.started_at) }));
 }
 
 /** The rows a bulk change (replay, cancel) would touch. Run inside an IMMEDIATE transaction to hold them. */
-export function selectTargets(db: Db, f: SqliteFilter): TargetRow[] {
+export function selectTargets(db: Db, f: MailFilter): ChangeTarget[] {
   return db
     .prepare(
-      `SELECT id, message_id, status, attempts, last_error, uncertain_handoffs
+      `SELECT id, message_id AS messageId, status, attempts, last_error AS lastError, uncertain_handoffs AS uncertainHandoffs
        FROM mail_outbox
        WHERE ${FILTER}
        ORDER BY created_at, id`,
     )
-    .all(filterParams(f)) as TargetRow[];
+    .all(filterParams(f)) as ChangeTarget[];
 }
 
 /**
@@ -209,21 +218,21 @@ export function cancelBatch(db: Db, ids: readonly string[], from: readonly strin
 /** One operator action per mail in the attempt log (outcome "replayed" or "cancelled"), so `show` tells the story. */
 export function insertAdminAttempts(
   db: Db,
-  rows: readonly { readonly id: string; readonly emailId: string; readonly response: string }[],
+  rows: readonly ActionLogLine[],
   actor: string,
   outcome: string,
   at: Date,
 ): void {
   db.prepare(
     `INSERT INTO mail_outbox_attempt (id, email_id, attempt, relay, started_at, duration_ms, outcome, response)
-     SELECT json_extract(t.value, '$.id'), json_extract(t.value, '$.emailId'), 0, @actor, @at, 0, @outcome,
+     SELECT json_extract(t.value, '$.id'), json_extract(t.value, '$.mailId'), 0, @actor, @at, 0, @outcome,
             json_extract(t.value, '$.response')
      FROM json_each(@rows) AS t`,
   ).run({ rows: JSON.stringify(rows), actor, outcome, at: toSqliteTime(at) });
 }
 
 /** How many rows a purge would delete, per status. `cutoff` null: any age. */
-export function countPurgeable(db: Db, statuses: readonly string[], cutoff: Date | null): { status: string; n: number }[] {
+export function countPurgeable(db: Db, statuses: readonly string[], cutoff: Date | null): CountByStatus[] {
   return db
     .prepare(
       `SELECT status, count(*) AS n
@@ -231,7 +240,7 @@ export function countPurgeable(db: Db, statuses: readonly string[], cutoff: Date
        WHERE status IN (SELECT value FROM json_each(@statuses)) AND (@cutoff IS NULL OR updated_at < @cutoff)
        GROUP BY status`,
     )
-    .all({ statuses: JSON.stringify(statuses), cutoff: cutoff === null ? null : toSqliteTime(cutoff) }) as { status: string; n: number }[];
+    .all({ statuses: JSON.stringify(statuses), cutoff: cutoff === null ? null : toSqliteTime(cutoff) }) as CountByStatus[];
 }
 
 /** The ids of the next batch a purge deletes. */
@@ -256,4 +265,16 @@ export function deleteMails(db: Db, ids: readonly string[]): { status: string }[
   return db
     .prepare(`DELETE FROM mail_outbox WHERE id IN (SELECT value FROM json_each(@ids)) RETURNING status`)
     .all({ ids: JSON.stringify(ids) }) as { status: string }[];
+}
+
+/**
+ * Rows whose time columns hold numbers instead of ISO-8601 text, which happens when the
+ * application's adapter is created with `timestampFormat: "unixepoch-ms"`. The relay compares
+ * times as text, so such rows would ignore `sendAt` and backoff.
+ */
+export function countNumericTimes(db: Db): number {
+  const row = db
+    .prepare("SELECT count(*) AS n FROM mail_outbox WHERE typeof(next_attempt_at) <> 'text' OR typeof(send_at) <> 'text' OR typeof(created_at) <> 'text'")
+    .get() as { n: number };
+  return Number(row.n);
 }

@@ -1,13 +1,16 @@
 /**
- * The relay's hot path on SQLite: the same four operations as ./postgres.ts. SQLite has one
+ * The relay's hot path on SQLite: the same four operations as ../postgres/relay-sql.ts. SQLite has one
  * writer at a time, so a claim is a single atomic UPDATE ... RETURNING; batches run as one
  * transaction of prepared statements. Times are ISO-8601 text with +00:00, as Prisma writes them.
  */
 import type Database from "better-sqlite3";
 import { randomUUID } from "node:crypto";
-import { toSqliteTime } from "../db.js";
-import type { ClaimRow, LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "./types.js";
-import { LEASE_EXPIRED_MESSAGE, attemptColumns, toClaimedMails } from "./types.js";
+import type { LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "../../store.js";
+import { LEASE_EXPIRED_MESSAGE, attemptColumns, toClaimedMails, type ClaimRow } from "../rows.js";
+import { toSqliteTime } from "./time.js";
+
+/** The hot-path methods of the SQLite store. */
+export type RelayStatements = Pick<RelayStore, "claim" | "complete" | "renew" | "rescue">;
 
 export const CLAIM = `
 UPDATE mail_outbox
@@ -85,7 +88,7 @@ SET status = @status, uncertain_handoffs = uncertain_handoffs + 1, last_error = 
     lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = @now, updated_at = @now
 WHERE id = @id AND status = 'sending' AND lease_expires_at < @now`;
 
-export function sqliteRelayStore(db: Database.Database): RelayStore {
+export function sqliteRelayStatements(db: Database.Database): RelayStatements {
   const claim = db.prepare<{ owner: string; leaseExpiresAt: string; now: string; limit: number }, ClaimRow>(CLAIM);
   const accepted = db.prepare(COMPLETE_ACCEPTED);
   const partial = db.prepare(COMPLETE_PARTIAL);
@@ -105,7 +108,7 @@ export function sqliteRelayStore(db: Database.Database): RelayStore {
         changed += release.run({ id: o.id, owner, now }).changes;
         continue;
       }
-      const rej = o.kind === "accepted" || o.kind === "dead" || o.kind === "partial" ? o.rejected : null;
+      const rej = o.kind === "accepted" || o.kind === "permanent" || o.kind === "partial" ? o.rejected : null;
       const rejected = rej && rej.length > 0 ? JSON.stringify(rej) : null;
       if (o.kind === "accepted") {
         changed += accepted.run({ id: o.id, now, response: o.response, queueId: o.queueId, accepted: JSON.stringify(o.accepted), rejected }).changes;
@@ -114,7 +117,7 @@ export function sqliteRelayStore(db: Database.Database): RelayStore {
           id: o.id, owner, now, nextAttemptAt: toSqliteTime(new Date(Date.now() + o.delayMs)), error: o.error, response: o.response,
           queueId: o.queueId, accepted: JSON.stringify(o.accepted), rejected, remaining: JSON.stringify(o.deferred.map((d) => d.recipient)),
         }).changes;
-      } else if (o.kind === "retry") {
+      } else if (o.kind === "transient") {
         const nextAttemptAt = toSqliteTime(new Date(Date.now() + o.delayMs));
         changed += retry.run({ id: o.id, owner, now, nextAttemptAt, error: o.error, response: o.response }).changes;
       } else {
@@ -170,7 +173,6 @@ export function sqliteRelayStore(db: Database.Database): RelayStore {
   });
 
   return {
-    dialect: "sqlite",
     async claim(owner, limit, leaseMs) {
       const now = new Date();
       const rows = claim.all({ owner, limit, now: toSqliteTime(now), leaseExpiresAt: toSqliteTime(new Date(now.getTime() + leaseMs)) });

@@ -1,0 +1,228 @@
+/**
+ * What the `mail-outbox` commands print as text, and their JSON. Pure functions of the library's
+ * results: every table, duration and time an operator reads comes from here, so the text of each
+ * command is specified by test/cli.test.ts and changes only there.
+ */
+import type { CancelResult, MailDetail, MailRecord, PurgeResult, ReplayResult, StatusReport } from "../admin.js";
+import type { DoctorReport } from "../doctor.js";
+import type { RelayCounts } from "../relay.js";
+import { STATUSES } from "../states.js";
+
+/** The JSON every `--json` prints: two-space indented, bigints as numbers, one trailing newline. */
+export function formatJson(value: unknown): string {
+  return `${JSON.stringify(value, jsonReplacer, 2)}\n`;
+}
+
+function jsonReplacer(this: unknown, _key: string, value: unknown): unknown {
+  if (typeof value === "bigint") return Number(value);
+  return value;
+}
+
+/** ISO UTC with milliseconds; "-" for none. */
+export function iso(d: Date | null): string {
+  return d === null ? "-" : d.toISOString();
+}
+
+/** ISO UTC to the second, for tables. */
+function isoShort(d: Date | null): string {
+  return d === null ? "-" : d.toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+export function plural(n: number, word: string, many = `${word}s`): string {
+  return `${n} ${n === 1 ? word : many}`;
+}
+
+/** A duration for people: "500ms", "45s", "2m30s", "1d4h" (the two largest units). */
+export function formatMs(ms: number): string {
+  if (ms < 1000) return `${ms}ms`;
+  const parts: string[] = [];
+  let rest = Math.round(ms / 1000);
+  for (const [unit, size] of [["d", 86_400], ["h", 3_600], ["m", 60], ["s", 1]] as const) {
+    if (rest >= size) {
+      parts.push(`${Math.floor(rest / size)}${unit}`);
+      rest %= size;
+    }
+  }
+  return parts.slice(0, 2).join("");
+}
+
+/** The relay's counts on one line: `relay --once`, and after `stopped: ` when it stops. */
+export function formatCounts(c: RelayCounts): string {
+  return `claimed ${c.claimed}, sent ${c.sent}, retried ${c.retried}, dead ${c.dead}, released ${c.released}, rescued ${c.rescued}`;
+}
+
+function statusLabel(m: { status: string; uncertain: boolean; partlyRefused?: boolean }): string {
+  return [m.status, m.partlyRefused === true ? "PARTLY REFUSED" : "", m.uncertain ? "UNCERTAIN" : ""].filter((x) => x !== "").join(" ");
+}
+
+/** `status`: one row per status with notes, the uncertain warning, the next attempt. */
+export function formatStatus(r: StatusReport): string {
+  const rows: [string, string, string][] = [];
+  for (const s of STATUSES) {
+    const notes: string[] = [];
+    if (s === "pending" && r.duePending > 0) {
+      notes.push(`${r.duePending} due now`);
+      if (r.oldestDueAgeMs !== null) notes.push(`oldest due created ${formatMs(r.oldestDueAgeMs)} ago`);
+      if (r.maxDueLagMs !== null) notes.push(`waiting up to ${formatMs(r.maxDueLagMs)}`);
+    }
+    if (s === "sending" && r.expiredLeases > 0) notes.push(`${r.expiredLeases} with an expired lease (a relay died or stalled)`);
+    const u = r.uncertain.byStatus[s];
+    if (u > 0) notes.push(`${u} uncertain`);
+    rows.push([s, String(r.counts[s]), notes.join(", ")]);
+  }
+  for (const [s, n] of Object.entries(r.otherStatuses)) rows.push([s, String(n), "unknown status"]);
+  rows.push(["total", String(r.total), ""]);
+  const w0 = Math.max(...rows.map((x) => x[0].length));
+  const w1 = Math.max(...rows.map((x) => x[1].length));
+  const lines = rows.map(([a, b, c]) => `${a.padEnd(w0)}  ${b.padStart(w1)}${c ? `  ${c}` : ""}`.trimEnd());
+  if (r.uncertain.total > 0) {
+    lines.push(`UNCERTAIN: ${plural(r.uncertain.total, "mail")} may have reached the MTA without a record (see: mail-outbox list --uncertain)`);
+  }
+  lines.push(`next attempt  ${r.nextAttemptAt === null ? "-" : iso(r.nextAttemptAt)}`);
+  lines.push(`as of         ${iso(r.at)}`);
+  return `${lines.join("\n")}\n`;
+}
+
+/**
+ * `list`: one row per mail (NEXT: when a pending mail is tried next), and under a row, indented: the
+ * last error of a mail not sent, or the recipients the MTA refused for a sent mail (status PARTLY REFUSED).
+ */
+export function formatList(mails: readonly MailRecord[], limit: number): string {
+  if (mails.length === 0) return "no mails match\n";
+  const header = ["ID", "STATUS", "TRIES", "CREATED", "NEXT", "TO", "SUBJECT"];
+  const rows = mails.map((m) => [
+    m.id,
+    statusLabel(m),
+    `${m.attempts}/${m.maxAttempts}`,
+    isoShort(m.createdAt),
+    m.status === "pending" ? isoShort(m.nextAttemptAt) : "-",
+    clip(m.envelopeTo.length <= 1 ? (m.envelopeTo[0] ?? "") : `${m.envelopeTo[0]} +${m.envelopeTo.length - 1}`, 40),
+    clip(oneLine(m.subject), 50),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const fmt = (r: readonly string[]) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join("  ").trimEnd();
+  const lines = [fmt(header)];
+  mails.forEach((m, i) => {
+    lines.push(fmt(rows[i] ?? []));
+    if (m.partlyRefused && m.rejected !== null) {
+      const who = m.rejected.map((r) => `${r.recipient}${r.response ? ` (${oneLine(r.response)})` : ""}`).join(", ");
+      lines.push(`  refused ${m.rejected.length} of ${m.envelopeTo.length}: ${clip(who, 160)}`);
+    } else if (m.status !== "sent" && m.lastError !== null) {
+      lines.push(`  last error: ${clip(oneLine(m.lastError), 160)}`);
+    }
+  });
+  if (mails.length === limit) lines.push(`(${limit} shown, newest first; --limit shows more)`);
+  return `${lines.join("\n")}\n`;
+}
+
+/** `show`: the fields of one mail, then its attempts timeline. */
+export function formatShow(m: MailDetail): string {
+  const fields: [string, string][] = [
+    ["id", m.id],
+    ["message-id", m.messageId],
+    [
+      "status",
+      [
+        m.status,
+        m.partlyRefused && m.rejected !== null ? `(PARTLY REFUSED: ${m.rejected.length} of ${m.envelopeTo.length} recipients refused, see rejected)` : "",
+        m.uncertain ? `(UNCERTAIN: ${plural(m.uncertainHandoffs, "hand-off")} interrupted; the MTA may or may not have this mail)` : "",
+      ]
+        .filter((x) => x !== "")
+        .join(" "),
+    ],
+    ["from", m.envelopeFrom],
+    ["to", m.envelopeTo.join(", ")],
+    ["subject", oneLine(m.subject)],
+    ["size", `${m.size} bytes`],
+    ["priority", String(m.priority)],
+    ["attempts", `${m.attempts} of ${m.maxAttempts}`],
+    ["created", iso(m.createdAt)],
+    ["send at", iso(m.sendAt)],
+    ["next attempt", m.status === "pending" ? iso(m.nextAttemptAt) : "-"],
+    ["updated", iso(m.updatedAt)],
+    ["sent", iso(m.sentAt)],
+  ];
+  if (m.leaseOwner !== null) fields.push(["lease", `${m.leaseOwner} until ${iso(m.leaseExpiresAt)}`]);
+  if (m.idempotencyKey !== null) fields.push(["idempotency key", m.idempotencyKey]);
+  if (m.lastError !== null) fields.push(["last error", oneLine(m.lastError)]);
+  if (m.mtaResponse !== null) fields.push(["mta response", oneLine(m.mtaResponse)]);
+  if (m.mtaQueueId !== null) fields.push(["mta queue id", m.mtaQueueId]);
+  if (m.accepted !== null) fields.push(["accepted", m.accepted.join(", ") || "-"]);
+  if (m.rejected !== null && m.rejected.length > 0) fields.push(["rejected", m.rejected.map((r) => `${r.recipient}: ${oneLine(r.response)}`).join("; ")]);
+  if (m.metadata !== null) fields.push(["metadata", JSON.stringify(m.metadata)]);
+  const w = Math.max(...fields.map(([k]) => k.length)) + 1;
+  const lines = fields.map(([k, v]) => `${`${k}:`.padEnd(w)}  ${v}`);
+  lines.push("", m.attemptLog.length === 0 ? "attempts: none yet" : "attempts:");
+  for (const a of m.attemptLog) {
+    const detail = [
+      a.responseCode !== null && !(a.response ?? "").startsWith(String(a.responseCode)) ? String(a.responseCode) : "",
+      a.response !== null ? oneLine(a.response) : "",
+      a.error !== null && a.error !== a.response ? oneLine(a.error) : "",
+      a.errorCode !== null ? `(${a.errorCode})` : "",
+      a.queueId !== null && !(a.response ?? "").includes(a.queueId) ? `queue id ${a.queueId}` : "",
+    ]
+      .filter((x) => x !== "")
+      .join("  ");
+    // Operator actions (replay, cancel) are recorded with attempt 0.
+    lines.push(`  ${iso(a.startedAt)}  ${a.attempt === 0 ? "op" : `#${a.attempt}`}  ${a.outcome.padEnd(13)}  ${a.relay}  ${a.durationMs}ms${detail ? `  ${detail}` : ""}`);
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+/** `replay`: what was (or would be) replayed, skipped and not found. `confirmed`: --yes was given. */
+export function formatReplay(result: ReplayResult, { dryRun, confirmed }: { readonly dryRun: boolean; readonly confirmed: boolean }): string {
+  const verb = dryRun ? "would replay" : "replayed";
+  let text = `${verb} ${plural(result.replayed.length, "mail")}${dryRun ? " (dry run: nothing changed)" : ""}\n`;
+  const sent = result.replayed.filter((m) => m.from === "sent").length;
+  if (dryRun && sent > 0 && !confirmed) text += `${plural(sent, "of them was", "of them were")} sent already: the replay delivers ${sent === 1 ? "it" : "them"} again and needs --yes\n`;
+  text += capped(result.replayed, (m) => `  ${m.id}  ${m.messageId}  was ${m.from}`);
+  text += capped(result.skipped, (s) => `  skipped ${s.id}  ${s.messageId}  ${s.status}: ${s.reason}`);
+  text += capped(result.notFound, (n) => `  not found: ${n}`);
+  return text;
+}
+
+/** `cancel`: what was (or would be) cancelled, cancelled already, refused and not found. */
+export function formatCancel(result: CancelResult, { dryRun }: { readonly dryRun: boolean }): string {
+  const already = result.alreadyCancelled.length > 0 ? `, ${result.alreadyCancelled.length} cancelled already` : "";
+  return (
+    `${dryRun ? "would cancel" : "cancelled"} ${plural(result.cancelled.length, "mail")}${already}${dryRun ? " (dry run: nothing changed)" : ""}\n` +
+    capped(result.cancelled, (m) => `  ${m.id}  ${m.messageId}  was ${m.from}`) +
+    capped(result.alreadyCancelled, (m) => `  ${m.id}  ${m.messageId}  cancelled already: nothing to do`) +
+    capped(result.notCancellable, (s) => `  not cancelled ${s.id}  ${s.messageId}  ${s.status}: ${s.reason}`) +
+    capped(result.notFound, (n) => `  not found: ${n}`)
+  );
+}
+
+/** `purge`: how many were (or would be) deleted, per status, and the cut-off. */
+export function formatPurge(result: PurgeResult, { dryRun }: { readonly dryRun: boolean }): string {
+  const parts = Object.entries(result.byStatus).map(([s, n]) => `${s} ${n}`).join(", ");
+  const when = result.cutoff === null ? "of any age" : `last changed before ${iso(result.cutoff)}`;
+  return `${dryRun ? "would delete" : "deleted"} ${plural(result.deleted, "mail")} (${parts}) ${when}${dryRun ? " (dry run: nothing changed)" : ""}\n`;
+}
+
+/** `doctor`: one line per check, and under a check that is not ok, how to fix it. */
+export function formatDoctor(report: DoctorReport): string {
+  const width = Math.max(...report.checks.map((c) => c.name.length));
+  const label = { ok: "ok  ", warn: "WARN", fail: "FAIL" } as const;
+  let text = "";
+  for (const c of report.checks) {
+    text += `${label[c.status]}  ${c.name.padEnd(width)}  ${c.message}\n`;
+    if (c.status !== "ok" && c.fix !== null) text += `${" ".repeat(width + 8)}fix: ${c.fix}\n`;
+  }
+  return text;
+}
+
+/** One line per item, at most 100 (--json gives them all). */
+function capped<T>(items: readonly T[], line: (item: T) => string, max = 100): string {
+  const shown = items.slice(0, max).map((x) => `${line(x)}\n`);
+  if (items.length > max) shown.push(`  ... and ${items.length - max} more (--json lists them all)\n`);
+  return shown.join("");
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s*[\r\n]+\s*/g, " ");
+}
+
+function clip(s: string, max: number): string {
+  return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
+}

@@ -1,0 +1,293 @@
+/**
+ * The relay's claim loop: claim due rows in batches when the local queue runs low, hand each one
+ * to the MTA (up to `concurrency` at once), let the pure decision (outcome.ts) say what to write,
+ * and hand that to the outcome writer. Waits for a wake-up (a NOTIFY, a freed slot, stop) or the
+ * poll interval between claims; backs off while the database or the MTA is away.
+ *
+ * Hot path (thousands of mails a second): per mail, one claim slot, one hand-off, one decision,
+ * one buffered outcome; no await or allocation beyond those.
+ */
+import { performance } from "node:perf_hooks";
+import pRetry from "p-retry";
+import type { Transporter } from "nodemailer";
+import { DatabaseUnavailableError, HandoffTimeoutError } from "./errors.js";
+import { isConnectionRefused, isMtaUnreachable, type SentMessageInfoLike } from "./classify.js";
+import { decideFailed, decideHandedOff, handoffOutcome, type HandoffDecision } from "./outcome.js";
+import type { RawSend } from "./transport.js";
+import type { ClaimedMail } from "./store.js";
+import { newId } from "./ids.js";
+import { errorText, sleep, type RelayCore } from "./relay-core.js";
+
+/** First pause after a failed claim; doubles per failure. */
+const DB_BACKOFF_START_MS = 250;
+/** The claim back-off cap while SQLite is busy (SQLITE_BUSY/SQLITE_LOCKED): lock contention passes quickly. */
+const BUSY_BACKOFF_CAP_MS = 500;
+/** `runOnce()` gives up after this many database failures in a row (about 8 s). */
+const ONCE_GIVE_UP_AFTER = 5;
+
+export class ClaimLoop {
+  /** Claimed, not yet started. */
+  private queue: ClaimedMail[] = [];
+  /** Being handed over now. */
+  readonly active = new Map<string, Promise<void>>();
+  private wake: (() => void) | null = null;
+  private wakePending = false;
+  private transporter: Transporter | null = null;
+  private sendRaw: RawSend | null = null;
+
+  constructor(private readonly core: RelayCore) {}
+
+  /** The transporter to hand mail to, and its raw sender when it declares one. */
+  useTransport(transporter: Transporter | null, sendRaw: RawSend | null): void {
+    this.transporter = transporter;
+    this.sendRaw = sendRaw;
+  }
+
+  /** Wake the loop now (a NOTIFY arrived, a slot freed up, or we are stopping). */
+  kick(): void {
+    if (this.wake) {
+      const w = this.wake;
+      this.wake = null;
+      w();
+    } else {
+      this.wakePending = true;
+    }
+  }
+
+  private waitForKick(ms: number): Promise<void> {
+    if (this.wakePending) {
+      this.wakePending = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.wake = null;
+        resolve();
+      }, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /** Settles when every hand-off in flight has. */
+  settled(): Promise<unknown> {
+    return Promise.allSettled([...this.active.values()]);
+  }
+
+  /** Give claimed mail not yet started back, without counting the attempt. */
+  releaseQueued(): void {
+    const { core } = this;
+    for (const m of this.queue) {
+      core.writer.add({ kind: "release", id: m.id });
+      core.total.released++;
+    }
+    this.queue = [];
+  }
+
+  /** Take `id` out of the queue (its lease was lost); whether it was there. */
+  unqueue(id: string): boolean {
+    const before = this.queue.length;
+    this.queue = this.queue.filter((m) => m.id !== id);
+    return this.queue.length !== before;
+  }
+
+  /** Claim and hand over until stopped (`forever`), or until nothing is due (`once`). */
+  async run(kind: "forever" | "once"): Promise<void> {
+    const { core } = this;
+    const { settings, outages, leases, writer } = core;
+    const capacity = Math.max(settings.batchSize, settings.concurrency * 2);
+    let dbBackoff = DB_BACKOFF_START_MS;
+    let failures = 0;
+    let flushFailures = 0;
+    const giveUp = async (err: unknown) => {
+      await this.settled();
+      this.releaseQueued();
+      await writer.flush();
+      throw new DatabaseUnavailableError(`runOnce() could not reach the database after ${failures} tries: ${errorText(err)}`, { cause: err });
+    };
+    while (core.running) {
+      if (outages.schemaReport !== null) {
+        // Tables gone: claim nothing (mail handed over now could not be recorded) until they are back.
+        if (kind === "once") {
+          const report = await outages.schemaReport;
+          await this.settled();
+          this.releaseQueued();
+          await writer.flush();
+          outages.forgetSchemaReport();
+          throw report;
+        }
+        await outages.waitForSchema();
+        continue;
+      }
+      if (kind === "forever" || !leases.rescuedOnce) await leases.rescueExpired();
+
+      const now = performance.now();
+      if (now < outages.claimsPausedUntil && kind === "forever") {
+        await this.waitForKick(outages.claimsPausedUntil - now);
+        continue;
+      }
+      const room = capacity - this.queue.length - this.active.size;
+      let claimed = 0;
+      let limit = 0;
+      // Claim when the local queue runs low, not one row at a time.
+      if (room > 0 && this.queue.length < settings.concurrency) {
+        limit = Math.min(settings.batchSize, room);
+        try {
+          const rows = await core.store!.claim(settings.owner, limit, settings.leaseMs);
+          outages.databaseUp();
+          dbBackoff = DB_BACKOFF_START_MS;
+          failures = 0;
+          claimed = rows.length;
+          if (claimed > 0) {
+            const leaseEnd = performance.now() + settings.leaseMs;
+            for (const r of rows) leases.hold(r.id, leaseEnd);
+            this.queue.push(...rows);
+            core.total.claimed += claimed;
+            core.metrics?.claimed.inc(claimed);
+            core.emitEvent("claimed", claimed);
+            this.pump();
+          }
+        } catch (err) {
+          const what = core.store!.classifyError(err);
+          if (what === "schema") {
+            await outages.schemaGone(err);
+            continue;
+          }
+          outages.databaseDown(err);
+          if (kind === "once" && ++failures >= ONCE_GIVE_UP_AFTER) await giveUp(err);
+          await sleep(dbBackoff, core.stopSignal);
+          // Lock contention on SQLite passes quickly; a lost server may take a while.
+          dbBackoff = Math.min(dbBackoff * 2, what === "busy" ? BUSY_BACKOFF_CAP_MS : 10_000);
+          continue;
+        }
+      }
+      if (kind === "once" && claimed === 0 && this.queue.length === 0 && this.active.size === 0) {
+        await writer.flush();
+        if (writer.pending === 0) return;
+        if (++flushFailures >= ONCE_GIVE_UP_AFTER) await giveUp(new Error("the outcomes of this run could not be recorded"));
+        await sleep(dbBackoff);
+        dbBackoff = Math.min(dbBackoff * 2, 10_000);
+        continue;
+      }
+      if (claimed > 0 && claimed === limit) continue; // more may be due
+      await this.waitForKick(kind === "once" ? 50 : settings.pollIntervalMs);
+    }
+  }
+
+  /** Start hand-offs while there is room. */
+  private pump(): void {
+    const { core } = this;
+    const { settings, leases } = core;
+    while (this.active.size < settings.concurrency && this.queue.length > 0 && !core.stopping) {
+      const mail = this.queue.shift()!;
+      const leaseEnd = leases.end(mail.id);
+      // A lease this relay could not renew may already belong to another relay: do not send.
+      if (leaseEnd === undefined || leaseEnd - performance.now() < settings.leaseMs / 3) {
+        // Not handed over: give it back as not attempted (a no-op if another relay took it meanwhile).
+        core.log.debug({ id: mail.id, messageId: mail.messageId }, "lease ran short before the hand-off started; releasing the mail");
+        core.total.released++;
+        core.writer.write({ kind: "release", id: mail.id });
+        continue;
+      }
+      const p = this.handOff(mail).finally(() => {
+        this.active.delete(mail.id);
+        this.pump();
+        if (this.queue.length < settings.concurrency) this.kick();
+      });
+      this.active.set(mail.id, p);
+    }
+  }
+
+  private async handOff(mail: ClaimedMail): Promise<void> {
+    const { core } = this;
+    const backoff = core.settings.backoff;
+    const startedAt = new Date();
+    const attemptId = newId();
+    const t0 = performance.now();
+    let outcome: HandoffDecision;
+    let failure: unknown = undefined;
+    try {
+      const info = await this.sendWithTimeout(mail);
+      const durationMs = performance.now() - t0;
+      outcome = decideHandedOff(mail, { id: mail.id, attemptId, attempt: mail.attempts, startedAt, durationMs }, info, backoff);
+      core.outages.transportUp();
+      core.metrics?.duration.observe(durationMs / 1000);
+    } catch (err) {
+      outcome = decideFailed(mail, { id: mail.id, attemptId, attempt: mail.attempts, startedAt, durationMs: performance.now() - t0 }, err, backoff);
+      failure = err;
+    }
+    this.report(mail, outcome, failure);
+    core.writer.write(outcome);
+  }
+
+  /** Counts, metrics, logs and events of one decision (see the table in outcome.ts); `err` is what the hand-off threw. */
+  private report(mail: ClaimedMail, o: HandoffDecision, err: unknown): void {
+    const { core } = this;
+    core.metrics?.handoffs.inc({ outcome: handoffOutcome(o) });
+    switch (o.kind) {
+      case "accepted":
+        core.total.sent++;
+        core.emitEvent("sent", { id: mail.id, messageId: mail.messageId, attempt: mail.attempts, response: o.response, queueId: o.queueId, rejected: o.rejected });
+        return;
+      case "partial":
+        core.total.retried++;
+        core.emitEvent("retry", { id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error: o.error, delayMs: o.delayMs });
+        return;
+      case "transient":
+        core.total.retried++;
+        if (isMtaUnreachable(o.errorCode, o.responseCode)) core.outages.transportDown(err, o.error);
+        else core.log.debug({ id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error: o.error, delayMs: o.delayMs }, "transient failure; will retry");
+        core.emitEvent("retry", { id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error: o.error, delayMs: o.delayMs });
+        return;
+      case "permanent":
+        core.total.dead++;
+        core.log.warn({ id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error: o.error, response: o.response }, "mail is dead");
+        core.emitEvent("dead", { id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error: o.error, response: o.response });
+        return;
+    }
+  }
+
+  private async sendWithTimeout(mail: ClaimedMail): Promise<SentMessageInfoLike> {
+    const { core } = this;
+    const transporter = this.transporter!;
+    const sendRaw = this.sendRaw;
+    const timeoutMs = core.settings.handoffTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      // Through setImmediate: after a blocked event loop, a reply already waiting in the socket wins over the timer.
+      timer = setTimeout(
+        () => setImmediate(() => reject(new HandoffTimeoutError(`The hand-off did not finish within ${timeoutMs} ms (handoffTimeoutMs).`))),
+        timeoutMs,
+      );
+    });
+    // A transport that takes composed messages directly (it declares `sendRaw`) skips nodemailer's
+    // Mailer (a MimeNode, header and address normalisation per message) for bytes that are already final.
+    const once = (): Promise<SentMessageInfoLike> =>
+      sendRaw
+        ? sendRaw({ from: mail.envelopeFrom, to: mail.envelopeTo }, mail.raw)
+        : transporter.sendMail({ envelope: { from: mail.envelopeFrom, to: [...mail.envelopeTo] }, raw: mail.raw, messageId: mail.messageId });
+    // A refused connection (a local MTA restarting) is retried within the attempt, with p-retry;
+    // the common case, a hand-off that works, does not pay for the retry machinery.
+    const retries = core.settings.connectRetries;
+    const send = once().catch((error: unknown) => {
+      if (retries === 0 || !core.running || !isConnectionRefused(error)) throw error;
+      // Waits 100 ms, then 200, 400... up to 1 s between tries, `connectRetries` more tries in all.
+      return sleep(100).then(() =>
+        pRetry(once, {
+          retries: retries - 1,
+          minTimeout: 200,
+          maxTimeout: 1000,
+          factor: 2,
+          shouldRetry: ({ error: e }) => core.running && isConnectionRefused(e),
+        }),
+      );
+    });
+    try {
+      return await Promise.race([send, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}

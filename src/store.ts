@@ -1,0 +1,406 @@
+/**
+ * `Store`: everything the library says to a database, once per database (src/stores/postgres/,
+ * src/stores/sqlite/), returning domain records. The relay, the operator functions (admin.ts),
+ * migrate and doctor talk only to this interface; none of them asks which database it is.
+ * test/store-conformance.test.ts runs one suite against every store.
+ *
+ * Adding a database: a folder under src/stores/ with its store, its SQL (one statement per
+ * function), its migrations under migrations/<provider>/, and one line in `openDatabase` (db.ts).
+ */
+import type { OutboxStatus } from "./states.js";
+import type { JsonValue } from "./types.js";
+
+// ---------------------------------------------------------------------------------------------
+// Relay: the hot path
+
+/** A row the relay has claimed: everything it needs to hand the mail over, nothing more. */
+export interface ClaimedMail {
+  readonly id: string;
+  readonly messageId: string;
+  readonly envelopeFrom: string;
+  readonly envelopeTo: readonly string[];
+  readonly raw: Buffer;
+  readonly priority: number;
+  /** Attempts including this one (the claim counts it). */
+  readonly attempts: number;
+  readonly maxAttempts: number;
+  readonly uncertainHandoffs: number;
+}
+
+/** The attempt-log part of an outcome: one `mail_outbox_attempt` row per hand-off. */
+export interface OutcomeAttempt {
+  readonly id: string;
+  /** Id of the attempt row. */
+  readonly attemptId: string;
+  readonly attempt: number;
+  readonly startedAt: Date;
+  readonly durationMs: number;
+}
+
+/** A recipient the MTA refused (5xx) or deferred (4xx), with its reply. */
+export interface RecipientReply {
+  readonly recipient: string;
+  readonly response: string | null;
+}
+
+/** The outcome of one claimed row, written back in a batch by `Store.complete`. */
+export type Outcome =
+  | (OutcomeAttempt & {
+      readonly kind: "accepted";
+      readonly response: string;
+      readonly queueId: string | null;
+      readonly accepted: readonly string[];
+      readonly rejected: readonly RecipientReply[];
+    })
+  /**
+   * The MTA took the mail for some recipients and deferred others with a 4xx: the row stays
+   * pending with `envelope_to` cut down to the deferred recipients, retried with backoff.
+   */
+  | (OutcomeAttempt & {
+      readonly kind: "partial";
+      readonly response: string;
+      readonly queueId: string | null;
+      readonly accepted: readonly string[];
+      /** Refused with 5xx: final for them. */
+      readonly rejected: readonly RecipientReply[];
+      /** Deferred with 4xx: the recipients of the next attempt. */
+      readonly deferred: readonly RecipientReply[];
+      readonly delayMs: number;
+      readonly error: string;
+    })
+  | (OutcomeAttempt & {
+      readonly kind: "transient";
+      /** Delay from now until the next attempt, computed by the relay's backoff. */
+      readonly delayMs: number;
+      readonly error: string;
+      readonly errorCode: string | null;
+      readonly response: string | null;
+      readonly responseCode: number | null;
+    })
+  | (OutcomeAttempt & {
+      readonly kind: "permanent";
+      readonly error: string;
+      readonly errorCode: string | null;
+      readonly response: string | null;
+      readonly responseCode: number | null;
+      readonly rejected: readonly RecipientReply[] | null;
+    })
+  /** Claimed but never handed over (graceful stop): back to pending, the claim's attempt not counted. */
+  | { readonly kind: "release"; readonly id: string };
+
+/** A row whose lease expired (its relay died mid hand-off), as `Store.rescue` moved it. */
+export interface RescuedMail {
+  readonly id: string;
+  readonly messageId: string;
+  readonly previousOwner: string | null;
+  readonly status: "pending" | "held" | "dead";
+}
+
+/** What happens to a mail whose relay died mid hand-off: sent again, or held for an operator. */
+export type LeaseExpiryPolicy = "resend" | "hold";
+
+/**
+ * What a database error means, by the driver's code: "unavailable" (connection lost, server down
+ * or starting: try again later), "busy" (SQLite's SQLITE_BUSY/SQLITE_LOCKED: another connection
+ * holds the lock; try again soon, it passes quickly), "refused" (the server answered but will not let us
+ * in: wrong password, no such database), "schema" (an outbox table or column is missing),
+ * "conflict" (a unique key is taken), or "other".
+ */
+export type DatabaseErrorKind = "unavailable" | "busy" | "refused" | "schema" | "conflict" | "other";
+
+/** A subscription to wake-ups (PostgreSQL LISTEN); close it to stop. */
+export type Listener = { close(): Promise<void> };
+
+/**
+ * The statements the relay runs. Every method is one round trip (SQLite: one transaction). "Due"
+ * and lease expiry are judged by the database's clock where it has one (PostgreSQL `now()`, so
+ * relays on hosts with skewed clocks agree), else by the process's clock (SQLite).
+ */
+export interface RelayStore {
+  /**
+   * Claim up to `limit` due pending rows for `owner`, leased for `leaseMs`: highest priority first,
+   * then the longest due. Counts the attempt. Two claimers never get the same row.
+   */
+  claim(owner: string, limit: number, leaseMs: number): Promise<ClaimedMail[]>;
+  /**
+   * Write a batch of outcomes and their attempt rows at once; returns how many rows changed.
+   * "accepted" is recorded even when the lease was lost meanwhile (the MTA has the mail, so the
+   * row is not sent again), from sending, pending or held; every other outcome only while `owner`
+   * still holds the lease.
+   */
+  complete(owner: string, relayName: string, outcomes: readonly Outcome[]): Promise<number>;
+  /** Extend the lease on rows `owner` still holds; returns the ids still held. */
+  renew(owner: string, ids: readonly string[], leaseMs: number): Promise<string[]>;
+  /**
+   * Move up to `limit` rows whose lease expired (their relay died) to pending (policy "resend")
+   * or held ("hold"), or to dead when their attempts are used up, marked as an uncertain
+   * hand-off. Never the rows of `self`: a relay that was only slow (a long GC pause, a blocked
+   * event loop) still holds its hand-offs and renews or records them itself.
+   */
+  rescue(self: string, policy: LeaseExpiryPolicy, limit: number): Promise<RescuedMail[]>;
+  /**
+   * Wake-ups at commit of new mail: PostgreSQL LISTEN on a dedicated connection the store opens
+   * (notifications for other schemas' outboxes ignored). Resolves once listening (check for
+   * work committed before then yourself); rejects when it cannot connect. `onLost` is called
+   * once if the connection ends other than by `close()`: listen again after a pause.
+   * Resolves to null where the database has no notifications (SQLite): poll.
+   */
+  listen(onWake: () => void, onLost: (err: unknown) => void): Promise<Listener | null>;
+  /** Problems with the outbox tables, as `inspectSchema` (migrate.ts) reports them. */
+  inspectSchema(): Promise<SchemaProblem[]>;
+  /** What a database error means (see {@link DatabaseErrorKind}); use this instead of looking at codes. */
+  classifyError(err: unknown): DatabaseErrorKind;
+  /** The URL with its password replaced by `***`, fit for logs. */
+  readonly displayUrl: string;
+  /** Where the outbox tables live, for messages: `schema public of postgresql://...` or the SQLite file. */
+  readonly where: string;
+  close(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator functions: domain records
+
+/** One recipient the MTA refused, with its reply. */
+export interface RejectedRecipient {
+  readonly recipient: string;
+  readonly response: string;
+}
+
+/** An outbox row (the raw message only through `showMail(..., { raw: true })`). The one mail row type. */
+export interface MailRecord {
+  readonly id: string;
+  readonly messageId: string;
+  readonly status: OutboxStatus;
+  readonly priority: number;
+  readonly idempotencyKey: string | null;
+  readonly envelopeFrom: string;
+  readonly envelopeTo: readonly string[];
+  readonly subject: string;
+  readonly size: number;
+  readonly metadata: JsonValue | null;
+  readonly attempts: number;
+  readonly maxAttempts: number;
+  readonly sendAt: Date;
+  readonly nextAttemptAt: Date;
+  readonly leaseOwner: string | null;
+  readonly leaseExpiresAt: Date | null;
+  readonly lastError: string | null;
+  readonly mtaResponse: string | null;
+  readonly mtaQueueId: string | null;
+  readonly accepted: readonly string[] | null;
+  readonly rejected: readonly RejectedRecipient[] | null;
+  /** How many times a relay died while it held this mail: the MTA may or may not have accepted it then. */
+  readonly uncertainHandoffs: number;
+  /** `uncertainHandoffs > 0`: this mail may have been handed over (once more) without a record of it. */
+  readonly uncertain: boolean;
+  /**
+   * `status` is sent, but the MTA refused some of the recipients for good (they are in `rejected`,
+   * with its reply): the others have the mail, these never will unless it is sent to them anew.
+   */
+  readonly partlyRefused: boolean;
+  readonly createdAt: Date;
+  readonly updatedAt: Date;
+  readonly sentAt: Date | null;
+}
+
+/**
+ * What a hand-off ended with, as stored in `mail_outbox_attempt.outcome` and counted by the
+ * `outcome` label of `mail_outbox_handoffs_total` (the table in outcome.ts maps decisions to it).
+ */
+export type HandoffOutcome = "accepted" | "partial" | "transient" | "permanent";
+
+/** Every value of `mail_outbox_attempt.outcome`: a hand-off's, a rescue's ("lease_expired"), or an operator's. */
+export type AttemptOutcome = HandoffOutcome | "lease_expired" | "replayed" | "cancelled";
+
+/** One line of a mail's history: a hand-off attempt by a relay, or an operator action (outcome "replayed", "cancelled"). */
+export interface AttemptRecord {
+  readonly id: string;
+  readonly attempt: number;
+  /** The relay id, or the operator for replay/cancel. */
+  readonly relay: string;
+  readonly startedAt: Date;
+  readonly durationMs: number;
+  readonly outcome: AttemptOutcome;
+  readonly response: string | null;
+  readonly responseCode: number | null;
+  readonly errorCode: string | null;
+  readonly error: string | null;
+  readonly queueId: string | null;
+}
+
+/** Which rows list, replay and cancel take. `null` (and `false`) mean "no constraint". */
+export interface MailFilter {
+  /** Only rows named by `ids` or `messageIds`. */
+  readonly byIds: boolean;
+  readonly ids: readonly string[];
+  readonly messageIds: readonly string[];
+  readonly statuses: readonly string[] | null;
+  /** An envelope recipient, compared case-insensitively. */
+  readonly recipient: string | null;
+  /** created_at >= since */
+  readonly since: Date | null;
+  /** created_at < until */
+  readonly until: Date | null;
+  readonly uncertainOnly: boolean;
+}
+
+/** Per status: how many rows, how many uncertain, due pending rows and their oldest, the next scheduled attempt, expired leases. */
+export interface StatusCount {
+  readonly status: string;
+  readonly total: number;
+  readonly uncertain: number;
+  readonly due: number;
+  readonly oldestDueCreatedAt: Date | null;
+  readonly oldestDueAt: Date | null;
+  readonly nextAttemptAt: Date | null;
+  readonly expiredLeases: number;
+}
+
+/** What a bulk change (replay, cancel) needs to know about a row before it changes it. */
+export interface ChangeTarget {
+  readonly id: string;
+  readonly messageId: string;
+  readonly status: string;
+  readonly attempts: number;
+  readonly lastError: string | null;
+  readonly uncertainHandoffs: number;
+}
+
+/** An operator action in the attempt log. */
+export interface ActionLogLine {
+  /** Id of the attempt row. */
+  readonly id: string;
+  readonly mailId: string;
+  readonly response: string;
+}
+
+/** An operator transition (replay, cancel) as `Store.changeStatus` runs it. */
+export interface StatusChange {
+  /** The transition of `TRANSITIONS` (states.ts) to apply: its `from` and `to` are the statuses. */
+  readonly transition: "replay" | "cancel";
+  readonly filter: MailFilter;
+  readonly at: Date;
+  /** The `relay` and `outcome` of the attempt-log lines. */
+  readonly actor: string;
+  readonly outcome: string;
+  /** Given the selected rows (locked), the ones to change; throw to change nothing. */
+  choose(rows: readonly ChangeTarget[]): readonly ChangeTarget[];
+  /** Given a batch and the ids the transition changed in it, the attempt-log lines to write. */
+  settle(batch: readonly ChangeTarget[], changedIds: readonly string[]): readonly ActionLogLine[];
+}
+
+/** Rows per status. */
+export type CountByStatus = { readonly status: string; readonly n: number };
+
+/** The statements of the operator functions (admin.ts) and doctor. */
+export interface OperatorStore {
+  /** A trivial query: throws when the database does not answer. */
+  ping(): Promise<void>;
+  statusCounts(now: Date): Promise<StatusCount[]>;
+  /** Rows matching the filter, newest first (created_at, then id). */
+  listMails(filter: MailFilter, limit: number): Promise<MailRecord[]>;
+  /** One row by id or by Message-ID, with the raw message when `withRaw`. */
+  findMail(key: { readonly id: string } | { readonly messageId: string }, withRaw: boolean): Promise<{ mail: MailRecord; raw: Buffer | null } | undefined>;
+  /** The attempts and operator actions of one mail, oldest first. */
+  listAttempts(mailId: string): Promise<AttemptRecord[]>;
+  /** The rows a bulk change would look at (oldest first), without locking: for dry runs. */
+  selectTargets(filter: MailFilter): Promise<ChangeTarget[]>;
+  /** Select, choose, change in batches and log, all in one transaction (see {@link StatusChange}). */
+  changeStatus(change: StatusChange): Promise<void>;
+  /** Rows in `statuses` last changed before `cutoff` (null: any age), per status. */
+  countPurgeable(statuses: readonly string[], cutoff: Date | null): Promise<CountByStatus[]>;
+  /** Delete up to `limit` such rows and their attempts in one transaction; what was deleted, per status. */
+  purgeBatch(statuses: readonly string[], cutoff: Date | null, limit: number): Promise<CountByStatus[]>;
+  /** The size in bytes of the largest pending mail; null when none is pending. */
+  largestPendingSize(): Promise<number | null>;
+  /**
+   * Rows whose times are stored as numbers instead of the text the relay compares (SQLite written
+   * through an adapter with `timestampFormat: "unixepoch-ms"`); null where that cannot happen.
+   */
+  countNumericTimes(): Promise<number | null>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema: migrate, inspectSchema, doctor
+
+/** One thing wrong with the outbox tables, as `inspectSchema` reports it (and `doctor` prints it). */
+export interface SchemaProblem {
+  readonly kind: "table" | "column" | "index" | "foreign-key" | "trigger" | "migration";
+  /** What is wrong, naming the table, column, index or trigger. */
+  readonly message: string;
+  /** What to do about it: the command to run, or the change to make by hand. */
+  readonly fix: string;
+  /** `mail-outbox migrate` fixes it (it recreates what a recorded migration created and the database lost). */
+  readonly repairable: boolean;
+  /** The relay cannot work with it (a table or column it reads or writes is missing or of another type): it refuses to start. */
+  readonly blocksRelay: boolean;
+  /** The table concerned. */
+  readonly table: string;
+}
+
+/** The kinds of column the outbox uses; each store names their types (`columnTypes`). */
+export type ColumnKind = "id" | "text" | "int" | "json" | "bytes" | "time";
+
+export interface LiveColumn {
+  readonly table: string;
+  readonly column: string;
+  readonly type: string;
+  readonly nullable: boolean;
+  readonly hasDefault: boolean;
+}
+
+/** The outbox tables as the database has them. */
+export interface LiveShape {
+  readonly tables: ReadonlySet<string>;
+  readonly columns: readonly LiveColumn[];
+  readonly indexes: ReadonlySet<string>;
+  /** mail_outbox_attempt.email_id references mail_outbox(id) with ON DELETE CASCADE. */
+  readonly cascadeFk: boolean;
+  /** Names of the constraints on mail_outbox_attempt (empty where keys have no names to add by). */
+  readonly constraints: ReadonlySet<string>;
+  /** Triggers and functions that exist: `trigger:name`, `function:name`. */
+  readonly routines: ReadonlySet<string>;
+}
+
+/** What `mail_outbox_migrations` records. */
+export interface RecordedMigrations {
+  /** version -> kind ("applied" | "baseline"); null when the migrations table does not exist. */
+  readonly versions: ReadonlyMap<string, string> | null;
+  readonly outboxExists: boolean;
+}
+
+export interface SchemaState {
+  readonly shape: LiveShape;
+  readonly recorded: RecordedMigrations;
+}
+
+/** Inside `Store.schemaTransaction`. */
+export interface SchemaTransaction {
+  read(): Promise<SchemaState>;
+  /** Run a migration file or a repair statement. */
+  exec(sql: string): Promise<void>;
+  ensureMigrationsTable(): Promise<void>;
+  record(version: string, kind: "applied" | "baseline"): Promise<void>;
+  /** Rows whose foreign key points nowhere (0 where the database enforces keys at once). */
+  danglingForeignKeys(): Promise<number>;
+}
+
+export interface SchemaStore {
+  /** The Prisma provider ("postgresql", "sqlite"): names `migrations/<provider>/` and `prisma/<provider>/outbox.prisma`. */
+  readonly provider: string;
+  /** How this database names each kind of column (as its catalog reports them). */
+  readonly columnTypes: Readonly<Record<ColumnKind, string>>;
+  /** The shape and the recorded migrations, outside any transaction. */
+  readSchema(): Promise<SchemaState>;
+  /**
+   * Run `fn` in one transaction that other migrating processes wait for (PostgreSQL: an advisory
+   * lock per schema, the schema created if needed; SQLite: BEGIN IMMEDIATE, foreign keys off).
+   * Rolled back when `fn` throws.
+   */
+  schemaTransaction<T>(fn: (tx: SchemaTransaction) => Promise<T>): Promise<T>;
+  /** How to drop NOT NULL from a column by hand, for `doctor`'s fix. */
+  dropNotNullFix(table: string, column: string, models: string): string;
+}
+
+/** Everything the library says to a database. */
+export interface Store extends RelayStore, OperatorStore, SchemaStore {}

@@ -1,0 +1,193 @@
+/**
+ * What every store shares: the columns it reads, how a stored row becomes a domain record
+ * (`MailRecord`, `AttemptRecord`, `ClaimedMail`), and how an outcome reads in the attempt log.
+ * Each store turns its own column values (JSON, times) into plain values first.
+ */
+import type { OutboxStatus } from "../states.js";
+import { handoffOutcome } from "../outcome.js";
+import type { AttemptOutcome, AttemptRecord, HandoffOutcome, ClaimedMail, MailRecord, Outcome, RejectedRecipient } from "../store.js";
+import type { JsonValue } from "../types.js";
+
+/** The columns `list` and `show` read (everything but `raw`), the same on every database. */
+export const MAIL_COLUMNS = `id, message_id, status, priority, idempotency_key, envelope_from, envelope_to, subject, size,
+  metadata, attempts, max_attempts, send_at, next_attempt_at, lease_owner, lease_expires_at, last_error,
+  mta_response, mta_queue_id, accepted, rejected, uncertain_handoffs, created_at, updated_at, sent_at`;
+
+/** The columns of mail_outbox_attempt that `show` reads. */
+export const ATTEMPT_COLUMNS = "id, attempt, relay, started_at, duration_ms, outcome, response, response_code, error_code, error, queue_id";
+
+export const LEASE_EXPIRED_MESSAGE =
+  "the relay holding this mail stopped renewing its lease during the hand-off (it crashed or lost the database); the MTA may or may not have accepted it";
+
+/** A claimed row as every store's CLAIM returns it (`envelope_to` as JSON text). */
+export interface ClaimRow {
+  id: string;
+  message_id: string;
+  envelope_from: string;
+  envelope_to: string;
+  raw: Buffer;
+  priority: number;
+  attempts: number;
+  max_attempts: number;
+  uncertain_handoffs: number;
+}
+
+/** Claimed rows as the relay takes them, highest priority first. */
+export function toClaimedMails(rows: readonly ClaimRow[]): ClaimedMail[] {
+  return rows
+    .map(
+      (r): ClaimedMail => ({
+        id: r.id,
+        messageId: r.message_id,
+        envelopeFrom: r.envelope_from,
+        envelopeTo: JSON.parse(r.envelope_to) as string[],
+        raw: r.raw,
+        priority: r.priority,
+        attempts: r.attempts,
+        maxAttempts: r.max_attempts,
+        uncertainHandoffs: r.uncertain_handoffs,
+      }),
+    )
+    .sort((a, b) => b.priority - a.priority);
+}
+
+/** How an outcome reads in the attempt log (mail_outbox_attempt), the same on every database. */
+export function attemptColumns(o: Exclude<Outcome, { kind: "release" }>): {
+  outcome: HandoffOutcome;
+  responseCode: number | null;
+  errorCode: string | null;
+  error: string | null;
+  queueId: string | null;
+} {
+  switch (o.kind) {
+    case "accepted":
+      return { outcome: handoffOutcome(o), responseCode: 250, errorCode: null, error: null, queueId: o.queueId };
+    case "partial":
+      return { outcome: handoffOutcome(o), responseCode: 250, errorCode: "EDEFERRED", error: o.error, queueId: o.queueId };
+    case "transient":
+      return { outcome: handoffOutcome(o), responseCode: o.responseCode, errorCode: o.errorCode, error: o.error, queueId: null };
+    case "permanent":
+      return { outcome: handoffOutcome(o), responseCode: o.responseCode, errorCode: o.errorCode, error: o.error, queueId: null };
+  }
+}
+
+/** A mail row with its JSON columns parsed and its times as Dates: what a store hands to {@link toMailRecord}. */
+export interface PlainMailRow {
+  id: string;
+  message_id: string;
+  status: string;
+  priority: number;
+  idempotency_key: string | null;
+  envelope_from: string;
+  envelope_to: unknown;
+  subject: string;
+  size: number;
+  metadata: unknown;
+  attempts: number;
+  max_attempts: number;
+  send_at: Date;
+  next_attempt_at: Date;
+  lease_owner: string | null;
+  lease_expires_at: Date | null;
+  last_error: string | null;
+  mta_response: string | null;
+  mta_queue_id: string | null;
+  accepted: unknown;
+  rejected: unknown;
+  uncertain_handoffs: number;
+  created_at: Date;
+  updated_at: Date;
+  sent_at: Date | null;
+}
+
+export function toMailRecord(r: PlainMailRow): MailRecord {
+  const uncertainHandoffs = Number(r.uncertain_handoffs ?? 0);
+  const rejected = rejectedList(r.rejected);
+  return {
+    id: r.id,
+    messageId: r.message_id,
+    status: r.status as OutboxStatus,
+    priority: Number(r.priority),
+    idempotencyKey: r.idempotency_key,
+    envelopeFrom: r.envelope_from,
+    envelopeTo: stringArray(r.envelope_to),
+    subject: r.subject,
+    size: Number(r.size),
+    metadata: (r.metadata ?? null) as JsonValue | null,
+    attempts: Number(r.attempts),
+    maxAttempts: Number(r.max_attempts),
+    sendAt: r.send_at,
+    nextAttemptAt: r.next_attempt_at,
+    leaseOwner: r.lease_owner,
+    leaseExpiresAt: r.lease_expires_at,
+    lastError: r.last_error,
+    mtaResponse: r.mta_response,
+    mtaQueueId: r.mta_queue_id,
+    accepted: r.accepted === null || r.accepted === undefined ? null : stringArray(r.accepted),
+    rejected,
+    uncertainHandoffs,
+    uncertain: uncertainHandoffs > 0,
+    partlyRefused: r.status === "sent" && rejected !== null && rejected.length > 0,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    sentAt: r.sent_at,
+  };
+}
+
+/** An attempt row as stored; `started_at` already a Date. */
+export interface PlainAttemptRow {
+  id: string;
+  attempt: number;
+  relay: string;
+  started_at: Date;
+  duration_ms: number;
+  outcome: string;
+  response: string | null;
+  response_code: number | null;
+  error_code: string | null;
+  error: string | null;
+  queue_id: string | null;
+}
+
+export function toAttemptRecord(r: PlainAttemptRow): AttemptRecord {
+  return {
+    id: r.id,
+    attempt: Number(r.attempt),
+    relay: r.relay,
+    startedAt: r.started_at,
+    durationMs: Number(r.duration_ms),
+    // The column holds only these values: the store writes them (attemptColumns, rescue, replay/cancel).
+    outcome: r.outcome as AttemptOutcome,
+    response: r.response,
+    responseCode: r.response_code === null ? null : Number(r.response_code),
+    errorCode: r.error_code,
+    error: r.error,
+    queueId: r.queue_id,
+  };
+}
+
+/** JSON text as a value (text that is not JSON stays text). */
+export function parseJson(v: unknown): unknown {
+  if (typeof v !== "string") return v ?? null;
+  try {
+    return JSON.parse(v) as unknown;
+  } catch {
+    return v;
+  }
+}
+
+function stringArray(v: unknown): string[] {
+  if (Array.isArray(v)) return v.map((x) => String(x));
+  if (typeof v === "string" && v !== "") return [v];
+  return [];
+}
+
+function rejectedList(v: unknown): RejectedRecipient[] | null {
+  if (v === null || v === undefined) return null;
+  if (!Array.isArray(v)) return [{ recipient: "", response: JSON.stringify(v) }];
+  return v.map((x) =>
+    typeof x === "object" && x !== null
+      ? { recipient: String((x as { recipient?: unknown }).recipient ?? ""), response: String((x as { response?: unknown }).response ?? "") }
+      : { recipient: String(x), response: "" },
+  );
+}

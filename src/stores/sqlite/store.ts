@@ -1,0 +1,191 @@
+/**
+ * The SQLite store: one better-sqlite3 connection (WAL, busy timeout, foreign keys on), the
+ * statements of ./relay-sql.ts, ./admin-sql.ts and ./schema-sql.ts, and what SQLite's error
+ * codes mean. SQLite has no notifications: `listen` resolves to null and the relay polls.
+ */
+import Database from "better-sqlite3";
+import { DatabaseConfigError } from "../../errors.js";
+import { inspectSchema } from "../../schema.js";
+import { TRANSITIONS } from "../../states.js";
+import type { DatabaseErrorKind, MailFilter, SchemaProblem, SchemaTransaction, StatusChange, Store } from "../../store.js";
+import { toAttemptRecord, toMailRecord } from "../rows.js";
+import * as sql from "./admin-sql.js";
+import { sqliteRelayStatements, type RelayStatements } from "./relay-sql.js";
+import { COLUMN_TYPES, readRecorded, readShape, schemaTransaction } from "./schema-sql.js";
+
+/** Rows per UPDATE of a bulk change (replay, cancel). */
+const CHANGE_BATCH = 1000;
+
+export interface SqliteStoreOptions {
+  /** The absolute path of the database file. */
+  readonly filename: string;
+  readonly displayUrl: string;
+  /** How long a writer waits for the lock before failing. @default 5000 */
+  readonly busyTimeoutMs?: number;
+}
+
+export class SqliteStore implements Store {
+  /** Kept for tests and tools that run their own SQL next to the store (`db.db.prepare`). */
+  readonly dialect = "sqlite" as const;
+  readonly provider = "sqlite";
+  readonly columnTypes = COLUMN_TYPES;
+  /** The better-sqlite3 connection. */
+  readonly db: Database.Database;
+  /** The absolute path of the database file. */
+  readonly filename: string;
+  /** The URL as given (`file:./dev.db`), fit for logs. */
+  readonly displayUrl: string;
+  readonly where: string;
+  /** Prepared on first use: preparing fails on missing tables, which the relay checks first. */
+  private relay: RelayStatements | null = null;
+
+  constructor(options: SqliteStoreOptions) {
+    this.filename = options.filename;
+    this.displayUrl = options.displayUrl;
+    this.where = options.filename;
+    try {
+      this.db = new Database(options.filename);
+    } catch (cause) {
+      throw new DatabaseConfigError(`Cannot open the SQLite database ${options.filename}: ${(cause as Error).message}`, { cause });
+    }
+    this.db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(options.busyTimeoutMs ?? 5000))}`);
+    // WAL lets the application write while the relay reads; it is a property of the file, kept across connections.
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("foreign_keys = ON");
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  // ---- relay ----
+
+  private statements(): RelayStatements {
+    return (this.relay ??= sqliteRelayStatements(this.db));
+  }
+
+  claim(owner: string, limit: number, leaseMs: number) {
+    return this.statements().claim(owner, limit, leaseMs);
+  }
+
+  complete(...args: Parameters<Store["complete"]>) {
+    return this.statements().complete(...args);
+  }
+
+  renew(...args: Parameters<Store["renew"]>) {
+    return this.statements().renew(...args);
+  }
+
+  rescue(...args: Parameters<Store["rescue"]>) {
+    return this.statements().rescue(...args);
+  }
+
+  async listen(): Promise<null> {
+    return null;
+  }
+
+  inspectSchema(): Promise<SchemaProblem[]> {
+    return inspectSchema(this);
+  }
+
+  classifyError(err: unknown): DatabaseErrorKind {
+    const e = err as { code?: unknown; message?: unknown } | null;
+    const code = typeof e?.code === "string" ? e.code : "";
+    if (/^SQLITE_(BUSY|LOCKED)/.test(code)) return "busy";
+    if (/^SQLITE_(IOERR|CANTOPEN|FULL|PROTOCOL)/.test(code)) return "unavailable";
+    if (code === "SQLITE_CONSTRAINT_UNIQUE" || code === "SQLITE_CONSTRAINT_PRIMARYKEY") return "conflict";
+    // A missing table or column comes with the generic code SQLITE_ERROR, the same as a syntax
+    // error (SQLite has no extended result code for it), so the message is the only signal. The
+    // store's statements are fixed and known to parse, so within SQLITE_ERROR these texts (sqlite3
+    // prepare errors: "no such table: x", "no such column: x", "table x has no column named y")
+    // can only mean the schema changed.
+    if (code === "SQLITE_ERROR" && typeof e?.message === "string" && /^no such (table|column)\b|has no column named\b/.test(e.message)) return "schema";
+    return "other";
+  }
+
+  // ---- operator ----
+
+  async ping(): Promise<void> {
+    sql.ping(this.db);
+  }
+
+  async statusCounts(now: Date) {
+    return sql.statusCounts(this.db, now);
+  }
+
+  async listMails(filter: MailFilter, limit: number) {
+    return sql.listMails(this.db, filter, limit).map((r) => toMailRecord(sql.plainMailRow(r)));
+  }
+
+  async findMail(key: Parameters<Store["findMail"]>[0], withRaw: boolean) {
+    const row = sql.findMail(this.db, "id" in key ? key.id : null, "messageId" in key ? key.messageId : null, withRaw);
+    return row === undefined ? undefined : { mail: toMailRecord(sql.plainMailRow(row)), raw: row.raw ?? null };
+  }
+
+  async listAttempts(mailId: string) {
+    return sql.listAttempts(this.db, mailId).map(toAttemptRecord);
+  }
+
+  async selectTargets(filter: MailFilter) {
+    return sql.selectTargets(this.db, filter);
+  }
+
+  async changeStatus(change: StatusChange): Promise<void> {
+    const { from, to } = TRANSITIONS[change.transition];
+    const apply = change.transition === "replay" ? sql.replayBatch : sql.cancelBatch;
+    // IMMEDIATE: the write lock from the SELECT on, so the rows chosen are the rows changed.
+    this.db
+      .transaction(() => {
+        const chosen = change.choose(sql.selectTargets(this.db, change.filter));
+        for (let i = 0; i < chosen.length; i += CHANGE_BATCH) {
+          const batch = chosen.slice(i, i + CHANGE_BATCH);
+          const changed = apply(this.db, batch.map((t) => t.id), from, to, change.at);
+          const log = change.settle(batch, changed);
+          if (log.length > 0) sql.insertAdminAttempts(this.db, log, change.actor, change.outcome, change.at);
+        }
+      })
+      .immediate();
+  }
+
+  async countPurgeable(statuses: readonly string[], cutoff: Date | null) {
+    return sql.countPurgeable(this.db, statuses, cutoff);
+  }
+
+  async purgeBatch(statuses: readonly string[], cutoff: Date | null, limit: number) {
+    const gone = this.db
+      .transaction(() => {
+        const ids = sql.selectPurgeBatch(this.db, statuses, cutoff, limit);
+        if (ids.length === 0) return [];
+        sql.deleteAttemptsOf(this.db, ids);
+        return sql.deleteMails(this.db, ids);
+      })
+      .immediate();
+    // Let other writers (the application, the relay) in between batches.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    const byStatus = new Map<string, number>();
+    for (const g of gone) byStatus.set(g.status, (byStatus.get(g.status) ?? 0) + 1);
+    return [...byStatus].map(([status, n]) => ({ status, n }));
+  }
+
+  async largestPendingSize() {
+    return sql.largestPendingSize(this.db);
+  }
+
+  async countNumericTimes(): Promise<number> {
+    return sql.countNumericTimes(this.db);
+  }
+
+  // ---- schema ----
+
+  async readSchema() {
+    return { shape: readShape(this.db), recorded: readRecorded(this.db) };
+  }
+
+  schemaTransaction<T>(fn: (tx: SchemaTransaction) => Promise<T>): Promise<T> {
+    return schemaTransaction(this.db, fn);
+  }
+
+  dropNotNullFix(_table: string, _column: string, models: string): string {
+    return `drop its NOT NULL constraint (see ${models})`;
+  }
+}
