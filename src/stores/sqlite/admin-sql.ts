@@ -41,19 +41,8 @@ export interface SqliteMailRow {
   raw?: Buffer | null;
 }
 
-export interface SqliteAttemptRow {
-  id: string;
-  attempt: number;
-  relay: string;
-  started_at: string | number;
-  duration_ms: number;
-  outcome: string;
-  response: string | null;
-  response_code: number | null;
-  error_code: string | null;
-  error: string | null;
-  queue_id: string | null;
-}
+/** An attempt row as SQLite stores it: the same columns, `started_at` as ISO text (or epoch ms). */
+export type SqliteAttemptRow = Omit<PlainAttemptRow, "started_at"> & { started_at: string | number };
 
 const date = (v: unknown): Date => fromSqliteTime(v) ?? new Date(Number.NaN);
 
