@@ -59,15 +59,15 @@ export function attemptColumns(o: Exclude<Outcome, { kind: "release" }>): {
   error: string | null;
   queueId: string | null;
 } {
+  const outcome = handoffOutcome(o);
   switch (o.kind) {
     case "accepted":
-      return { outcome: handoffOutcome(o), responseCode: 250, errorCode: null, error: null, queueId: o.queueId };
+      return { outcome, responseCode: 250, errorCode: null, error: null, queueId: o.queueId };
     case "partial":
-      return { outcome: handoffOutcome(o), responseCode: 250, errorCode: "EDEFERRED", error: o.error, queueId: o.queueId };
+      return { outcome, responseCode: 250, errorCode: "EDEFERRED", error: o.error, queueId: o.queueId };
     case "transient":
-      return { outcome: handoffOutcome(o), responseCode: o.responseCode, errorCode: o.errorCode, error: o.error, queueId: null };
     case "permanent":
-      return { outcome: handoffOutcome(o), responseCode: o.responseCode, errorCode: o.errorCode, error: o.error, queueId: null };
+      return { outcome, responseCode: o.responseCode, errorCode: o.errorCode, error: o.error, queueId: null };
   }
 }
 

@@ -11,35 +11,24 @@ import { fromSqliteTime, toSqliteTime } from "./time.js";
 
 type Db = Database.Database;
 
-/** Every column but `raw`, as stored. */
-export interface SqliteMailRow {
-  id: string;
-  message_id: string;
-  status: string;
-  priority: number;
-  idempotency_key: string | null;
-  envelope_from: string;
+/** Every column but `raw`, as SQLite stores it: JSON columns as text, times as ISO text (or epoch ms). */
+type SqliteTime = string | number;
+export type SqliteMailRow = Omit<
+  PlainMailRow,
+  "envelope_to" | "metadata" | "accepted" | "rejected" | "send_at" | "next_attempt_at" | "lease_expires_at" | "created_at" | "updated_at" | "sent_at"
+> & {
   envelope_to: string;
-  subject: string;
-  size: number;
   metadata: string | null;
-  attempts: number;
-  max_attempts: number;
-  send_at: string | number;
-  next_attempt_at: string | number;
-  lease_owner: string | null;
-  lease_expires_at: string | number | null;
-  last_error: string | null;
-  mta_response: string | null;
-  mta_queue_id: string | null;
   accepted: string | null;
   rejected: string | null;
-  uncertain_handoffs: number;
-  created_at: string | number;
-  updated_at: string | number;
-  sent_at: string | number | null;
+  send_at: SqliteTime;
+  next_attempt_at: SqliteTime;
+  lease_expires_at: SqliteTime | null;
+  created_at: SqliteTime;
+  updated_at: SqliteTime;
+  sent_at: SqliteTime | null;
   raw?: Buffer | null;
-}
+};
 
 /** An attempt row as SQLite stores it: the same columns, `started_at` as ISO text (or epoch ms). */
 export type SqliteAttemptRow = Omit<PlainAttemptRow, "started_at"> & { started_at: string | number };
