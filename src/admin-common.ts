@@ -6,7 +6,7 @@
 import { withStore } from "./db.js";
 import { MailOutboxError, NotFoundError, OptionsError, SchemaError } from "./errors.js";
 import { STATUSES, isOutboxStatus, type OutboxStatus } from "./states.js";
-import type { MailFilter, Store } from "./store.js";
+import { FATES, type Fate, type MailFilter, type Store } from "./store.js";
 import type { DbOrUrl, MailRef } from "./admin.js";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -40,6 +40,8 @@ export function buildFilter(input: {
   since?: Date | undefined;
   until?: Date | undefined;
   uncertain?: boolean | undefined;
+  /** Mail with a recipient whose current fate is this. @default null (any) */
+  fate?: Fate | null | undefined;
 }): MailFilter {
   const refs = input.refs ?? [];
   return {
@@ -51,7 +53,13 @@ export function buildFilter(input: {
     since: input.since === undefined ? null : checkDate(input.since, "since"),
     until: input.until === undefined ? null : checkDate(input.until, "until"),
     uncertainOnly: input.uncertain === true,
+    fate: input.fate === undefined || input.fate === null ? null : checkFilterFate(input.fate),
   };
+}
+
+function checkFilterFate(value: unknown): Fate {
+  if (typeof value === "string" && (FATES as readonly string[]).includes(value)) return value as Fate;
+  throw new OptionsError(`Unknown fate ${JSON.stringify(value)}: use one of ${FATES.join(", ")}.`);
 }
 
 export function checkRecipient(value: string | undefined): string | null {

@@ -1,5 +1,5 @@
 /**
- * `mail-outbox init`: add the two outbox models to an application's Prisma schema, and print the
+ * `mail-outbox init`: add the outbox models to an application's Prisma schema, and print the
  * `prisma.config.ts` that keeps their tables out of Prisma Migrate when `mail-outbox migrate`
  * creates them instead.
  *
@@ -59,9 +59,20 @@ export interface InitResult {
 
 /**
  * The tables `mail-outbox migrate` creates, for `tables.external` in `prisma.config.ts`:
- * the outbox, its attempt log, and the record of the migrations run.
+ * the outbox, its attempt log, the delivery events, the suppression list, the log follower's
+ * cursor, and the record of the migrations run.
  */
-export const OUTBOX_TABLES = ["mail_outbox", "mail_outbox_attempt", "mail_outbox_migrations"] as const;
+export const OUTBOX_TABLES = [
+  "mail_outbox",
+  "mail_outbox_attempt",
+  "mail_outbox_delivery",
+  "mail_outbox_suppression",
+  "mail_outbox_log_cursor",
+  "mail_outbox_migrations",
+] as const;
+
+/** The outbox models, in the order of `prisma/<provider>/outbox.prisma`. */
+const MODEL_NAMES = ["OutboxEmail", "OutboxEmailAttempt", "OutboxDelivery", "OutboxSuppression", "OutboxLogCursor"] as const;
 
 /**
  * A complete `prisma.config.ts` that lists the outbox tables as external. Prisma's schema engine
@@ -102,9 +113,48 @@ export function prismaConfigFor(provider: SchemaProvider, options: { readonly sc
 const PRISMA_DIR = new URL("../prisma/", import.meta.url);
 const MODEL = /^[ \t]*model[ \t]+(OutboxEmail|OutboxEmailAttempt)[ \t]*\{/m;
 
+/** The models of the schema text that are outbox models. */
+function outboxModelsIn(text: string): Set<string> {
+  const found = new Set<string>();
+  for (const m of stripComments(text).matchAll(/^[ \t]*model[ \t]+(\w+)[ \t]*\{/gm)) {
+    if ((MODEL_NAMES as readonly string[]).includes(m[1]!)) found.add(m[1]!);
+  }
+  return found;
+}
+
+/** One model block of the package's models file, with the `///` comment lines above it. */
+function modelBlock(models: string, name: string): string {
+  const m = new RegExp(`(?:^///[^\\n]*\\n)*^model ${name} \\{[\\s\\S]*?^\\}\\n`, "m").exec(models);
+  if (m === null) throw new Error(`prisma-mail-outbox: model ${name} is missing from its own models file; reinstall the package.`);
+  return m[0];
+}
+
 /**
- * Add `OutboxEmail` and `OutboxEmailAttempt` to the schema at `schemaPath`. Idempotent: when the
- * schema already has `model OutboxEmail` (or `OutboxEmailAttempt`), nothing is written and the result says so.
+ * A schema made by an earlier `init` (OutboxEmail and OutboxEmailAttempt, without the delivery-fate
+ * models): add the missing models after the others, and OutboxEmail's back-relation field
+ * `deliveries` that Prisma requires for OutboxDelivery. Returns the new text, or null when
+ * OutboxEmail's block cannot be found to add the field to.
+ */
+function upgradedSchema(text: string, models: string, missing: readonly string[], eol: string): string | null {
+  let out = text;
+  if (missing.includes("OutboxDelivery") && !/^\s*deliveries\s+OutboxDelivery\[\]/m.test(out)) {
+    const block = /^([ \t]*model[ \t]+OutboxEmail[ \t]*\{[^}]*?)(^[ \t]*\}|^[ \t]*@@)/m.exec(out);
+    if (block === null) return null;
+    const at = block.index + block[1]!.length;
+    out = `${out.slice(0, at)}  deliveries        OutboxDelivery[]${eol}${out.slice(at)}`;
+  }
+  let added = missing.map((name) => modelBlock(models, name)).join("\n");
+  if (eol === "\r\n") added = added.replace(/\r?\n/g, "\r\n");
+  const separator = out === "" ? "" : out.endsWith(eol) ? eol : eol + eol;
+  return out + separator + added;
+}
+
+/**
+ * Add the outbox models (`OutboxEmail`, `OutboxEmailAttempt`, and the delivery-fate models
+ * `OutboxDelivery`, `OutboxSuppression`, `OutboxLogCursor`) to the schema at `schemaPath`.
+ * Idempotent: when the schema already has them all, nothing is written and the result says so. A
+ * schema with only the first two (from an earlier version) gets the others added next to them,
+ * with the field `deliveries OutboxDelivery[]` in `OutboxEmail`.
  *
  * @example
  * const r = await initSchema({ schemaPath: "prisma/schema.prisma" });
@@ -146,6 +196,26 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
   });
   const steps = nextSteps(provider, prismaConfig);
   const existing = contents.find((c) => MODEL.test(stripComments(c.text)));
+  const present = new Set(contents.flatMap((c) => [...outboxModelsIn(c.text)]));
+  const missing = MODEL_NAMES.filter((n) => !present.has(n));
+  const home = contents.find((c) => outboxModelsIn(c.text).has("OutboxEmail"));
+  if (existing !== undefined && missing.length > 0 && home !== undefined && !missing.includes("OutboxEmailAttempt")) {
+    // An earlier version's models: add what this version needs next to them.
+    const models = await readFile(new URL(`${provider}/outbox.prisma`, PRISMA_DIR), "utf8");
+    const eol = home.text.includes("\r\n") ? "\r\n" : "\n";
+    const upgraded = upgradedSchema(home.text, models, missing, eol);
+    if (upgraded !== null) {
+      await writeFile(home.file, upgraded);
+      return {
+        changed: true,
+        provider,
+        schemaFile: home.file,
+        message: `Added the models ${missing.join(", ")} (and the field OutboxEmail.deliveries) to ${home.file}, next to the outbox models it had.`,
+        nextSteps: steps,
+        prismaConfig,
+      };
+    }
+  }
   if (existing !== undefined) {
     return {
       changed: false,
@@ -175,7 +245,7 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
   if (eol === "\r\n") models = models.replace(/\r?\n/g, "\r\n");
   const separator = text === "" ? "" : text.endsWith(eol) ? eol : eol + eol;
   await appendFile(target, separator + models);
-  return { changed: true, provider, schemaFile: target, message: `Added the outbox models (OutboxEmail, OutboxEmailAttempt) to ${target}.`, nextSteps: steps, prismaConfig };
+  return { changed: true, provider, schemaFile: target, message: `Added the outbox models (${MODEL_NAMES.join(", ")}) to ${target}.`, nextSteps: steps, prismaConfig };
 }
 
 /** Where this package keeps the PostgreSQL NOTIFY trigger for Prisma Migrate users. */

@@ -6,7 +6,7 @@
  */
 import { performance } from "node:perf_hooks";
 import { SchemaError } from "./errors.js";
-import { catalog, loadMigrations, type Migration } from "./migrations.js";
+import { OUTBOX_TABLE_NAMES, catalog, loadMigrations, type Migration } from "./migrations.js";
 import { repairPlan, shapeProblems, type ProblemContext } from "./schema.js";
 import type { RecordedMigrations, SchemaProblem, SchemaState, Store } from "./store.js";
 
@@ -58,7 +58,7 @@ function refusal(m: Migration, problems: readonly SchemaProblem[], provider: str
     `The outbox tables in ${where} were not created by mail-outbox migrate (Prisma Migrate owns them) and do not match migration ${m.version}:\n` +
       problems.map((x) => `  - ${x.message}`).join("\n") +
       `\nBring them in line with the models in prisma/${provider}/outbox.prisma (copy the models into your schema and run \`prisma migrate dev\`), then run migrate again. ` +
-      `If the tables hold nothing you need, drop mail_outbox_attempt and mail_outbox and let migrate create them.`,
+      `If the tables hold nothing you need, drop them (${[...OUTBOX_TABLE_NAMES].reverse().join(", ")}) and let migrate create them.`,
   );
 }
 
@@ -157,7 +157,9 @@ export async function migrate(db: Store, options: MigrateOptions = {}): Promise<
   const decide = (m: Migration, state: SchemaState): Step => {
     const p = plan(m, state.recorded);
     if (p !== "check") return p;
-    const problems = shapeProblems(ctx, state.shape).filter((x) => x.kind !== "trigger");
+    // The shape up to this migration: tables made from an earlier version's models are recorded
+    // as a baseline of that version, and a later migration is refused until the models are updated.
+    const problems = shapeProblems({ ...ctx, upTo: m.version }, state.shape).filter((x) => x.kind !== "trigger");
     if (problems.length > 0) throw refusal(m, problems, db.provider, where);
     return "baseline";
   };

@@ -6,6 +6,13 @@
 import { readFile, readdir } from "node:fs/promises";
 import { SchemaError } from "./errors.js";
 
+/**
+ * The tables the shipped migrations create, in the order they are created: the outbox, its attempt
+ * log, and (0003/0002_delivery_fate) the delivery events, the suppression list and the log
+ * follower's cursor.
+ */
+export const OUTBOX_TABLE_NAMES = ["mail_outbox", "mail_outbox_attempt", "mail_outbox_delivery", "mail_outbox_suppression", "mail_outbox_log_cursor"] as const;
+
 /** The table that records which shipped migrations a database has run. */
 export const MIGRATIONS_TABLE = "mail_outbox_migrations";
 

@@ -5,13 +5,13 @@
  * test/schema-drift.test.ts checks that a database migrated with the shipped SQL has exactly
  * these columns and indexes, so this list cannot drift.
  */
-import { MIGRATIONS_TABLE, addableColumn, catalog, loadMigrations, type Catalog, type Migration } from "./migrations.js";
+import { MIGRATIONS_TABLE, OUTBOX_TABLE_NAMES, addableColumn, catalog, loadMigrations, type Catalog, type Migration } from "./migrations.js";
 import type { ColumnKind, LiveShape, RecordedMigrations, SchemaProblem, Store } from "./store.js";
 
 export type { SchemaProblem } from "./store.js";
 
-/** Expected columns: [kind, nullable]. */
-const COLUMNS: Readonly<Record<"mail_outbox" | "mail_outbox_attempt", Readonly<Record<string, readonly [ColumnKind, boolean]>>>> = {
+/** Expected columns: [kind, nullable], per table (in the order the migrations create them). */
+const COLUMNS: Readonly<Record<(typeof OUTBOX_TABLE_NAMES)[number], Readonly<Record<string, readonly [ColumnKind, boolean]>>>> = {
   mail_outbox: {
     id: ["id", false],
     message_id: ["text", false],
@@ -54,7 +54,47 @@ const COLUMNS: Readonly<Record<"mail_outbox" | "mail_outbox_attempt", Readonly<R
     error: ["text", true],
     queue_id: ["text", true],
   },
+  mail_outbox_delivery: {
+    id: ["id", false],
+    email_id: ["id", false],
+    recipient: ["text", false],
+    event: ["text", false],
+    at: ["time", false],
+    recorded_at: ["time", false],
+    source: ["text", false],
+    queue_id: ["text", true],
+    dsn_status: ["text", true],
+    remote_mta: ["text", true],
+    reply: ["text", true],
+    event_key: ["text", false],
+  },
+  mail_outbox_suppression: {
+    address: ["text", false],
+    reason: ["text", false],
+    source: ["text", false],
+    email_id: ["id", true],
+    created_at: ["time", false],
+    expires_at: ["time", true],
+  },
+  mail_outbox_log_cursor: {
+    name: ["text", false],
+    file_id: ["text", false],
+    offset: ["bigint", false],
+    state: ["json", true],
+    caught_up_at: ["time", true],
+    updated_at: ["time", false],
+  },
 };
+
+/**
+ * The delivery-fate tables: the relay and `enqueue()` work without them (only `ingest`,
+ * `follow-log`, suppression and the `verify` policy need them), so a problem with them does not
+ * stop the relay, and a database migrated before they existed keeps relaying until it is migrated.
+ */
+const FATE_TABLES: ReadonlySet<string> = new Set(["mail_outbox_delivery", "mail_outbox_suppression", "mail_outbox_log_cursor"]);
+
+/** Tables other than mail_outbox_attempt whose email_id references mail_outbox(id) with ON DELETE CASCADE. */
+const CASCADE_TABLES = ["mail_outbox_delivery"] as const;
 
 
 
@@ -66,7 +106,18 @@ const INDEXES: Readonly<Record<string, { readonly table: string; readonly unique
   mail_outbox_lease_idx: { table: "mail_outbox", unique: false },
   mail_outbox_created_idx: { table: "mail_outbox", unique: false },
   mail_outbox_attempt_email_idx: { table: "mail_outbox_attempt", unique: false },
+  mail_outbox_attempt_queue_idx: { table: "mail_outbox_attempt", unique: false },
+  mail_outbox_delivery_event_key_key: { table: "mail_outbox_delivery", unique: true },
+  mail_outbox_delivery_email_idx: { table: "mail_outbox_delivery", unique: false },
+  mail_outbox_delivery_queue_idx: { table: "mail_outbox_delivery", unique: false },
+  mail_outbox_delivery_event_idx: { table: "mail_outbox_delivery", unique: false },
+  mail_outbox_delivery_recorded_idx: { table: "mail_outbox_delivery", unique: false },
 };
+
+/** The table a foreign key of the catalog belongs to (`ALTER TABLE "t" ADD CONSTRAINT ...`). */
+function foreignKeyTable(sql: string): string | undefined {
+  return /^ALTER TABLE "(\w+)"/.exec(sql)?.[1];
+}
 
 /** The columns (name, type as the store's database names it, nullable) that a migrated database has. */
 export function expectedColumns(store: Pick<Store, "columnTypes">): { table: string; column: string; type: string; nullable: boolean }[] {
@@ -95,6 +146,11 @@ export interface ProblemContext {
    * add, and creating it would make that migration fail.
    */
   readonly owner: "fresh" | "migrate" | "prisma";
+  /**
+   * Only the objects created by this migration version and the ones before it (their version in
+   * `catalog`): what a baseline of that version needs. @default every object
+   */
+  readonly upTo?: string;
 }
 
 export const MIGRATE = "run `mail-outbox migrate`";
@@ -114,6 +170,8 @@ function prismaFix(provider: string, sql: string | undefined): string {
 
 export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProblem[] {
   const { catalog: cat } = ctx;
+  /** Whether an object created by migration `version` is part of the check (see `upTo`). */
+  const due = (version: string | undefined) => ctx.upTo === undefined || version === undefined || version <= ctx.upTo;
   const provider = ctx.store.provider;
   const prisma = ctx.owner === "prisma";
   const problems: SchemaProblem[] = [];
@@ -125,8 +183,10 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
         ? prismaFix(provider, undefined)
         : MIGRATE;
   for (const [table, cols] of Object.entries(COLUMNS)) {
+    if (!due(cat.tables.get(table)?.version)) continue;
+    const blocksRelay = !FATE_TABLES.has(table);
     if (!live.tables.has(table)) {
-      problems.push({ kind: "table", table, message: `table ${table} is missing`, fix: fixTable, repairable: !prisma && cat.tables.has(table), blocksRelay: true });
+      problems.push({ kind: "table", table, message: `table ${table} is missing`, fix: fixTable, repairable: !prisma && cat.tables.has(table), blocksRelay });
       continue;
     }
     const have = new Map(live.columns.filter((c) => c.table === table).map((c) => [c.column, c]));
@@ -144,9 +204,9 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
             ? MIGRATE
             : prisma && addableColumn(definition)
               ? prismaFix(provider, `ALTER TABLE "${table}" ADD COLUMN ${definition}`)
-              : `add it by hand, giving existing rows a value: ALTER TABLE "${table}" ADD COLUMN ${definition ?? `"${column}" ${type}`} DEFAULT <value>, then drop the default (see ${models}); or, if the outbox holds nothing you need, drop mail_outbox_attempt and mail_outbox and ${MIGRATE}`,
+              : `add it by hand, giving existing rows a value: ALTER TABLE "${table}" ADD COLUMN ${definition ?? `"${column}" ${type}`} DEFAULT <value>, then drop the default (see ${models}); or, if the outbox holds nothing you need, drop its tables (${[...OUTBOX_TABLE_NAMES].reverse().join(", ")}) and ${MIGRATE}`,
           repairable,
-          blocksRelay: true,
+          blocksRelay,
         });
         continue;
       }
@@ -157,7 +217,7 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
           message: `column ${table}.${column} has type ${c.type}, expected ${type}`,
           fix: `change it to match ${models}`,
           repairable: false,
-          blocksRelay: true,
+          blocksRelay,
         });
       }
       if (nullable && !c.nullable) {
@@ -167,7 +227,7 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
           message: `column ${table}.${column} is NOT NULL but the outbox writes NULL into it`,
           fix: ctx.store.dropNotNullFix(table, column, models),
           repairable: false,
-          blocksRelay: true,
+          blocksRelay,
         });
       }
     }
@@ -185,14 +245,14 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
     }
   }
   for (const [name, { table }] of Object.entries(INDEXES)) {
-    if (live.tables.has(table) && !live.indexes.has(name)) {
+    if (live.tables.has(table) && !live.indexes.has(name) && due(cat.indexes.get(name)?.version)) {
       const create = cat.indexes.get(name);
       const repairable = !prisma && create !== undefined;
       problems.push({ kind: "index", table, message: `index ${name} on ${table} is missing`, fix: repairable ? MIGRATE : prismaFix(provider, create?.sql), repairable, blocksRelay: false });
     }
   }
   if (live.tables.has("mail_outbox") && live.tables.has("mail_outbox_attempt") && !live.cascadeFk) {
-    const fk = [...cat.foreignKeys.keys()][0];
+    const fk = [...cat.foreignKeys].find(([, add]) => foreignKeyTable(add.sql) === "mail_outbox_attempt")?.[0];
     const repairable = !prisma && fk !== undefined && !live.constraints.has(fk);
     problems.push({
       kind: "foreign-key",
@@ -205,6 +265,27 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
           : fk !== undefined
           ? `drop the constraint ${fk} (ALTER TABLE "mail_outbox_attempt" DROP CONSTRAINT "${fk}"), then ${MIGRATE}`
           : `recreate mail_outbox_attempt as ${models} describes it (SQLite adds a foreign key only with the table)`,
+      repairable,
+      blocksRelay: false,
+    });
+  }
+  for (const table of CASCADE_TABLES) {
+    // Stores that do not report these keys (cascadeFkTables absent) are not checked.
+    if (live.cascadeFkTables === undefined || !live.tables.has("mail_outbox") || !live.tables.has(table) || live.cascadeFkTables.has(table)) continue;
+    if (!due(cat.tables.get(table)?.version)) continue;
+    const fk = [...cat.foreignKeys].find(([, add]) => foreignKeyTable(add.sql) === table)?.[0];
+    const repairable = !prisma && fk !== undefined && !live.constraints.has(fk);
+    problems.push({
+      kind: "foreign-key",
+      table,
+      message: `${table}.email_id has no foreign key to mail_outbox(id) with ON DELETE CASCADE, so purging mail leaves its rows behind`,
+      fix: repairable
+        ? MIGRATE
+        : prisma && fk !== undefined && !live.constraints.has(fk)
+          ? prismaFix(provider, cat.foreignKeys.get(fk)?.sql)
+          : fk !== undefined
+            ? `drop the constraint ${fk} (ALTER TABLE "${table}" DROP CONSTRAINT "${fk}"), then ${MIGRATE}`
+            : `recreate ${table} as ${models} describes it (SQLite adds a foreign key only with the table)`,
       repairable,
       blocksRelay: false,
     });
@@ -256,11 +337,14 @@ export function repairPlan(cat: Catalog, live: LiveShape): { what: string; sql: 
     if (tables.has(table) && !live.indexes.has(name) && create) plan.push({ what: `index ${name} (${create.version})`, sql: create.sql });
   }
   // A table created above gets its foreign key here (PostgreSQL) or with the table (SQLite).
-  const fkLost = !live.cascadeFk || !live.tables.has("mail_outbox") || !live.tables.has("mail_outbox_attempt");
-  if (fkLost && tables.has("mail_outbox") && tables.has("mail_outbox_attempt")) {
-    for (const [name, add] of cat.foreignKeys) {
-      if (!live.constraints.has(name)) plan.push({ what: `foreign key ${name} (${add.version})`, sql: add.sql });
-    }
+  for (const [name, add] of cat.foreignKeys) {
+    const table = foreignKeyTable(add.sql);
+    if (table === undefined || !tables.has("mail_outbox") || !tables.has(table) || live.constraints.has(name)) continue;
+    const lost =
+      !live.tables.has("mail_outbox") ||
+      !live.tables.has(table) ||
+      (table === "mail_outbox_attempt" ? !live.cascadeFk : live.cascadeFkTables !== undefined && !live.cascadeFkTables.has(table));
+    if (lost) plan.push({ what: `foreign key ${name} (${add.version})`, sql: add.sql });
   }
   for (const { migration, triggers, functions } of cat.idempotent) {
     const lost = [

@@ -8,9 +8,10 @@
  *    ^                  |  \--permanent / attempts exhausted--> dead
  *    |                  |--transient (backoff), partly deferred--> pending
  *    |                  |--released at stop--> pending
- *    |                  \--lease expired (relay died)--> pending (policy "resend") | held (policy "hold")
+ *    |                  \--lease expired (relay died)--> pending (policy "resend") | held (policy "hold", "verify")
  *    |                                                  | dead (its attempts used up)
  * pending|held --accepted-late--> sent   (the MTA's 250 recorded after the lease expired and the row was rescued)
+ * held --verified-received--> sent | --verified-absent--> pending   (policy "verify", from the MTA's log)
  * pending|held --cancel--> cancelled
  * dead|cancelled|held|sent --replay--> pending
  * ```
@@ -32,6 +33,8 @@ export type Transition =
   | "lease-expired-resend"
   | "lease-expired-hold"
   | "lease-expired-exhausted"
+  | "verified-received"
+  | "verified-absent"
   | "cancel"
   | "replay";
 
@@ -54,6 +57,10 @@ export const TRANSITIONS: Readonly<Record<Transition, { readonly from: readonly 
   "lease-expired-hold": { from: ["sending"], to: "held" },
   /** The lease expired on the last allowed attempt: dead, marked as an uncertain hand-off. */
   "lease-expired-exhausted": { from: ["sending"], to: "dead" },
+  /** Policy "verify": the MTA's record shows it queued the held mail (a `queued` event): sent, with that queue id. */
+  "verified-received": { from: ["held"], to: "sent" },
+  /** Policy "verify": the MTA's record, read past the time it was held, has no such mail: handed over again. */
+  "verified-absent": { from: ["held"], to: "pending" },
   cancel: { from: ["pending", "held"], to: "cancelled" },
   replay: { from: ["dead", "cancelled", "held", "sent"], to: "pending" },
 };

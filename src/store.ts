@@ -96,8 +96,12 @@ export interface RescuedMail {
   readonly status: "pending" | "held" | "dead";
 }
 
-/** What happens to a mail whose relay died mid hand-off: sent again, or held for an operator. */
-export type LeaseExpiryPolicy = "resend" | "hold";
+/**
+ * What happens to a mail whose relay died mid hand-off: sent again, held for an operator, or
+ * ("verify") held and then settled from the MTA's record (see `FateStore.resolveUncertain`).
+ * In the store, "verify" moves rows as "hold" does.
+ */
+export type LeaseExpiryPolicy = "resend" | "hold" | "verify";
 
 /**
  * What a database error means, by the driver's code: "unavailable" (connection lost, server down
@@ -210,7 +214,7 @@ export interface MailRecord {
 export type HandoffOutcome = "accepted" | "partial" | "transient" | "permanent";
 
 /** Every value of `mail_outbox_attempt.outcome`: a hand-off's, a rescue's ("lease_expired"), or an operator's. */
-export type AttemptOutcome = HandoffOutcome | "lease_expired" | "replayed" | "cancelled";
+export type AttemptOutcome = HandoffOutcome | "lease_expired" | "replayed" | "cancelled" | "verified";
 
 /** One line of a mail's history: a hand-off attempt by a relay, or an operator action (outcome "replayed", "cancelled"). */
 export interface AttemptRecord {
@@ -242,6 +246,8 @@ export interface MailFilter {
   /** created_at < until */
   readonly until: Date | null;
   readonly uncertainOnly: boolean;
+  /** Mail with a recipient whose current fate is this (see {@link CountByFate}). */
+  readonly fate: Fate | null;
 }
 
 /** Per status: how many rows, how many uncertain, due pending rows and their oldest, the next scheduled attempt, expired leases. */
@@ -321,6 +327,151 @@ export interface OperatorStore {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Delivery fate: what the MTA did after its 250 (mail_outbox_delivery), the log follower's
+// cursor (mail_outbox_log_cursor), suppressed addresses (mail_outbox_suppression), and the
+// `verify` lease-expiry policy that settles uncertain hand-offs from the MTA's own record.
+
+/** What finally happened to one recipient after the hand-off. */
+export type Fate = "delivered" | "deferred" | "bounced" | "expired";
+export const FATES: readonly Fate[] = ["delivered", "deferred", "bounced", "expired"];
+
+/**
+ * One event of `mail_outbox_delivery`: a recipient's fate, or (`queued`, recipient "") the MTA's
+ * proof that it took the mail into its queue under `queueId` (Postfix: its qmgr line).
+ */
+export type DeliveryEventKind = "queued" | Fate;
+
+/** Where an event came from: the MTA's log (`follow-log`) or a delivery status notification (`ingest`). */
+export type FateSource = "log" | "dsn";
+
+export interface DeliveryEventInput {
+  readonly emailId: string;
+  /** The envelope recipient as the outbox sent it (Postfix `orig_to` when given, else `to`; DSN `Original-Recipient`, else `Final-Recipient`); "" for `queued`. */
+  readonly recipient: string;
+  readonly event: DeliveryEventKind;
+  /** When the MTA did it (the log line's time; the DSN's `Last-Attempt-Date`, else `Arrival-Date`, else when it was read). */
+  readonly at: Date;
+  readonly source: FateSource;
+  /** The MTA's queue id the event is about. */
+  readonly queueId: string | null;
+  /** The enhanced status code (RFC 3463), e.g. `5.1.1`. */
+  readonly dsnStatus: string | null;
+  /** The next hop or remote server (Postfix `relay=`, DSN `Remote-MTA`). */
+  readonly remoteMta: string | null;
+  /** The reply or reason (Postfix's text in parentheses, DSN `Diagnostic-Code`). */
+  readonly reply: string | null;
+  /** Idempotency: an event whose key is already stored is not stored again. */
+  readonly eventKey: string;
+}
+
+export interface DeliveryEventRecord extends DeliveryEventInput {
+  readonly id: string;
+  /** When the outbox stored it (the database's clock where it has one). */
+  readonly recordedAt: Date;
+}
+
+/** Where `follow-log` stopped in one log, saved with the events it recorded (one transaction). */
+export interface LogCursor {
+  /** The follower's name (by default the log's path). */
+  readonly name: string;
+  /** `dev:ino` of the file being read, to notice a rotation while it was not running. */
+  readonly fileId: string;
+  /** Byte offset of the first unread line. */
+  readonly offset: number;
+  /** What the follower keeps between lines (queue ids seen in `cleanup` lines, not yet queued). */
+  readonly state: JsonValue | null;
+  /** The last time it read to the end of the log: everything the MTA logged before then is recorded. */
+  readonly caughtUpAt: Date | null;
+  readonly updatedAt: Date;
+}
+
+export interface SuppressionInput {
+  /** Compared case-insensitively (stored lower-cased). */
+  readonly address: string;
+  readonly reason: string;
+  /** `bounce` (added from a hard bounce), `operator` (the CLI or the API). */
+  readonly source: string;
+  readonly emailId: string | null;
+  /** Null: never expires. */
+  readonly expiresAt: Date | null;
+}
+
+export interface SuppressionRecord extends SuppressionInput {
+  readonly createdAt: Date;
+}
+
+/** A held uncertain hand-off that the `verify` policy may settle from the MTA's record. */
+export interface VerifyCandidate {
+  readonly id: string;
+  readonly messageId: string;
+  readonly envelopeTo: readonly string[];
+  /** When it was held (its `updated_at` when the lease expired). */
+  readonly heldAt: Date;
+  /** Queue ids already recorded for this mail (attempt log, `mta_queue_id`): not evidence of the lost hand-off. */
+  readonly knownQueueIds: readonly string[];
+}
+
+/** How `verify` settles a held uncertain hand-off (transitions `verified-received`, `verified-absent`). */
+export type VerifyResolution =
+  | { readonly kind: "received"; readonly queueId: string; readonly at: Date; readonly response: string }
+  | { readonly kind: "absent"; readonly response: string };
+
+/** Recipients per current fate (the latest event per mail and recipient; a terminal fate wins over `deferred`). */
+export type CountByFate = { readonly fate: Fate; readonly n: number };
+
+export interface FateStore {
+  /**
+   * Store events in one transaction; an event whose `eventKey` is stored already is skipped.
+   * With `cursor`, the follower's position is saved in the same transaction. With `suppress`,
+   * every inserted `bounced` event's recipient is added to the suppression list (kept if present).
+   * Returns the events inserted now.
+   */
+  recordDeliveryEvents(
+    events: readonly DeliveryEventInput[],
+    options?: { readonly cursor?: Omit<LogCursor, "updatedAt">; readonly suppress?: { readonly expiresAt: Date | null } },
+  ): Promise<DeliveryEventRecord[]>;
+  /** Row ids by Message-ID (with angle brackets), for the ones that exist. */
+  mailIdsByMessageId(messageIds: readonly string[]): Promise<Map<string, string>>;
+  /** The ids of `ids` that exist. */
+  existingMailIds(ids: readonly string[]): Promise<Set<string>>;
+  /**
+   * Row ids by MTA queue id: the latest `queued` event, else the latest attempt-log line that
+   * recorded it (every hand-off that sets `mta_queue_id` writes it into its attempt line too, and so
+   * does `resolveUncertain`; `mta_queue_id` itself has no index, which would cost every hand-off).
+   */
+  mailIdsByQueueId(queueIds: readonly string[]): Promise<Map<string, string>>;
+  /** A mail's events, by `at` then `recordedAt`. */
+  listDeliveryEvents(mailId: string): Promise<DeliveryEventRecord[]>;
+  /** Events recorded after `after` (by recordedAt, then id), oldest first: the feed of `watchFates`. */
+  deliveryEventsAfter(after: { readonly recordedAt: Date; readonly id: string } | null, limit: number): Promise<(DeliveryEventRecord & { readonly messageId: string })[]>;
+  fateCounts(): Promise<CountByFate[]>;
+  /** Recipients per current fate, per mail, for these mails (mails without fate events absent). */
+  fateCountsByMail(mailIds: readonly string[]): Promise<Map<string, CountByFate[]>>;
+  readLogCursor(name: string): Promise<LogCursor | null>;
+  /** The latest `caughtUpAt` of any follower; null when none ran. */
+  logCaughtUpAt(): Promise<Date | null>;
+
+  /** The addresses of `addresses` (any case) on the list and not expired at `now`, lower-cased. */
+  findSuppressed(addresses: readonly string[], now: Date): Promise<Set<string>>;
+  listSuppressions(options: { readonly address: string | null; readonly includeExpired: boolean; readonly now: Date; readonly limit: number }): Promise<SuppressionRecord[]>;
+  /** Insert or replace (reason, source, expiry) by address; returns how many. */
+  addSuppressions(entries: readonly SuppressionInput[]): Promise<number>;
+  /** Remove addresses (any case), or with `expiredBefore` every entry expired before then; returns how many. */
+  removeSuppressions(target: { readonly addresses: readonly string[] } | { readonly expiredBefore: Date }): Promise<number>;
+
+  /** Held rows with uncertain hand-offs held at or after `heldSince`, oldest first. */
+  verifyCandidates(heldSince: Date, limit: number): Promise<VerifyCandidate[]>;
+  /** `queued` events per mail id. */
+  queuedEvidence(mailIds: readonly string[]): Promise<Map<string, { readonly queueId: string; readonly at: Date }[]>>;
+  /**
+   * Settle one held row: `received` -> sent (mta_queue_id, accepted = envelope_to, sent_at), `absent`
+   * -> pending, due now; with an attempt-log line (outcome "verified", relay `actor`). Only while it
+   * is still held (an operator may have acted): returns whether it changed.
+   */
+  resolveUncertain(id: string, actor: string, resolution: VerifyResolution): Promise<boolean>;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Schema: migrate, inspectSchema, doctor
 
 /** One thing wrong with the outbox tables, as `inspectSchema` reports it (and `doctor` prints it). */
@@ -339,7 +490,7 @@ export interface SchemaProblem {
 }
 
 /** The kinds of column the outbox uses; each store names their types (`columnTypes`). */
-export type ColumnKind = "id" | "text" | "int" | "json" | "bytes" | "time";
+export type ColumnKind = "id" | "text" | "int" | "bigint" | "json" | "bytes" | "time";
 
 export interface LiveColumn {
   readonly table: string;
@@ -356,7 +507,12 @@ export interface LiveShape {
   readonly indexes: ReadonlySet<string>;
   /** mail_outbox_attempt.email_id references mail_outbox(id) with ON DELETE CASCADE. */
   readonly cascadeFk: boolean;
-  /** Names of the constraints on mail_outbox_attempt (empty where keys have no names to add by). */
+  /**
+   * The other tables whose email_id references mail_outbox(id) with ON DELETE CASCADE
+   * (mail_outbox_delivery). Optional for stores written before it: absent means "not checked".
+   */
+  readonly cascadeFkTables?: ReadonlySet<string>;
+  /** Names of the constraints on mail_outbox_attempt and mail_outbox_delivery (empty where keys have no names to add by). */
   readonly constraints: ReadonlySet<string>;
   /** Triggers and functions that exist: `trigger:name`, `function:name`. */
   readonly routines: ReadonlySet<string>;
@@ -403,4 +559,4 @@ export interface SchemaStore {
 }
 
 /** Everything the library says to a database. */
-export interface Store extends RelayStore, OperatorStore, SchemaStore {}
+export interface Store extends RelayStore, OperatorStore, SchemaStore, FateStore {}

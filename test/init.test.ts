@@ -91,6 +91,31 @@ describe("adding the outbox models to a schema", () => {
     assert.equal((await initSchema({ schemaPath: folder })).changed, false);
   });
 
+  test("a schema holding an earlier version's two outbox models gets the delivery-fate models and OutboxEmail.deliveries, and the real `prisma generate` accepts it", async (t) => {
+    const dir = await app(t, "postgresql");
+    const schemaFile = path.join(dir, "prisma", "schema.prisma");
+    const models = await readFile(path.join(ROOT, "prisma", "postgresql", "outbox.prisma"), "utf8");
+    // What `init` wrote before the delivery-fate models existed.
+    const earlier = models
+      .slice(0, models.indexOf("/// What the MTA did with an OutboxEmail"))
+      .replace(/^\s*deliveries\s+OutboxDelivery\[\]\n/m, "")
+      .replace(/@@index\(\[queueId\], map: "mail_outbox_attempt_queue_idx"\)\n\s*/, "");
+    assert.doesNotMatch(earlier, /OutboxDelivery/);
+    await writeFile(schemaFile, `${await readFile(schemaFile, "utf8")}\n${earlier}`);
+    const r = await initSchema({ schemaPath: schemaFile });
+    assert.equal(r.changed, true);
+    assert.match(r.message, /OutboxDelivery, OutboxSuppression, OutboxLogCursor/);
+    const text = await readFile(schemaFile, "utf8");
+    for (const m of ["OutboxEmail", "OutboxEmailAttempt", "OutboxDelivery", "OutboxSuppression", "OutboxLogCursor"]) {
+      assert.equal(text.match(new RegExp(`^model ${m} \\{`, "gm"))?.length, 1, `one model ${m}`);
+    }
+    assert.match(text, /^\s*deliveries\s+OutboxDelivery\[\]$/m);
+    assert.equal((await initSchema({ schemaPath: schemaFile })).changed, false, "once");
+    const generated = await prismaGenerate(dir);
+    assert.equal(generated.code, 0, generated.out);
+    assert.ok(existsSync(path.join(dir, "prisma", "generated", "models", "OutboxDelivery.ts")));
+  });
+
   test("the PostgreSQL schema of DATABASE_URL (?schema=) qualifies the table names in the printed prisma.config.ts", async (t) => {
     const dir = await app(t, "postgresql");
     const expected = `external: [${OUTBOX_TABLES.map((n) => JSON.stringify(`billing.${n}`)).join(", ")}]`;
@@ -191,7 +216,7 @@ describe("the prisma.config.ts for the mail-outbox migrate route", () => {
     assert.deepEqual(external, OUTBOX_TABLES.map((n) => `${fx.schema}.${n}`));
     const userOnly = `datasource db {\n  provider = "postgresql"\n}\n\nmodel User {\n  id    Int     @id @default(autoincrement())\n  email String  @unique\n  name  String?\n}\n`;
     const connectionString = fx.url.replace(/\?.*$/, "");
-    const diff = await diffLiveAgainstModels({ provider: "postgresql", connectionString, schema: fx.schema }, { schema: userOnly, ignoreTables: ["mail_outbox", "mail_outbox_attempt"] });
+    const diff = await diffLiveAgainstModels({ provider: "postgresql", connectionString, schema: fx.schema }, { schema: userOnly, ignoreTables: OUTBOX_TABLES.filter((n) => n !== "mail_outbox_migrations") });
     assert.equal(diff.empty, true, diff.summary);
   });
 });

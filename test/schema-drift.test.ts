@@ -41,17 +41,29 @@ async function migratedOnly(dialect: "sqlite" | "postgresql"): Promise<{ target:
   return { target: { provider: "postgresql", connectionString: PG_ADMIN_URL, schema }, url, cleanup: () => dropSchema(schema) };
 }
 
+/**
+ * Every outbox table the shipped SQL created (all `mail_outbox*` tables but the migrations record),
+ * read from the catalog, so a table the SQL creates and src/schema.ts does not know fails too.
+ */
+async function liveTables(db: Db): Promise<string[]> {
+  const rows =
+    db.dialect === "postgresql"
+      ? (await db.pool.query<{ name: string }>(`SELECT table_name AS name FROM information_schema.tables WHERE table_schema = $1`, [db.schema])).rows
+      : (db.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table'`).all() as { name: string }[]);
+  return rows.map((r) => r.name).filter((n) => n.startsWith("mail_outbox") && n !== "mail_outbox_migrations").sort();
+}
+
 async function liveColumns(db: Db): Promise<{ table: string; column: string; type: string; nullable: boolean }[]> {
   if (db.dialect === "postgresql") {
     const r = await db.pool.query<{ table_name: string; column_name: string; data_type: string; is_nullable: string }>(
       `SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns
-       WHERE table_schema = $1 AND table_name IN ('mail_outbox', 'mail_outbox_attempt')`,
-      [db.schema],
+       WHERE table_schema = $1 AND table_name = ANY($2::text[])`,
+      [db.schema, await liveTables(db)],
     );
     return r.rows.map((c) => ({ table: c.table_name, column: c.column_name, type: c.data_type, nullable: c.is_nullable === "YES" }));
   }
   const out: { table: string; column: string; type: string; nullable: boolean }[] = [];
-  for (const table of ["mail_outbox", "mail_outbox_attempt"]) {
+  for (const table of await liveTables(db)) {
     for (const c of db.db.prepare(`SELECT name, type, "notnull" AS nn, pk FROM pragma_table_info(?)`).all(table) as {
       name: string;
       type: string;
@@ -67,15 +79,15 @@ async function liveColumns(db: Db): Promise<{ table: string; column: string; typ
 async function liveIndexes(db: Db): Promise<string[]> {
   if (db.dialect === "postgresql") {
     const r = await db.pool.query<{ indexname: string }>(
-      `SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename IN ('mail_outbox', 'mail_outbox_attempt') AND indexname NOT LIKE '%_pkey'`,
-      [db.schema],
+      `SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = ANY($2::text[]) AND indexname NOT LIKE '%_pkey'`,
+      [db.schema, await liveTables(db)],
     );
     return r.rows.map((r) => r.indexname);
   }
   return (
     db.db
-      .prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('mail_outbox', 'mail_outbox_attempt') AND name NOT LIKE 'sqlite_autoindex%'`)
-      .all() as { name: string }[]
+      .prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN (SELECT value FROM json_each(?)) AND name NOT LIKE 'sqlite_autoindex%'`)
+      .all(JSON.stringify(await liveTables(db))) as { name: string }[]
   ).map((r) => r.name);
 }
 
@@ -105,6 +117,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       const db = await openDatabase(fx.url);
       try {
         const hint = "update COLUMNS / INDEXES in src/schema.ts to match the models";
+        assert.deepEqual(await liveTables(db), [...new Set(expectedColumns(db).map((c) => c.table))].sort(), hint);
         assert.deepEqual(sortBy(await liveColumns(db)), sortBy(expectedColumns(db)), hint);
         assert.deepEqual((await liveIndexes(db)).sort(), expectedIndexes().map((i) => i.name).sort(), hint);
       } finally {

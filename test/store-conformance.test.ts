@@ -119,6 +119,7 @@ const MAY: Readonly<Record<string, readonly Transition[]>> = {
   complete: ["accepted", "accepted-late", "transient", "partial", "permanent", "exhausted", "release"],
   renew: [],
   rescue: ["lease-expired-resend", "lease-expired-hold", "lease-expired-exhausted"],
+  resolveUncertain: ["verified-received", "verified-absent"],
   replay: ["replay"],
   cancel: ["cancel"],
   purge: [],
@@ -272,6 +273,32 @@ function storeConformance(name: string, open: StoreFactory): void {
       // Under "resend" too, used-up attempts end in dead.
       const used2 = await seed(db, { status: "sending", attempts: 3, maxAttempts: 3, leaseOwner: "x", leaseExpiresAt: past });
       assert.deepEqual((await step(db, "rescue", () => db.rescue("relay-a", "resend", 10))).map((x) => [x.id, x.status]), [[used2, "dead"]]);
+    });
+
+    it("rescue under the policy verify holds expired rows as hold does; resolveUncertain then settles them from the MTA's record, only while they are held", async (t) => {
+      const db = await open(t);
+      if (!db) return;
+      const past = new Date(Date.now() - MINUTE);
+      const received = await seed(db, { status: "sending", attempts: 1, leaseOwner: "x", leaseExpiresAt: past, envelopeTo: ["ann@example.test", "bob@example.test"] });
+      const absent = await seed(db, { status: "sending", attempts: 2, leaseOwner: "x", leaseExpiresAt: past });
+      const r = await step(db, "rescue", () => db.rescue("relay-a", "verify", 10));
+      assert.deepEqual(new Map(r.map((x) => [x.id, x.status])), new Map([[received, "held"], [absent, "held"]]));
+      const at = new Date(Date.now() - 30_000);
+      assert.equal(await step(db, "resolveUncertain", () => db.resolveUncertain(received, "relay-a", { kind: "received", queueId: "4XyZ1", at, response: "queued as 4XyZ1 (Postfix log)" })), true);
+      const m = await mail(db, received);
+      assert.deepEqual([m.status, m.mtaQueueId, m.accepted, m.sentAt?.getTime(), m.uncertain], ["sent", "4XyZ1", ["ann@example.test", "bob@example.test"], at.getTime(), true]);
+      assert.equal(await step(db, "resolveUncertain", () => db.resolveUncertain(absent, "relay-a", { kind: "absent", response: "not in the MTA's log" })), true);
+      const a = await mail(db, absent);
+      assert.equal(a.status, "pending");
+      assert.ok(a.nextAttemptAt.getTime() <= Date.now(), "due at once");
+      const log = await db.listAttempts(received);
+      assert.deepEqual(log.map((x) => [x.outcome, x.relay, x.queueId]), [["lease_expired", "x", null], ["verified", "relay-a", "4XyZ1"]]);
+      assert.deepEqual((await db.listAttempts(absent)).map((x) => [x.outcome, x.response]), [["lease_expired", null], ["verified", "not in the MTA's log"]]);
+      // No longer held (sent, pending): nothing changes, nothing is logged.
+      assert.equal(await step(db, "resolveUncertain", () => db.resolveUncertain(received, "relay-a", { kind: "absent", response: "late" })), false);
+      assert.equal(await step(db, "resolveUncertain", () => db.resolveUncertain(absent, "relay-a", { kind: "received", queueId: "Q", at, response: "late" })), false);
+      assert.equal((await db.listAttempts(absent)).length, 2);
+      assert.equal(await db.resolveUncertain(newId(), "relay-a", { kind: "absent", response: "no such row" }), false);
     });
 
     it("rescue takes at most `limit` rows, the longest expired first", async (t) => {
@@ -494,7 +521,7 @@ function storeConformance(name: string, open: StoreFactory): void {
       const b = await seed(db);
       await step(db, "claim", () => db.claim("relay-a", 10, 60_000));
       await step(db, "complete", () => db.complete("relay-a", "relay-a", [retry(a, 0), accepted(b)]));
-      const list = await step(db, "read", () => db.listMails({ byIds: false, ids: [], messageIds: [], statuses: null, recipient: null, since: null, until: null, uncertainOnly: false }, 10));
+      const list = await step(db, "read", () => db.listMails({ byIds: false, ids: [], messageIds: [], statuses: null, recipient: null, since: null, until: null, uncertainOnly: false, fate: null }, 10));
       assert.deepEqual(list.map((m) => m.id), [b, a], "newest first");
       const byMessageId = await db.findMail({ messageId: `<${a}@example.test>` }, false);
       assert.equal(byMessageId?.mail.id, a);

@@ -5,7 +5,21 @@
  */
 import type { OutboxStatus } from "../states.js";
 import { handoffOutcome } from "../outcome.js";
-import type { AttemptOutcome, AttemptRecord, HandoffOutcome, ClaimedMail, MailRecord, Outcome, RejectedRecipient } from "../store.js";
+import type {
+  AttemptOutcome,
+  AttemptRecord,
+  ClaimedMail,
+  DeliveryEventKind,
+  DeliveryEventRecord,
+  FateSource,
+  HandoffOutcome,
+  LogCursor,
+  MailRecord,
+  Outcome,
+  RejectedRecipient,
+  SuppressionInput,
+  SuppressionRecord,
+} from "../store.js";
 import type { JsonValue } from "../types.js";
 
 /** The columns `list` and `show` read (everything but `raw`), the same on every database. */
@@ -190,4 +204,115 @@ function rejectedList(v: unknown): RejectedRecipient[] | null {
       ? { recipient: String((x as { recipient?: unknown }).recipient ?? ""), response: String((x as { response?: unknown }).response ?? "") }
       : { recipient: String(x), response: "" },
   );
+}
+
+/** The columns of mail_outbox_delivery that the fate statements read, the same on every database. */
+export const DELIVERY_COLUMNS = "id, email_id, recipient, event, at, recorded_at, source, queue_id, dsn_status, remote_mta, reply, event_key";
+
+/** A delivery event row with its times as Dates: what a store hands to {@link toDeliveryEventRecord}. */
+export interface PlainDeliveryRow {
+  id: string;
+  email_id: string;
+  recipient: string;
+  event: string;
+  at: Date;
+  recorded_at: Date;
+  source: string;
+  queue_id: string | null;
+  dsn_status: string | null;
+  remote_mta: string | null;
+  reply: string | null;
+  event_key: string;
+}
+
+export function toDeliveryEventRecord(r: PlainDeliveryRow): DeliveryEventRecord {
+  return {
+    id: r.id,
+    emailId: r.email_id,
+    recipient: r.recipient,
+    // The column holds only these values: the store writes them from DeliveryEventInput.
+    event: r.event as DeliveryEventKind,
+    at: r.at,
+    recordedAt: r.recorded_at,
+    source: r.source as FateSource,
+    queueId: r.queue_id,
+    dsnStatus: r.dsn_status,
+    remoteMta: r.remote_mta,
+    reply: r.reply,
+    eventKey: r.event_key,
+  };
+}
+
+/** The columns of mail_outbox_suppression, the same on every database. */
+export const SUPPRESSION_COLUMNS = "address, reason, source, email_id, created_at, expires_at";
+
+export interface PlainSuppressionRow {
+  address: string;
+  reason: string;
+  source: string;
+  email_id: string | null;
+  created_at: Date;
+  expires_at: Date | null;
+}
+
+export function toSuppressionRecord(r: PlainSuppressionRow): SuppressionRecord {
+  return { address: r.address, reason: r.reason, source: r.source, emailId: r.email_id, createdAt: r.created_at, expiresAt: r.expires_at };
+}
+
+/** The columns of mail_outbox_log_cursor (`offset` is a keyword: quoted), the same on every database. */
+export const CURSOR_COLUMNS = `name, file_id, "offset", state, caught_up_at, updated_at`;
+
+export interface PlainCursorRow {
+  name: string;
+  file_id: string;
+  offset: number | string | bigint;
+  state: unknown;
+  caught_up_at: Date | null;
+  updated_at: Date;
+}
+
+export function toLogCursor(r: PlainCursorRow): LogCursor {
+  return {
+    name: r.name,
+    fileId: r.file_id,
+    offset: Number(r.offset),
+    state: (r.state ?? null) as JsonValue | null,
+    caughtUpAt: r.caught_up_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+/**
+ * The suppression entries for the `bounced` events just inserted (recipient "" left out, one per
+ * address): what `recordDeliveryEvents(..., { suppress })` adds when an address is not listed yet.
+ */
+export function bounceSuppressions(inserted: readonly DeliveryEventRecord[], expiresAt: Date | null): SuppressionInput[] {
+  const out = new Map<string, SuppressionInput>();
+  for (const e of inserted) {
+    if (e.event !== "bounced" || e.recipient.trim() === "") continue;
+    const address = e.recipient.trim().toLowerCase();
+    const why = [e.dsnStatus, e.reply].filter((x) => x !== null && x !== "").join(" ");
+    out.set(address, { address, reason: `bounced${why === "" ? "" : `: ${why}`}`, source: "bounce", emailId: e.emailId, expiresAt });
+  }
+  return [...out.values()];
+}
+
+/** Suppression entries with lower-cased addresses, the last entry of an address winning. */
+export function normalizedSuppressions(entries: readonly SuppressionInput[]): SuppressionInput[] {
+  const out = new Map<string, SuppressionInput>();
+  for (const e of entries) {
+    const address = e.address.trim().toLowerCase();
+    out.set(address, { ...e, address });
+  }
+  return [...out.values()];
+}
+
+/** Addresses lower-cased and without duplicates, as mail_outbox_suppression keys them. */
+export function suppressionKeys(addresses: readonly string[]): string[] {
+  return [...new Set(addresses.map((a) => a.trim().toLowerCase()))];
+}
+
+/** Ids that are UUIDs (lower-cased): others cannot name a row, and PostgreSQL refuses to cast them. */
+export function uuidsOnly(ids: readonly string[]): string[] {
+  return [...new Set(ids.filter((id) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id)).map((id) => id.toLowerCase()))];
 }

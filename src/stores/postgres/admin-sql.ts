@@ -6,6 +6,7 @@
 import type pg from "pg";
 import type { ActionLogLine, ChangeTarget, CountByStatus, MailFilter, StatusCount } from "../../store.js";
 import { ATTEMPT_COLUMNS, MAIL_COLUMNS, type PlainAttemptRow, type PlainMailRow } from "../rows.js";
+import { currentFates } from "./fate-sql.js";
 
 /** A pool or a client checked out of it (inside a transaction). */
 export interface Queryable {
@@ -17,7 +18,8 @@ export type PgMailRow = PlainMailRow & { raw?: Buffer | null };
 
 /**
  * The filter shared by list, replay and purge. `null` means "no constraint".
- * Parameters: $1 byIds, $2 ids (uuid[]), $3 messageIds (text[]), $4 statuses, $5 recipient, $6 since, $7 until, $8 uncertainOnly.
+ * Parameters: $1 byIds, $2 ids (uuid[]), $3 messageIds (text[]), $4 statuses, $5 recipient, $6 since, $7 until, $8 uncertainOnly,
+ * $9 fate (a recipient whose current fate it is).
  */
 const FILTER = `(NOT $1::boolean OR id = ANY($2::uuid[]) OR message_id = ANY($3::text[]))
   AND ($4::text[] IS NULL OR status = ANY($4::text[]))
@@ -26,10 +28,12 @@ const FILTER = `(NOT $1::boolean OR id = ANY($2::uuid[]) OR message_id = ANY($3:
         WHERE lower(r.addr) = lower($5::text)))
   AND ($6::timestamptz IS NULL OR created_at >= $6::timestamptz)
   AND ($7::timestamptz IS NULL OR created_at < $7::timestamptz)
-  AND ($8::boolean IS NOT TRUE OR uncertain_handoffs > 0)`;
+  AND ($8::boolean IS NOT TRUE OR uncertain_handoffs > 0)
+  AND ($9::text IS NULL OR EXISTS (
+        SELECT 1 FROM (${currentFates("AND email_id = mail_outbox.id")}) f WHERE f.event = $9::text))`;
 
 function filterParams(f: MailFilter): unknown[] {
-  return [f.byIds, f.ids, f.messageIds, f.statuses, f.recipient, f.since, f.until, f.uncertainOnly];
+  return [f.byIds, f.ids, f.messageIds, f.statuses, f.recipient, f.since, f.until, f.uncertainOnly, f.fate];
 }
 
 export async function ping(q: Queryable): Promise<void> {
@@ -66,7 +70,7 @@ export async function listMails(q: Queryable, f: MailFilter, limit: number): Pro
     `SELECT ${MAIL_COLUMNS} FROM mail_outbox
      WHERE ${FILTER}
      ORDER BY created_at DESC, id DESC
-     LIMIT $9`,
+     LIMIT $10`,
     [...filterParams(f), limit],
   );
   return r.rows;
@@ -166,7 +170,7 @@ export async function countPurgeable(q: Queryable, statuses: readonly string[], 
   return r.rows;
 }
 
-/** Delete up to `limit` rows and their attempts in one statement; returns what was deleted, per status. */
+/** Delete up to `limit` rows, their attempts and delivery events in one statement; returns what was deleted, per status. */
 export async function purgeBatch(
   q: Queryable,
   statuses: readonly string[],
@@ -181,6 +185,8 @@ export async function purgeBatch(
        FOR UPDATE SKIP LOCKED
      ), gone_attempts AS (
        DELETE FROM mail_outbox_attempt WHERE email_id IN (SELECT id FROM victims)
+     ), gone_deliveries AS (
+       DELETE FROM mail_outbox_delivery WHERE email_id IN (SELECT id FROM victims)
      ), gone AS (
        DELETE FROM mail_outbox WHERE id IN (SELECT id FROM victims) RETURNING status
      )

@@ -140,7 +140,8 @@ RETURNING id`;
 
 /**
  * Rows whose relay died: the lease ran out while they were being handed over. They go back to
- * pending (policy "resend", the default) or to held (policy "hold", for an operator to decide),
+ * pending (policy "resend", the default) or to held (policy "hold", for an operator to decide;
+ * "verify", for the relay to settle from the MTA's record),
  * or to dead when their attempts are used up, and are marked as an uncertain hand-off.
  */
 export const RESCUE = `
@@ -250,7 +251,7 @@ export function postgresRelayStatements(pool: pg.Pool): RelayStatements {
       const { rows } = await pool.query<{ id: string; message_id: string; status: RescuedMail["status"]; previous_owner: string | null }>({
         name: "mail_outbox_rescue",
         text: RESCUE,
-        values: [policy === "hold" ? "held" : "pending", limit, LEASE_EXPIRED_MESSAGE, self],
+        values: [policy === "resend" ? "pending" : "held", limit, LEASE_EXPIRED_MESSAGE, self],
       });
       return rows.map((r) => ({ id: r.id, messageId: r.message_id, status: r.status, previousOwner: r.previous_owner }));
     },

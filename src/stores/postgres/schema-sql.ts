@@ -4,7 +4,7 @@
  * lock per schema, so two processes migrating at once queue). Side by side with ../sqlite/schema-sql.ts.
  */
 import type pg from "pg";
-import { MIGRATIONS_TABLE } from "../../migrations.js";
+import { MIGRATIONS_TABLE, OUTBOX_TABLE_NAMES } from "../../migrations.js";
 import type { ColumnKind, LiveShape, RecordedMigrations, SchemaTransaction } from "../../store.js";
 
 type Queryable = Pick<pg.Pool, "query"> | pg.PoolClient;
@@ -14,6 +14,7 @@ export const COLUMN_TYPES: Readonly<Record<ColumnKind, string>> = {
   id: "uuid",
   text: "text",
   int: "integer",
+  bigint: "bigint",
   json: "jsonb",
   bytes: "bytea",
   time: "timestamp with time zone",
@@ -26,24 +27,24 @@ export function quoteIdent(name: string): string {
 
 export async function readShape(q: Queryable, schema: string): Promise<LiveShape> {
   const tables = await q.query<{ table_name: string }>(
-    `SELECT table_name FROM information_schema.tables WHERE table_schema = $1 AND table_name IN ('mail_outbox', 'mail_outbox_attempt')`,
-    [schema],
+    `SELECT table_name FROM information_schema.tables WHERE table_schema = $1 AND table_name = ANY($2::text[])`,
+    [schema, OUTBOX_TABLE_NAMES],
   );
   const columns = await q.query<{ table_name: string; column_name: string; data_type: string; is_nullable: string; column_default: string | null }>(
     `SELECT table_name, column_name, data_type, is_nullable, column_default FROM information_schema.columns
-     WHERE table_schema = $1 AND table_name IN ('mail_outbox', 'mail_outbox_attempt')`,
-    [schema],
+     WHERE table_schema = $1 AND table_name = ANY($2::text[])`,
+    [schema, OUTBOX_TABLE_NAMES],
   );
   const indexes = await q.query<{ indexname: string }>(
-    `SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename IN ('mail_outbox', 'mail_outbox_attempt')`,
-    [schema],
+    `SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = ANY($2::text[])`,
+    [schema, OUTBOX_TABLE_NAMES],
   );
-  const fk = await q.query<{ conname: string; cascade: boolean }>(
-    `SELECT c.conname, (c.contype = 'f' AND c.confdeltype = 'c' AND r.relname = 'mail_outbox') AS cascade
+  const fk = await q.query<{ conname: string; relname: string; cascade: boolean }>(
+    `SELECT c.conname, t.relname, (c.contype = 'f' AND c.confdeltype = 'c' AND r.relname = 'mail_outbox') AS cascade
        FROM pg_constraint c
        JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
        LEFT JOIN pg_class r ON r.oid = c.confrelid
-     WHERE n.nspname = $1 AND t.relname = 'mail_outbox_attempt'`,
+     WHERE n.nspname = $1 AND t.relname IN ('mail_outbox_attempt', 'mail_outbox_delivery')`,
     [schema],
   );
   const routines = await q.query<{ name: string }>(
@@ -63,7 +64,8 @@ export async function readShape(q: Queryable, schema: string): Promise<LiveShape
       hasDefault: r.column_default !== null,
     })),
     indexes: new Set(indexes.rows.map((r) => r.indexname)),
-    cascadeFk: fk.rows.some((r) => r.cascade),
+    cascadeFk: fk.rows.some((r) => r.cascade && r.relname === "mail_outbox_attempt"),
+    cascadeFkTables: new Set(fk.rows.filter((r) => r.cascade && r.relname !== "mail_outbox_attempt").map((r) => r.relname)),
     constraints: new Set(fk.rows.map((r) => r.conname)),
     routines: new Set(routines.rows.map((r) => r.name)),
   };
@@ -100,6 +102,12 @@ export async function recordMigration(q: Queryable, version: string, kind: "appl
 export async function schemaTransaction<T>(pool: pg.Pool, schema: string, fn: (tx: SchemaTransaction) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   let broken = false;
+  // While checked out, pg-pool does not listen for the client's errors: a connection the server
+  // ends meanwhile would emit an unhandled 'error' and end the process. The query fails instead.
+  const onError = () => {
+    broken = true;
+  };
+  client.on("error", onError);
   try {
     await client.query("BEGIN");
     // Two init containers (or relays) migrating at once queue here instead of racing.
@@ -124,6 +132,7 @@ export async function schemaTransaction<T>(pool: pg.Pool, schema: string, fn: (t
     });
     throw err;
   } finally {
+    client.removeListener("error", onError);
     client.release(broken);
   }
 }

@@ -7,6 +7,7 @@
 import type Database from "better-sqlite3";
 import type { ActionLogLine, ChangeTarget, CountByStatus, MailFilter, StatusCount } from "../../store.js";
 import { ATTEMPT_COLUMNS, MAIL_COLUMNS, parseJson, type PlainAttemptRow, type PlainMailRow } from "../rows.js";
+import { currentFates } from "./fate-sql.js";
 import { fromSqliteTime, toSqliteTime } from "./time.js";
 
 type Db = Database.Database;
@@ -60,7 +61,9 @@ const FILTER = `(@byIds = 0 OR id IN (SELECT value FROM json_each(@ids)) OR mess
         WHERE lower(r.value) = lower(@recipient)))
   AND (@since IS NULL OR created_at >= @since)
   AND (@until IS NULL OR created_at < @until)
-  AND (@uncertainOnly = 0 OR uncertain_handoffs > 0)`;
+  AND (@uncertainOnly = 0 OR uncertain_handoffs > 0)
+  AND (@fate IS NULL OR EXISTS (
+        SELECT 1 FROM (${currentFates("AND email_id = mail_outbox.id")}) f WHERE f.event = @fate))`;
 
 function filterParams(f: MailFilter): Record<string, unknown> {
   return {
@@ -72,6 +75,7 @@ function filterParams(f: MailFilter): Record<string, unknown> {
     since: f.since === null ? null : toSqliteTime(f.since),
     until: f.until === null ? null : toSqliteTime(f.until),
     uncertainOnly: f.uncertainOnly ? 1 : 0,
+    fate: f.fate,
   };
 }
 
@@ -236,6 +240,11 @@ export function selectPurgeBatch(db: Db, statuses: readonly string[], cutoff: Da
 /** Delete the attempts of a batch of mails (before the mails: the foreign key may not cascade). */
 export function deleteAttemptsOf(db: Db, ids: readonly string[]): void {
   db.prepare(`DELETE FROM mail_outbox_attempt WHERE email_id IN (SELECT value FROM json_each(@ids))`).run({ ids: JSON.stringify(ids) });
+}
+
+/** Delete the delivery events of a batch of mails (before the mails: the foreign key may not cascade). */
+export function deleteDeliveriesOf(db: Db, ids: readonly string[]): void {
+  db.prepare(`DELETE FROM mail_outbox_delivery WHERE email_id IN (SELECT value FROM json_each(@ids))`).run({ ids: JSON.stringify(ids) });
 }
 
 /** Delete a batch of mails; returns the status of each deleted row. */

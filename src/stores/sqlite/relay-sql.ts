@@ -151,7 +151,7 @@ export function sqliteRelayStatements(db: Database.Database): RelayStatements {
     const now = toSqliteTime(new Date());
     const out: RescuedMail[] = [];
     for (const row of findExpired.all({ now, limit, self })) {
-      const status = row.attempts >= row.max_attempts ? "dead" : policy === "hold" ? "held" : "pending";
+      const status = row.attempts >= row.max_attempts ? "dead" : policy === "resend" ? "pending" : "held";
       if (rescueOne.run({ id: row.id, status, error: LEASE_EXPIRED_MESSAGE, now }).changes !== 1) continue;
       insertAttempt.run({
         attemptId: randomUUID(),

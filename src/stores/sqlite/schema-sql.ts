@@ -5,7 +5,7 @@
  * the record). Side by side with ../postgres/schema-sql.ts.
  */
 import type Database from "better-sqlite3";
-import { MIGRATIONS_TABLE } from "../../migrations.js";
+import { MIGRATIONS_TABLE, OUTBOX_TABLE_NAMES } from "../../migrations.js";
 import type { ColumnKind, LiveColumn, LiveShape, RecordedMigrations, SchemaTransaction } from "../../store.js";
 import { toSqliteTime } from "./time.js";
 
@@ -16,6 +16,7 @@ export const COLUMN_TYPES: Readonly<Record<ColumnKind, string>> = {
   id: "TEXT",
   text: "TEXT",
   int: "INTEGER",
+  bigint: "BIGINT",
   json: "JSONB",
   bytes: "BLOB",
   time: "DATETIME",
@@ -23,9 +24,11 @@ export const COLUMN_TYPES: Readonly<Record<ColumnKind, string>> = {
 
 export function readShape(d: Db): LiveShape {
   const tables = new Set(
-    (d.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('mail_outbox', 'mail_outbox_attempt')`).all() as { name: string }[]).map(
-      (r) => r.name,
-    ),
+    (
+      d.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (SELECT value FROM json_each(?))`).all(JSON.stringify(OUTBOX_TABLE_NAMES)) as {
+        name: string;
+      }[]
+    ).map((r) => r.name),
   );
   const columns: LiveColumn[] = [];
   const indexes = new Set<string>();
@@ -41,16 +44,18 @@ export function readShape(d: Db): LiveShape {
     }
     for (const i of d.prepare(`SELECT name FROM pragma_index_list(?)`).all(table) as { name: string }[]) indexes.add(i.name);
   }
-  const cascadeFk =
-    tables.has("mail_outbox_attempt") &&
-    (d.prepare(`SELECT "table", "from", "to", on_delete FROM pragma_foreign_key_list('mail_outbox_attempt')`).all() as {
+  const cascades = (table: string) =>
+    tables.has(table) &&
+    (d.prepare(`SELECT "table", "from", "to", on_delete FROM pragma_foreign_key_list(?)`).all(table) as {
       table: string;
       from: string;
       to: string;
       on_delete: string;
     }[]).some((f) => f.table === "mail_outbox" && f.from === "email_id" && f.to === "id" && f.on_delete === "CASCADE");
+  const cascadeFk = cascades("mail_outbox_attempt");
+  const cascadeFkTables = new Set(cascades("mail_outbox_delivery") ? ["mail_outbox_delivery"] : []);
   const routines = new Set((d.prepare(`SELECT 'trigger:' || name AS name FROM sqlite_master WHERE type = 'trigger'`).all() as { name: string }[]).map((r) => r.name));
-  return { tables, columns, indexes, cascadeFk, constraints: new Set(), routines };
+  return { tables, columns, indexes, cascadeFk, cascadeFkTables, constraints: new Set(), routines };
 }
 
 export function readRecorded(d: Db): RecordedMigrations {
