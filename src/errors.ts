@@ -95,6 +95,50 @@ export class DuplicateIdempotencyKeyError extends MailOutboxError {
   }
 }
 
+/**
+ * `enqueue()` under the suppression policy `"refuse"`: recipients of the mail are on the
+ * suppression list (they hard-bounced before, or an operator put them there). Nothing was written;
+ * thrown inside the transaction, so catching it or letting it roll the transaction back is the
+ * caller's choice. `recipients` are the suppressed addresses, lower-cased.
+ */
+export class SuppressedRecipientError extends MailOutboxError {
+  override name = "SuppressedRecipientError";
+  readonly recipients: readonly string[];
+  constructor(recipients: readonly string[], options?: { cause?: unknown }) {
+    super(
+      `Mail refused, nothing was written: ${recipients.length === 1 ? "recipient" : "recipients"} ${recipients.join(", ")} ${recipients.length === 1 ? "is" : "are"} on the suppression list (hard bounces). ` +
+        "Remove an address with `mail-outbox suppress remove <address>`, or enqueue with suppression \"skip\" to leave such recipients out.",
+      options,
+    );
+    this.recipients = recipients;
+  }
+}
+
+/**
+ * `ingest` was given something that is not a delivery status notification it can read
+ * (RFC 3464 `multipart/report; report-type=delivery-status`), or one that names no mail of this
+ * outbox. Nothing was recorded. `reason` says what was wrong.
+ */
+export class UnreadableReportError extends MailOutboxError {
+  override name = "UnreadableReportError";
+  readonly reason: string;
+  constructor(reason: string, options?: { cause?: unknown }) {
+    super(`Delivery report not recorded: ${reason}`, options);
+    this.reason = reason;
+  }
+}
+
+/**
+ * `ingest` with a bounce secret configured got a report whose token (in `Original-Envelope-Id`
+ * or the VERP return address) is missing or does not verify: it may be forged. Nothing was recorded.
+ */
+export class ForgedReportError extends MailOutboxError {
+  override name = "ForgedReportError";
+  constructor(reason: string, options?: { cause?: unknown }) {
+    super(`Delivery report refused as possibly forged: ${reason}. Nothing was recorded.`, options);
+  }
+}
+
 /** An option passed to one of this library's functions is invalid. */
 export class OptionsError extends MailOutboxError {
   override name = "OptionsError";

@@ -19,6 +19,13 @@
  * and with the delivery. The reply's id appears in the log only as `smtpd[..]: ID: client=...`.
  * Tie the row to the MTA log by Message-ID. (Over TCP, `smtp://`, the reply's id is the one
  * cleanup logs.)
+ *
+ * Delivery status notifications: nodemailer's `dsn` message option (what `rawSendMailOptions` in
+ * src/transport.ts passes) goes out as on any SMTP connection (`RET=`, `ENVID=` on MAIL FROM,
+ * `NOTIFY=` on each RCPT TO; no ORCPT). Postfix trap, seen with Postfix 3.7 (test/dsn.test.ts):
+ * `sendmail -bs` honours NOTIFY and RET but drops the ENVID on its way through the maildrop, so
+ * its reports carry no `Original-Envelope-Id`: they link by the VERP return path (turn `verp` on
+ * when a bounce secret is set) or by the returned Message-ID.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { Duplex } from "node:stream";

@@ -3,7 +3,7 @@
  *
  * nodemailer 10's own sendmail transport does check the exit code (the silent success of
  * nodemailer issue #1524 is fixed there), but it has no timeout, drops the program's stderr and
- * passes recipients without `--`. This one spawns `<path> -i [-B 8BITMIME] -f <from> -- <rcpt...>`
+ * passes recipients without `--`. This one spawns `<path> -i [-B 8BITMIME] [-N .. -R .. -V ..] -f <from> -- <rcpt...>`
  * (an argv array, no shell; `-B 8BITMIME` only for a message with 8-bit bytes), writes the raw
  * message to stdin with LF line endings (the local sendmail convention; a lone CR becomes a line
  * end too, as on every transport, see src/wire.ts), and calls the hand-off good only when the
@@ -17,13 +17,21 @@
  *
  * Postfix's sendmail writes into the maildrop directory, so it succeeds even while the Postfix
  * daemon is stopped; the mail is delivered once the daemon starts.
+ *
+ * Delivery status notifications (RFC 3461): given nodemailer's `dsn` option (see
+ * `rawSendMailOptions` in src/transport.ts), the program also gets `-N <notify> -R hdrs|full
+ * -V <envid>`, the flags Postfix's and Sendmail's `sendmail` take for NOTIFY, RET and ENVID (no
+ * per-recipient ORCPT on a command line). Exim's `sendmail` reads those letters otherwise (its
+ * `-N` means "do not deliver"), so they are left out when the program is Exim (its real path names
+ * exim, as Debian's /usr/sbin/sendmail -> exim4 does).
  */
 import { spawn } from "node:child_process";
-import { accessSync, constants as fsConstants, statSync } from "node:fs";
+import { accessSync, constants as fsConstants, realpathSync, statSync } from "node:fs";
 import path from "node:path";
 import type { Transport, SentMessageInfo, MailMessage } from "nodemailer";
 import { HandoffTimeoutError, SendmailExitError, TransportConfigError } from "./errors.js";
 import { hasEightBit, toLf } from "./wire.js";
+import { dsnRequestOf, type DsnRequest } from "./transport.js";
 
 export interface SendmailTransportOptions {
   /** Absolute path of the sendmail program. @default "/usr/sbin/sendmail" */
@@ -73,6 +81,25 @@ export function sendmailProblem(p: string): string | null {
   }
 }
 
+/** True when `program` is Exim (its real path names exim), whose -N/-R/-V are not the DSN flags. */
+function isExim(program: string): boolean {
+  try {
+    return /exim/i.test(path.basename(realpathSync(program)));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The DSN flags of Postfix's and Sendmail's `sendmail` for a request: `-N failure,delay -R hdrs -V <envid>`
+ * (`-N never` for NEVER). The ENVID goes as it is (a mail id or a token: no spaces or controls).
+ */
+export function sendmailDsnArgs(dsn: DsnRequest): string[] {
+  const args = ["-N", dsn.notify.map((n) => n.toLowerCase()).join(","), "-R", dsn.ret === "FULL" ? "full" : "hdrs"];
+  if (dsn.envid !== "" && /^[\x21-\x7e]+$/.test(dsn.envid)) args.push("-V", dsn.envid);
+  return args;
+}
+
 async function rawBytes(mail: MailMessage): Promise<Buffer> {
   const raw: unknown = mail.data.raw;
   if (Buffer.isBuffer(raw)) return raw;
@@ -102,6 +129,7 @@ export function createSendmailTransport(
     throw new TransportConfigError("Expected `timeoutMs` to be a positive number of milliseconds.");
   }
 
+  const exim = isExim(program);
   const maxProcesses = options.maxProcesses ?? 5;
   if (!Number.isSafeInteger(maxProcesses) || maxProcesses < 1) {
     throw new TransportConfigError("Expected `maxProcesses` to be a positive integer.");
@@ -125,6 +153,7 @@ export function createSendmailTransport(
   function send(mail: MailMessage, callback: Callback): void {
     const envelope = mail.message.getEnvelope();
     const messageId = mail.message.messageId();
+    const dsn = exim ? null : dsnRequestOf(mail.data as { dsn?: unknown });
     const from = typeof envelope.from === "string" ? envelope.from : "";
     const to = (envelope.to ?? []).filter((a): a is string => typeof a === "string" && a !== "");
     if (to.length === 0) return callback(envelopeError("No recipients defined"));
@@ -137,7 +166,7 @@ export function createSendmailTransport(
     rawBytes(mail).then(
       (raw) =>
         acquire(() =>
-          run(toLf(raw), from, to, messageId, (err, info) => {
+          run(toLf(raw), from, to, messageId, dsn, (err, info) => {
             release();
             callback(err, info);
           }),
@@ -146,7 +175,7 @@ export function createSendmailTransport(
     );
   }
 
-  function run(raw: Buffer, from: string, to: string[], messageId: string, callback: Callback): void {
+  function run(raw: Buffer, from: string, to: string[], messageId: string, dsn: DsnRequest | null, callback: Callback): void {
     let done = false;
     let stderr = "";
     let timedOut = false;
@@ -159,7 +188,7 @@ export function createSendmailTransport(
 
     // RFC 6152 through the command line: `-B 8BITMIME` declares 8-bit content (Postfix's and
     // Sendmail's sendmail take it; Exim's ignores it), as BODY=8BITMIME does over SMTP.
-    const args = ["-i", ...(hasEightBit(raw) ? ["-B", "8BITMIME"] : []), "-f", from === "" ? "<>" : from, "--", ...to];
+    const args = ["-i", ...(hasEightBit(raw) ? ["-B", "8BITMIME"] : []), ...(dsn ? sendmailDsnArgs(dsn) : []), "-f", from === "" ? "<>" : from, "--", ...to];
     const child = spawn(program, args, { stdio: ["pipe", "ignore", "pipe"], detached: true });
     const kill = (signal: NodeJS.Signals) => {
       if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;

@@ -23,15 +23,22 @@
  * offered 8BITMIME in its EHLO reply; otherwise it fails with `EightBitMimeError` (permanent)
  * before any command of its transaction is written.
  *
+ * Delivery status notifications (RFC 3461): when the envelope carries a `DsnRequest` and the
+ * server offered DSN in its EHLO reply, MAIL FROM gets `RET=` and `ENVID=` and every RCPT TO gets
+ * `NOTIFY=` and `ORCPT=rfc822;<recipient>` (values xtext-encoded; no ORCPT for a recipient with
+ * non-ASCII characters, which would need RFC 6533's utf-8 type). To a server without DSN, nothing
+ * is added (the MTA's defaults apply).
+ *
  * Over 400 lines: one SMTP client, the connection (greeting, EHLO, pipelined transactions, replies
  * matched in order) and the pool over it; the two share the protocol's state and read best together.
  */
 import net from "node:net";
 import type { Transport } from "nodemailer";
+import { encodeXText } from "nodemailer/lib/shared";
 import { EightBitMimeError } from "./errors.js";
 import { eightBitAt, toSmtpData } from "./wire.js";
 
-import type { RawEnvelope, RawSend, RawSendResult } from "./transport.js";
+import { dsnRequestOf, nodemailerDsn, type NodemailerDsn, type RawEnvelope, type RawSend, type RawSendResult } from "./transport.js";
 
 export interface PipelinedSmtpOptions {
   readonly host: string;
@@ -54,7 +61,7 @@ export interface PipelinedSmtpOptions {
 
 /** What the pipelined transport needs of the client it falls back to (a nodemailer Transporter). */
 export interface FallbackSender {
-  sendMail(mail: { envelope: { from: string; to: string[] }; raw: Buffer }): Promise<RawSendResult>;
+  sendMail(mail: { envelope: { from: string; to: string[] }; raw: Buffer; dsn?: NodemailerDsn }): Promise<RawSendResult>;
   close(): void;
   isIdle?(): boolean;
 }
@@ -85,6 +92,8 @@ class Connection {
   pipelining = false;
   /** Whether the server offered 8BITMIME (RFC 6152); without it, 8-bit messages are refused unsent. */
   eightBitMime = false;
+  /** Whether the server offered DSN (RFC 3461); without it, no DSN parameters are sent. */
+  dsn = false;
   readonly opened: Promise<void>;
 
   constructor(private readonly o: PipelinedSmtpOptions) {
@@ -113,6 +122,7 @@ class Connection {
         }
         this.pipelining = /^250[ -]PIPELINING\b/im.test(ehlo.text);
         this.eightBitMime = /^250[ -]8BITMIME\b/im.test(ehlo.text);
+        this.dsn = /^250[ -]DSN\b/im.test(ehlo.text);
       } finally {
         clearTimeout(timer);
       }
@@ -206,8 +216,10 @@ class Connection {
       // one that does not, nothing is sent (no command either): a permanent EightBitMimeError.
       const eightBit = eightBitAt(raw);
       if (eightBit >= 0 && !this.eightBitMime) throw new EightBitMimeError(`${this.o.host}:${this.o.port}`, eightBit);
-      const mailFrom = `MAIL FROM:<${envelope.from}>${eightBit >= 0 ? " BODY=8BITMIME" : ""}\r\n`;
-      const envelopeLines = [mailFrom, ...envelope.to.map((t) => `RCPT TO:<${t}>\r\n`)];
+      const dsn = this.dsn ? (envelope.dsn ?? null) : null;
+      const mailFrom = `MAIL FROM:<${envelope.from}>${eightBit >= 0 ? " BODY=8BITMIME" : ""}${dsn ? ` RET=${dsn.ret} ENVID=${encodeXText(dsn.envid)}` : ""}\r\n`;
+      const rcptParams = (t: string) => (dsn ? ` NOTIFY=${dsn.notify.join(",")}${/^[\x21-\x7e]+$/.test(t) ? ` ORCPT=rfc822;${encodeXText(t)}` : ""}` : "");
+      const envelopeLines = [mailFrom, ...envelope.to.map((t) => `RCPT TO:<${t}>${rcptParams(t)}\r\n`)];
       let replies: Reply[];
       let data: Reply;
       if (this.pipelining) {
@@ -359,7 +371,8 @@ export function createPipelinedSmtpTransport(
   };
 
   let fallback: FallbackSender | null = null;
-  const viaFallback = (envelope: RawEnvelope, raw: Buffer) => fallback!.sendMail({ envelope: { from: envelope.from, to: [...envelope.to] }, raw });
+  const viaFallback = (envelope: RawEnvelope, raw: Buffer) =>
+    fallback!.sendMail({ envelope: { from: envelope.from, to: [...envelope.to] }, raw, ...(envelope.dsn ? { dsn: nodemailerDsn(envelope.dsn) } : {}) });
 
   const sendRaw = async (envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> => {
     if (fallback) return viaFallback(envelope, raw);
@@ -399,8 +412,10 @@ export function createPipelinedSmtpTransport(
       sendRaw,
     },
     send(mail, callback) {
-      const envelope = mail.data.envelope as RawEnvelope | undefined;
+      const given = mail.data.envelope as RawEnvelope | undefined;
       const raw = mail.data.raw;
+      // nodemailer's `dsn` message option (see `rawSendMailOptions`), when the envelope has none.
+      const envelope = given && given.dsn === undefined ? { ...given, dsn: dsnRequestOf(mail.data as { dsn?: unknown }) } : given;
       if (!envelope || !Buffer.isBuffer(raw)) {
         callback(smtpError("The pipelined SMTP transport sends only composed messages (envelope and raw Buffer)", "EMESSAGE"), undefined as never);
         return;

@@ -33,6 +33,11 @@
  * Credentials in the URL are percent-decoded (`smtp://me%40example.com:p%40ss@host`). Nothing
  * this module logs or throws contains the password.
  *
+ * Delivery status notifications (RFC 3461): a `DsnRequest` on the envelope (`RawEnvelope.dsn`, or
+ * nodemailer's `dsn` option that `rawSendMailOptions` sets) is sent by every transport where the
+ * MTA can take it: ENVID/RET/NOTIFY (and ORCPT per recipient on the pipelining client) to a server
+ * that offers DSN, `-N -R -V` to `sendmail` (not to Exim's). See src/fate/token.ts.
+ *
  * A transport declares what it can do beyond `send` as `capabilities` ({@link TransportCapabilities}:
  * raw sending, capacity); the relay reads them through {@link transportCapabilities}, never by
  * probing the transport's methods.
@@ -54,10 +59,70 @@ import { createSendmailBsTransport } from "./sendmail-bs.js";
 import { createPipelinedSmtpTransport, type FallbackSender } from "./smtp-pipelined.js";
 import { WireSmtpPool } from "./wire.js";
 
+/**
+ * What the relay asks the MTA about delivery status notifications (RFC 3461), for a server that
+ * offers DSN (and `sendmail -N/-R/-V`): ENVID on MAIL FROM, NOTIFY and ORCPT on each RCPT TO.
+ */
+export interface DsnRequest {
+  /** ENVID: the mail's id, or its signed token when a bounce secret is set (xtext-encoded on the wire). */
+  readonly envid: string;
+  /** NOTIFY for every recipient; `["NEVER"]` asks for no notification at all. */
+  readonly notify: readonly ("SUCCESS" | "FAILURE" | "DELAY")[] | readonly ["NEVER"];
+  /** RET: return only the headers (the default) or the full message in a bounce. */
+  readonly ret: "HDRS" | "FULL";
+}
+
 /** The envelope of an already composed message. */
 export interface RawEnvelope {
   readonly from: string;
   readonly to: readonly string[];
+  /** Ask for delivery status notifications; null or absent: ask nothing (the MTA's defaults). */
+  readonly dsn?: DsnRequest | null;
+}
+
+/**
+ * nodemailer's `dsn` message option (`{ id, return, notify }`), which its SMTP client turns into
+ * ENVID/RET on MAIL FROM and NOTIFY on each RCPT TO when the server offers DSN. nodemailer can
+ * put only one ORCPT on every RCPT, so none is asked for on that path.
+ */
+export interface NodemailerDsn {
+  readonly id: string;
+  readonly return: "headers" | "full";
+  readonly notify: string[];
+}
+
+/** nodemailer's `dsn` option for a {@link DsnRequest}. */
+export function nodemailerDsn(dsn: DsnRequest): NodemailerDsn {
+  return { id: dsn.envid, return: dsn.ret === "FULL" ? "full" : "headers", notify: [...dsn.notify] };
+}
+
+/**
+ * The {@link DsnRequest} a transport's `send(mail)` was given: nodemailer's `dsn` option on the
+ * message (`{ id | envid, return | ret, notify }`, as `nodemailerDsn` writes it), or null.
+ */
+export function dsnRequestOf(data: { readonly dsn?: unknown }): DsnRequest | null {
+  const d = data.dsn as { id?: unknown; envid?: unknown; return?: unknown; ret?: unknown; notify?: unknown } | null | undefined;
+  if (d === null || typeof d !== "object") return null;
+  const envid = String(d.envid ?? d.id ?? "");
+  const ret = String(d.ret ?? d.return ?? "HDRS").toUpperCase();
+  const words = (Array.isArray(d.notify) ? d.notify : typeof d.notify === "string" ? d.notify.split(",") : []).map((w) => String(w).trim().toUpperCase());
+  const notify = words.length === 1 && words[0] === "NEVER" ? (["NEVER"] as const) : (["SUCCESS", "FAILURE", "DELAY"] as const).filter((w) => words.includes(w));
+  if (envid === "" && notify.length === 0) return null;
+  return { envid, notify: notify.length === 0 ? ["FAILURE", "DELAY"] : notify, ret: ret === "FULL" || ret === "BODY" ? "FULL" : "HDRS" };
+}
+
+/**
+ * What the relay passes to `transporter.sendMail` for a composed message: the envelope, the raw
+ * bytes, the Message-ID and, when `envelope.dsn` asks for it, nodemailer's `dsn` option (which the
+ * SMTP pool, `sendmail-bs:` and `sendmail:` transports of this library all honour).
+ */
+export function rawSendMailOptions(envelope: RawEnvelope, raw: Buffer, messageId: string): Mailer.Options & { dsn?: NodemailerDsn } {
+  return {
+    envelope: { from: envelope.from, to: [...envelope.to] },
+    raw,
+    messageId,
+    ...(envelope.dsn ? { dsn: nodemailerDsn(envelope.dsn) } : {}),
+  };
 }
 
 /** What a raw hand-off returns: the fields of nodemailer's `SentMessageInfo` that `toHandoffResult` reads. */
@@ -363,7 +428,8 @@ function isTransportObject(value: unknown): value is Transport {
  *   or nodemailer transport options are passed to `nodemailer.createTransport`.
  *
  * The relay calls the declared `sendRaw(envelope, raw)` when the transport has one (see
- * {@link transportCapabilities}), else `sendMail({ envelope: { from, to }, raw, messageId })`; then
+ * {@link transportCapabilities}), else `sendMail(rawSendMailOptions(envelope, raw, messageId))`
+ * (the envelope, the raw message and, when asked, nodemailer's `dsn` option); then
  * `toHandoffResult(info)`, or `classifyError(err)` on failure.
  *
  * @throws TransportConfigError for an unknown scheme, a malformed URL, a relative sendmail path

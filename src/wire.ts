@@ -153,6 +153,11 @@ const guardedEnvelopes = new WeakSet<object>();
  * with `BODY=8BITMIME` (nodemailer's `envelope.use8BitMime`), or refused with
  * `EightBitMimeError` before MAIL FROM when the connection's server does not offer 8BITMIME.
  * Used for `smtp(s)://` without pipelining and, through `SendmailBsPool`, for `sendmail-bs:`.
+ *
+ * Delivery status notifications: nodemailer's `dsn` message option (`{ id, return, notify }`,
+ * what `rawSendMailOptions` in src/transport.ts passes) becomes `RET=`/`ENVID=` on MAIL FROM and
+ * `NOTIFY=` on each RCPT TO when the server offers DSN; nodemailer sends no per-recipient ORCPT
+ * (it has one `orcpt` per message, which would be wrong for all but one recipient).
  */
 export class WireSmtpPool extends SMTPPool {
   constructor(options: SMTPPoolOptions) {

@@ -16,6 +16,9 @@ const BUILD: Readonly<Record<string, { make: (cause: unknown) => Error; advice?:
   HandoffTimeoutError: { make: (cause) => new errors.HandoffTimeoutError("Timed out; the mail will be retried.", { cause }) },
   SendmailExitError: { make: (cause) => new errors.SendmailExitError("sendmail exited 75; the mail was not handed over", 75, null, "", { cause }) },
   EightBitMimeError: { make: (cause) => new errors.EightBitMimeError("mx.example:25", 12, { cause }), advice: /Enable 8BITMIME on that MTA .*then replay the mail/ },
+  SuppressedRecipientError: { make: (cause) => new errors.SuppressedRecipientError(["bob@example.net"], { cause }), advice: /mail-outbox suppress remove <address>.*"skip"/ },
+  UnreadableReportError: { make: (cause) => new errors.UnreadableReportError("not a multipart/report", { cause }) },
+  ForgedReportError: { make: (cause) => new errors.ForgedReportError("the token does not verify", { cause }), advice: /Nothing was recorded/ },
 };
 
 test("every error class has its own name, keeps its cause, and is a MailOutboxError", () => {

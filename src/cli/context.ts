@@ -27,6 +27,8 @@ export interface CliIO {
   readonly env?: Readonly<Record<string, string | undefined>>;
   /** @default process */
   readonly signals?: SignalSource;
+  /** What `ingest` reads a report from. @default process.stdin */
+  readonly stdin?: NodeJS.ReadableStream;
 }
 
 /** Exit status of a usage error. */
@@ -45,6 +47,7 @@ export interface GlobalOpts {
 export interface Cli {
   readonly env: Readonly<Record<string, string | undefined>>;
   readonly signals: SignalSource;
+  readonly stdin: NodeJS.ReadableStream;
   /** Text for stdout / stderr, with every password from the arguments and environment replaced by `***`. */
   out(text: string): void;
   err(text: string): void;
@@ -95,6 +98,7 @@ export function createCli(
   const cli: Cli = {
     env,
     signals: io.signals ?? process,
+    stdin: io.stdin ?? process.stdin,
     out: (text) => void io.stdout.write(scrub(text)),
     err: (text) => void io.stderr.write(scrub(text)),
     outBytes: (bytes) => void io.stdout.write(bytes),
