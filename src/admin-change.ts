@@ -2,7 +2,8 @@
  * The operator functions that change rows: replay (dead, cancelled, held, sent -> pending), cancel
  * (pending, held -> cancelled) and purge (delete final rows). Replay and cancel select, check and
  * change in one transaction of the store (`Store.changeStatus`), logging each change in the
- * attempt log; purge deletes in batches.
+ * attempt log; purge deletes in batches. suppress and unsuppress change the suppression list
+ * (`mail_outbox_suppression`, see ./fate/suppression.ts).
  */
 import type {
   CancelOptions,
@@ -16,11 +17,16 @@ import type {
   ReplayOptions,
   ReplayResult,
   SkippedMail,
+  SuppressOptions,
+  SuppressResult,
   UnchangedMail,
+  UnsuppressOptions,
+  UnsuppressResult,
 } from "./admin.js";
 import { PURGEABLE_STATUSES } from "./admin.js";
 import { buildFilter, checkActor, checkDate, checkStatuses, parseMailRef, plural, truncate, withDb, zeroCounts } from "./admin-common.js";
 import { OptionsError, UnsafeOperationError } from "./errors.js";
+import { checkSuppressionAddresses } from "./fate/suppression.js";
 import { newId } from "./ids.js";
 import { TRANSITIONS, type OutboxStatus } from "./states.js";
 import type { ActionLogLine, ChangeTarget, MailFilter, Store } from "./store.js";
@@ -290,4 +296,72 @@ function missingRefs(refs: readonly MailRef[] | null, targets: readonly Target[]
     if (r.kind === "id" ? !ids.has(r.id) : !messageIds.has(r.messageId)) missing.push(r.kind === "id" ? r.id : r.messageId);
   }
   return [...new Set(missing)];
+}
+
+const MAX_REASON_LENGTH = 1000;
+
+/**
+ * Put addresses on the suppression list (or replace their entries): `enqueue()` under the
+ * `suppression` policy "refuse" or "skip" then refuses or leaves them out. Compared without regard
+ * to case: stored lower-cased, the domain in punycode.
+ *
+ * @example
+ * await suppress(db, ["ann@example.com"], { reason: "asked to stop", expiresIn: parseDuration("180d") });
+ * @throws OptionsError naming every address that is not one, or for a bad reason or expiry.
+ */
+export async function suppress(dbOrUrl: DbOrUrl, addresses: readonly string[], options: SuppressOptions = {}): Promise<SuppressResult> {
+  const list = checkSuppressionAddresses(addresses);
+  const now = checkDate(options.now ?? new Date(), "now");
+  const reason = options.reason ?? "added by an operator";
+  if (typeof reason !== "string" || reason.trim() === "" || reason.length > MAX_REASON_LENGTH) {
+    throw new OptionsError(`Expected \`reason\` to be a non-empty text of at most ${MAX_REASON_LENGTH} characters.`);
+  }
+  const source = options.source ?? "operator";
+  if (typeof source !== "string" || !/^[a-z][a-z0-9_-]{0,39}$/.test(source)) {
+    throw new OptionsError(`Expected \`source\` to be a short lower-case word like "operator" or "bounce", got ${JSON.stringify(source)}.`);
+  }
+  const { expiresIn } = options;
+  if (expiresIn !== undefined && (!Number.isSafeInteger(expiresIn) || expiresIn <= 0)) {
+    throw new OptionsError(`Expected \`expiresIn\` to be a whole number of milliseconds above 0, got ${JSON.stringify(expiresIn)}.`);
+  }
+  const expiresAt = expiresIn === undefined ? null : new Date(now.getTime() + expiresIn);
+  const emailId = options.emailId ?? null;
+  await withDb(dbOrUrl, (db) => db.addSuppressions(list.map((address) => ({ address, reason: reason.trim(), source, emailId, expiresAt }))));
+  return { addresses: list, expiresAt };
+}
+
+/**
+ * Take addresses off the suppression list (any case), or with `{ expired: true }` every entry whose
+ * expiry has passed (they no longer count; this only tidies up).
+ *
+ * @example
+ * await unsuppress(db, ["ann@example.com"]);
+ * await unsuppress(db, { expired: true });
+ * @throws OptionsError naming every address that is not one.
+ */
+export async function unsuppress(
+  dbOrUrl: DbOrUrl,
+  target: readonly string[] | { readonly expired: true },
+  options: UnsuppressOptions = {},
+): Promise<UnsuppressResult> {
+  const now = checkDate(options.now ?? new Date(), "now");
+  if (!Array.isArray(target)) {
+    if ((target as { expired?: unknown } | null)?.expired !== true) {
+      throw new OptionsError("Expected a list of addresses, or `{ expired: true }` to remove the entries that have expired.");
+    }
+    const removed = await withDb(dbOrUrl, (db) => db.removeSuppressions({ expiredBefore: now }));
+    return { removed, notFound: [] };
+  }
+  const list = checkSuppressionAddresses(target as readonly string[]);
+  return withDb(dbOrUrl, async (db) => {
+    // One statement per address, so the result can say which were not there (operators name a few at a time).
+    let removed = 0;
+    const notFound: string[] = [];
+    for (const address of list) {
+      const n = await db.removeSuppressions({ addresses: [address] });
+      removed += n;
+      if (n === 0) notFound.push(address);
+    }
+    return { removed, notFound };
+  });
 }

@@ -1,15 +1,21 @@
 /**
- * The operator functions that only read: ping, status, list, show (and doctor's count of SQLite
- * rows with numeric times).
+ * The operator functions that only read: ping, status, list, show, the suppression list (and
+ * doctor's count of SQLite rows with numeric times). What became of each recipient after the
+ * hand-off (its current fate) is worked out here from the delivery events, by `recipientFates`.
  */
-import type { DbOrUrl, ListOptions, MailDetail, ShowOptions, StatusOptions, StatusReport } from "./admin.js";
+import type { DbOrUrl, ListOptions, ListSuppressionsOptions, MailDetail, RecipientFate, ShowOptions, StatusOptions, StatusReport } from "./admin.js";
 import { buildFilter, checkDate, checkStatuses, minDate, notFound, parseMailRef, withDb, zeroCounts } from "./admin-common.js";
 import { OptionsError } from "./errors.js";
+import { suppressionKey } from "./fate/suppression.js";
 import { STATUSES, isOutboxStatus } from "./states.js";
-import type { MailRecord, Store } from "./store.js";
+import { FATES, type DeliveryEventRecord, type Fate, type MailRecord, type Store, type SuppressionRecord } from "./store.js";
 
 const DEFAULT_LIST_LIMIT = 50;
 const MAX_LIST_LIMIT = 10_000;
+const DEFAULT_SUPPRESSION_LIMIT = 1000;
+const MAX_SUPPRESSION_LIMIT = 100_000;
+/** Mails whose events `mailFates` reads at once. */
+const FATE_READ_CONCURRENCY = 8;
 
 /**
  * Check that the database answers a trivial query.
@@ -61,9 +67,17 @@ export async function getStatus(dbOrUrl: DbOrUrl, options: StatusOptions = {}): 
       maxDueLagMs: oldestDueAt === null ? null : Math.max(0, now.getTime() - oldestDueAt.getTime()),
       nextAttemptAt: nextAt,
       expiredLeases,
+      fates: await fateTotals(db),
     };
   });
 }
+
+async function fateTotals(db: Store): Promise<Record<Fate, number>> {
+  const fates = zeroCounts(FATES);
+  for (const c of await db.fateCounts()) if ((FATES as readonly string[]).includes(c.fate)) fates[c.fate] += Number(c.n);
+  return fates;
+}
+
 
 /**
  * Mails matching every filter given, newest first.
@@ -84,6 +98,7 @@ export async function listMails(dbOrUrl: DbOrUrl, options: ListOptions = {}): Pr
     since: options.since,
     until: options.until,
     uncertain: options.uncertain,
+    fate: options.fate,
   });
   return withDb(dbOrUrl, (db) => db.listMails(filter, limit));
 }
@@ -103,7 +118,8 @@ export async function showMail(dbOrUrl: DbOrUrl, idOrMessageId: string, options:
     if (found === undefined) throw notFound(idOrMessageId, db);
     const { mail, raw } = found;
     const attemptLog = await db.listAttempts(mail.id);
-    const detail: MailDetail = { ...mail, attemptLog };
+    const deliveryEvents = await db.listDeliveryEvents(mail.id);
+    const detail: MailDetail = { ...mail, attemptLog, deliveryEvents, fates: recipientFates(mail, deliveryEvents) };
     return withRaw ? { ...detail, raw: raw == null ? Buffer.alloc(0) : Buffer.from(raw) } : detail;
   });
 }
@@ -115,4 +131,75 @@ export async function showMail(dbOrUrl: DbOrUrl, idOrMessageId: string, options:
  */
 export async function countNumericTimes(db: Store): Promise<number> {
   return (await db.countNumericTimes()) ?? 0;
+}
+
+const TERMINAL: ReadonlySet<string> = new Set<Fate>(["delivered", "bounced", "expired"]);
+
+/**
+ * The current fate of each recipient of `mail` from its delivery events (oldest first, as
+ * `listDeliveryEvents` gives them): the latest `delivered`, `bounced` or `expired`, else `deferred`.
+ * The recipients are those handed over (`accepted`, or the envelope of a sent mail without that list),
+ * then anyone else the events name; compared without regard to case.
+ *
+ * @example
+ * recipientFates(mail, await db.listDeliveryEvents(mail.id));
+ * // [{ recipient: "ann@example.com", fate: "bounced", event: { dsnStatus: "5.1.1", reply: "550 ...", ... }, events: 2 }]
+ */
+export function recipientFates(mail: Pick<MailRecord, "status" | "envelopeTo" | "accepted">, events: readonly DeliveryEventRecord[]): RecipientFate[] {
+  const byKey = new Map<string, { recipient: string; fate: Fate | null; event: DeliveryEventRecord | null; events: number }>();
+  const add = (recipient: string) => {
+    const key = recipient.toLowerCase();
+    let entry = byKey.get(key);
+    if (entry === undefined) byKey.set(key, (entry = { recipient, fate: null, event: null, events: 0 }));
+    return entry;
+  };
+  for (const r of mail.accepted ?? (mail.status === "sent" ? mail.envelopeTo : [])) add(r);
+  for (const e of events) {
+    if (e.event === "queued" || e.recipient === "") continue;
+    const entry = add(e.recipient);
+    entry.events += 1;
+    // Events come oldest first: a later terminal event wins; deferred only until one arrives.
+    if (TERMINAL.has(e.event) || entry.fate === null || entry.fate === "deferred") {
+      entry.fate = e.event;
+      entry.event = e;
+    }
+  }
+  return [...byKey.values()];
+}
+
+/**
+ * The current fates of the recipients of each of `mails` (for `list`), by mail id. Reads each mail's
+ * events (a few at a time): meant for the rows of one listing, not for the whole outbox.
+ */
+export async function mailFates(dbOrUrl: DbOrUrl, mails: readonly MailRecord[]): Promise<Map<string, RecipientFate[]>> {
+  return withDb(dbOrUrl, async (db) => {
+    const out = new Map<string, RecipientFate[]>();
+    for (let i = 0; i < mails.length; i += FATE_READ_CONCURRENCY) {
+      const chunk = mails.slice(i, i + FATE_READ_CONCURRENCY);
+      const events = await Promise.all(chunk.map((m) => db.listDeliveryEvents(m.id)));
+      chunk.forEach((m, j) => out.set(m.id, recipientFates(m, events[j] ?? [])));
+    }
+    return out;
+  });
+}
+
+/**
+ * The suppression list, by address: entries that count now, or with `includeExpired` every entry.
+ *
+ * @example
+ * const bounced = (await listSuppressions(db)).filter((s) => s.source === "bounce");
+ * @throws OptionsError for an address that is not one, or a limit outside 1..100000.
+ */
+export async function listSuppressions(dbOrUrl: DbOrUrl, options: ListSuppressionsOptions = {}): Promise<SuppressionRecord[]> {
+  const limit = options.limit ?? DEFAULT_SUPPRESSION_LIMIT;
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_SUPPRESSION_LIMIT) {
+    throw new OptionsError(`Expected \`limit\` to be a whole number from 1 to ${MAX_SUPPRESSION_LIMIT}, got ${JSON.stringify(limit)}.`);
+  }
+  let address: string | null = null;
+  if (options.address !== undefined) {
+    address = suppressionKey(options.address);
+    if (address === null) throw new OptionsError(`Expected \`address\` to be an email address like ann@example.com, got ${JSON.stringify(options.address)}.`);
+  }
+  const now = checkDate(options.now ?? new Date(), "now");
+  return withDb(dbOrUrl, (db) => db.listSuppressions({ address, includeExpired: options.includeExpired === true, now, limit }));
 }

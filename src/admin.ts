@@ -2,24 +2,52 @@
  * The operator side of the outbox: every `mail-outbox` command is one of these functions, callable
  * from code and tests. Each takes an open store (or a database URL, opened and closed around the
  * call) and returns plain data. This file holds their public types; the functions live in
- * ./admin-read.ts (ping, status, list, show) and ./admin-change.ts (replay, cancel, purge), the
- * statements in the stores (src/stores/<database>/admin-sql.ts). Status changes follow
- * `TRANSITIONS` in ./states.ts.
+ * ./admin-read.ts (ping, status, list, show, the suppression list) and ./admin-change.ts (replay,
+ * cancel, purge, suppress, unsuppress), the statements in the stores
+ * (src/stores/<database>/admin-sql.ts). Status changes follow `TRANSITIONS` in ./states.ts.
  */
 import type { OutboxStatus } from "./states.js";
-import type { AttemptRecord, MailRecord, Store } from "./store.js";
+import type { AttemptRecord, DeliveryEventRecord, Fate, MailRecord, Store } from "./store.js";
 
-export type { AttemptRecord, MailRecord, RejectedRecipient } from "./store.js";
-export { countNumericTimes, getStatus, listMails, pingDatabase, showMail } from "./admin-read.js";
-export { cancelMails, purgeMails, replayMails } from "./admin-change.js";
+export type { AttemptRecord, DeliveryEventRecord, Fate, FateSource, MailRecord, RejectedRecipient, SuppressionRecord } from "./store.js";
+export { countNumericTimes, getStatus, listMails, listSuppressions, mailFates, pingDatabase, showMail } from "./admin-read.js";
+export { cancelMails, purgeMails, replayMails, suppress, unsuppress } from "./admin-change.js";
 export { errorMessage, parseMailRef } from "./admin-common.js";
 
 /** An open store (`openDatabase()`), or a URL (`file:...`, `postgresql://...`) to open for this one call. */
 export type DbOrUrl = Store | string;
 
+/**
+ * What became of one recipient after the hand-off, from the MTA's log or its delivery reports
+ * (`follow-log`, `ingest`).
+ */
+export interface RecipientFate {
+  /** As on the envelope (as in the report when the envelope does not hold it). */
+  readonly recipient: string;
+  /**
+   * The current fate: the latest `delivered`, `bounced` or `expired` event (by the time the MTA acted),
+   * else `deferred` when the MTA is still retrying; null when nothing was reported yet.
+   */
+  readonly fate: Fate | null;
+  /** The event that decided `fate` (its time, source, DSN status, remote MTA, reply); null with `fate`. */
+  readonly event: DeliveryEventRecord | null;
+  /** How many events were reported for this recipient (deferrals included). */
+  readonly events: number;
+}
+
 export interface MailDetail extends MailRecord {
   /** Every attempt and operator action, oldest first. */
   readonly attemptLog: readonly AttemptRecord[];
+  /**
+   * What the MTA did after the hand-off, oldest first (by when it happened): `queued` (recipient "",
+   * the MTA took it under `queueId`), then per recipient `delivered`, `deferred`, `bounced`, `expired`.
+   */
+  readonly deliveryEvents: readonly DeliveryEventRecord[];
+  /**
+   * Per recipient, the current fate: every recipient handed over (the envelope, less those the MTA
+   * refused at once), and anyone else a report named. Empty until the mail was handed over.
+   */
+  readonly fates: readonly RecipientFate[];
   /** The complete RFC 5322 message, only with `{ raw: true }`. */
   readonly raw?: Buffer;
 }
@@ -44,6 +72,11 @@ export interface StatusReport {
   readonly nextAttemptAt: Date | null;
   /** Rows in `sending` whose lease has expired: a relay died or stalled; the next relay pass rescues them. */
   readonly expiredLeases: number;
+  /**
+   * After the hand-off: recipients per current fate (see {@link RecipientFate}), every fate present,
+   * zeros included. Counts what `follow-log` and `ingest` recorded.
+   */
+  readonly fates: Readonly<Record<Fate, number>>;
 }
 
 export interface StatusOptions {
@@ -62,6 +95,8 @@ export interface ListOptions {
   readonly until?: Date;
   /** Only mails with an uncertain hand-off. */
   readonly uncertain?: boolean;
+  /** Only mails with at least one recipient whose current fate is this (`bounced`: mails that bounced for someone). */
+  readonly fate?: Fate;
   /** At most this many rows, newest first. From 1 to 10000. @default 50 */
   readonly limit?: number;
 }
@@ -178,6 +213,49 @@ export interface PurgeResult {
   /** Rows deleted (with `dryRun`: rows that would be). Their attempt logs go with them. */
   readonly deleted: number;
   readonly byStatus: Readonly<Record<PurgeableStatus, number>>;
+}
+
+export interface ListSuppressionsOptions {
+  /** Only this address (any case). */
+  readonly address?: string;
+  /** Include entries whose expiry has passed (they no longer count). @default false */
+  readonly includeExpired?: boolean;
+  /** At most this many entries. From 1 to 100000. @default 1000 */
+  readonly limit?: number;
+  /** @default new Date() */
+  readonly now?: Date;
+}
+
+export interface SuppressOptions {
+  /** Why (shown by `suppress list`). @default "added by an operator" */
+  readonly reason?: string;
+  /** The entry stops counting this many ms from now; absent: never. */
+  readonly expiresIn?: number;
+  /** Who added it: `operator` (the CLI, the API) or `bounce`. @default "operator" */
+  readonly source?: string;
+  /** The mail that caused it, if any. */
+  readonly emailId?: string;
+  /** @default new Date() */
+  readonly now?: Date;
+}
+
+export interface SuppressResult {
+  /** The addresses as stored (lower-cased, the domain in punycode); an address already there was replaced. */
+  readonly addresses: readonly string[];
+  /** Null: never expires. */
+  readonly expiresAt: Date | null;
+}
+
+export interface UnsuppressOptions {
+  /** @default new Date() (what "expired" is measured against) */
+  readonly now?: Date;
+}
+
+export interface UnsuppressResult {
+  /** Entries removed. */
+  readonly removed: number;
+  /** Addresses given that were not on the list (empty for `{ expired: true }`). */
+  readonly notFound: readonly string[];
 }
 
 /** What an id argument names: a row id or a Message-ID (always with angle brackets). */

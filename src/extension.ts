@@ -1,11 +1,13 @@
 /**
  * The Prisma extension: `enqueue()` and `enqueueMany()` on the `outboxEmail` model, written in the
  * caller's transaction. Both return a Prisma promise, so they also join a batch transaction
- * (`prisma.$transaction([...])`).
+ * (`prisma.$transaction([...])`). With the `suppression` option they read the suppression list
+ * (./fate/suppression.ts) through the `outboxSuppression` model first.
  */
 import { Prisma } from "@prisma/client/extension";
 import { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_MESSAGE_BYTES, validateComposeDefaults } from "./compose.js";
-import { DuplicateIdempotencyKeyError, InvalidMailError, OptionsError } from "./errors.js";
+import { DuplicateIdempotencyKeyError, InvalidMailError, OptionsError, SuppressedRecipientError } from "./errors.js";
+import { allSuppressedMessage, checkSuppressionPolicy, findSuppressedWithPrisma, splitRecipients, type RecipientSplit, type SuppressionPolicy } from "./fate/suppression.js";
 import type { AddressInput, ComposeDefaults, ComposedMail, MailInput } from "./types.js";
 
 export interface MailOutboxOptions {
@@ -19,6 +21,25 @@ export interface MailOutboxOptions {
   readonly maxHeaderBytes?: number;
   /** Right-hand side of generated Message-IDs. @default the sender's domain */
   readonly messageIdDomain?: string;
+  /**
+   * What `enqueue()` does with recipients on the suppression list (addresses that hard-bounced, or
+   * that an operator added: `mail-outbox suppress`). Compared without regard to case; expired entries
+   * do not count. Needs the `OutboxSuppression` model in your schema (`mail-outbox init`).
+   * - `"off"`: the list is not read; enqueue costs no extra query.
+   * - `"refuse"`: `SuppressedRecipientError` (naming them) before anything is written.
+   * - `"skip"`: they are left out of the envelope and listed in `EnqueueResult.suppressed`. If every
+   *   recipient of a mail is suppressed, its row is written as `cancelled` (never handed over), with
+   *   `last_error` naming them and the envelope as it was, so `show` and `list` tell why and a
+   *   `replay` after `suppress remove` sends it.
+   * @default "off"
+   * @example
+   * ```ts
+   * const prisma = new PrismaClient({ adapter }).$extends(mailOutbox({ defaultFrom: "shop@example.com", suppression: "skip" }));
+   * const { suppressed } = await prisma.$transaction((tx) => tx.outboxEmail.enqueue({ to: [ann, bob], subject: "News", text }));
+   * if (suppressed.length > 0) log.info({ suppressed }, "left out: they bounced before");
+   * ```
+   */
+  readonly suppression?: SuppressionPolicy;
 }
 
 /** What `enqueue()` returns. */
@@ -27,6 +48,11 @@ export interface EnqueueResult {
   readonly id: string;
   /** The RFC 5322 Message-ID, with angle brackets; every resend and replay keeps it. */
   readonly messageId: string;
+  /**
+   * Recipients left out of the envelope by `suppression: "skip"`, lower-cased; `[]` when none (always
+   * so with the other policies). When it holds every recipient, the mail was written as `cancelled`.
+   */
+  readonly suppressed: readonly string[];
 }
 
 /** A Prisma promise (what Prisma's own queries return): lazy, and accepted by `$transaction([...])`. */
@@ -154,14 +180,19 @@ function resolveDefaults(options: MailOutboxOptions): ComposeDefaults {
   return defaults;
 }
 
-function toRow(m: ComposedMail, now: Date): Record<string, unknown> {
+/**
+ * The row of a composed mail. With a split from the suppression list: the kept recipients as the
+ * envelope, or (none kept) status `cancelled` with the reason and the envelope left whole.
+ */
+function toRow(m: ComposedMail, now: Date, split: RecipientSplit | null): Record<string, unknown> {
+  const allSuppressed = split !== null && split.kept.length === 0;
   const row: Record<string, unknown> = {
     id: m.id,
     messageId: m.messageId,
-    status: "pending",
+    status: allSuppressed ? "cancelled" : "pending",
     priority: m.priority,
     envelopeFrom: m.envelopeFrom,
-    envelopeTo: [...m.envelopeTo],
+    envelopeTo: split === null || allSuppressed ? [...m.envelopeTo] : split.kept,
     subject: m.subject,
     raw: m.raw,
     size: m.size,
@@ -174,7 +205,30 @@ function toRow(m: ComposedMail, now: Date): Record<string, unknown> {
   };
   if (m.idempotencyKey !== null) row.idempotencyKey = m.idempotencyKey;
   if (m.metadata !== null) row.metadata = m.metadata;
+  if (allSuppressed) row.lastError = allSuppressedMessage(split.suppressed);
   return row;
+}
+
+/**
+ * Apply the suppression policy to composed mails: per mail its recipient split (null: policy off,
+ * nothing read). Under "refuse" a suppressed recipient in any mail throws SuppressedRecipientError
+ * naming all of them. The read goes through `client.outboxSuppression`, where `client` is the
+ * delegate's parent: the interactive transaction (`tx`), so the read is part of it, or the client.
+ */
+async function applySuppression(policy: SuppressionPolicy, client: unknown, mails: readonly ComposedMail[], now: Date): Promise<(RecipientSplit | null)[]> {
+  if (policy === "off") return mails.map(() => null);
+  const found = await findSuppressedWithPrisma(client, mails.flatMap((m) => m.envelopeTo), now);
+  const splits = mails.map((m) => splitRecipients(m.envelopeTo, found));
+  if (policy === "refuse") {
+    const refused = [...new Set(splits.flatMap((s) => s.suppressed))];
+    if (refused.length > 0) throw new SuppressedRecipientError(refused);
+    return mails.map(() => null);
+  }
+  return splits;
+}
+
+function resultOf(m: ComposedMail, split: RecipientSplit | null): EnqueueResult {
+  return { id: m.id, messageId: m.messageId, suppressed: split?.suppressed ?? [] };
 }
 
 /**
@@ -192,6 +246,7 @@ function toRow(m: ComposedMail, now: Date): Record<string, unknown> {
  */
 export function mailOutbox(options: MailOutboxOptions = {}) {
   const defaults = resolveDefaults(options);
+  const suppression = checkSuppressionPolicy(options.suppression);
   return Prisma.defineExtension((client) =>
     client.$extends({
       name: "prisma-mail-outbox",
@@ -210,9 +265,16 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
            *   its own, independent of any business write. It will be sent even if your next write fails.
            *   The outbox guarantee (mail if and only if your data commits) needs a transaction.
            * - Bad input rejects with `InvalidMailError` (listing every problem) before anything is written; a
-           *   key already used rejects with `DuplicateIdempotencyKeyError`. In an interactive transaction the
+           *   key already used rejects with `DuplicateIdempotencyKeyError`; under `suppression: "refuse"`, a
+           *   suppressed recipient rejects with `SuppressedRecipientError`. In an interactive transaction the
            *   transaction stays yours: catch the error and commit your business data, or let it propagate
            *   to roll back.
+           * - Suppression (option `suppression`, not "off"): in an interactive transaction the list is read
+           *   in that transaction, just before the insert. In a batch, `$transaction([...])` runs only the
+           *   elements' own statements, so the list is read (like the idempotency key) just before the batch's
+           *   transaction starts, on the client's own connection: a `suppress add` or `remove` committed by
+           *   another process in that instant may or may not be seen. Use an interactive transaction when
+           *   the check must be part of yours.
            *
            * Like Prisma's own queries, the returned promise is lazy: nothing happens until it is awaited
            * (or passed to `$transaction([...])`). The complete RFC 5322 message is composed then, so the
@@ -242,8 +304,10 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
                 const existing = await delegate.findFirst({ where: { idempotencyKey: composed.idempotencyKey }, select: { id: true, messageId: true } });
                 if (existing) throw new DuplicateIdempotencyKeyError(composed.idempotencyKey, existing.id, existing.messageId);
               }
+              // Also before the batch's transaction when in a batch (see above), and only when the policy is on.
+              const [split = null] = await applySuppression(suppression, delegate.$parent, [composed], now);
               try {
-                await execute(delegate.create({ data: toRow(composed, now), select: { id: true } }), batch);
+                await execute(delegate.create({ data: toRow(composed, now, split), select: { id: true } }), batch);
               } catch (err) {
                 if (composed.idempotencyKey !== null && isOwnUniqueViolation(err, delegate, batch)) {
                   throw new DuplicateIdempotencyKeyError(composed.idempotencyKey, null, null, { cause: err });
@@ -251,7 +315,7 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
                 throw err;
               }
               if (batch === undefined) recordEnqueued(delegate, [composed.id]);
-              return { id: composed.id, messageId: composed.messageId };
+              return resultOf(composed, split);
             });
           },
 
@@ -259,7 +323,9 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
            * Put several mails in the outbox with one INSERT, in the transaction this delegate belongs to.
            * All or nothing: if any mail is invalid, `InvalidMailError` lists the problems of every mail
            * (prefixed `mails[i].`) and nothing is written. Same commit, rollback, batch and
-           * outside-a-transaction behaviour as `enqueue`.
+           * outside-a-transaction behaviour as `enqueue`. The suppression list is read once for every
+           * mail's recipients: under "refuse" a suppressed recipient in any mail refuses the whole call
+           * (`SuppressedRecipientError` naming all of them); under "skip" each result lists its own.
            */
           enqueueMany<T>(this: T, mails: readonly MailInput[]): EnqueuePromise<EnqueueResult[]> {
             const delegate = Prisma.getExtensionContext(this) as unknown as OutboxDelegate;
@@ -297,8 +363,10 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
                 const hit = existing[0];
                 if (hit) throw new DuplicateIdempotencyKeyError(hit.idempotencyKey ?? "", hit.id, hit.messageId);
               }
+              // One read for every mail's recipients; refuses the whole call if any is suppressed under "refuse".
+              const splits = await applySuppression(suppression, delegate.$parent, composed, now);
               try {
-                await execute(delegate.createMany({ data: composed.map((m) => toRow(m, now)) }), batch);
+                await execute(delegate.createMany({ data: composed.map((m, i) => toRow(m, now, splits[i] ?? null)) }), batch);
               } catch (err) {
                 if (keys.size > 0 && isOwnUniqueViolation(err, delegate, batch)) {
                   throw new DuplicateIdempotencyKeyError([...keys.keys()].join(", "), null, null, { cause: err });
@@ -306,7 +374,7 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
                 throw err;
               }
               if (batch === undefined) recordEnqueued(delegate, composed.map((m) => m.id));
-              return composed.map((m) => ({ id: m.id, messageId: m.messageId }));
+              return composed.map((m, i) => resultOf(m, splits[i] ?? null));
             });
           },
         },

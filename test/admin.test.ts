@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import type { TestContext } from "node:test";
 import { openDatabase, toSqliteTime, type Db } from "../src/db.js";
 import { newId } from "../src/ids.js";
-import { cancelMails, getStatus, listMails, parseMailRef, purgeMails, replayMails, showMail } from "../src/admin.js";
+import { cancelMails, getStatus, listMails, mailFates, parseMailRef, purgeMails, replayMails, showMail } from "../src/admin.js";
+import type { DeliveryEventInput } from "../src/store.js";
 import { NotFoundError, OptionsError, UnsafeOperationError } from "../src/errors.js";
 import { parseDuration } from "../src/duration.js";
 import { needPostgres } from "./support/services.js";
@@ -512,6 +513,67 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.equal(r.replayed.length, n);
       assert.equal((await getStatus(fx.db)).counts.pending, n);
       assert.equal(await rowCount(fx.db, "mail_outbox_attempt"), n);
+    });
+
+    test("after the hand-off: show has each recipient's events and current fate, list filters by fate, status counts recipients per fate", async (t) => {
+      const fx = await fixture(t, dialect);
+      if (!fx) return;
+      const to = ["ann@example.test", "Bob@example.test", "carl@example.test", "dora@example.test"];
+      const a = await seed(fx.db, { status: "sent", envelopeTo: to, accepted: to, mtaQueueId: "4BCD1234", sentAt: at(1000), createdAt: at(0) });
+      const b = await seed(fx.db, { status: "sent", envelopeTo: ["eve@example.test"], accepted: ["eve@example.test"], sentAt: at(2000), createdAt: at(1) });
+      const c = await seed(fx.db, { status: "pending", createdAt: at(2) });
+      let key = 0;
+      const ev = (emailId: string, recipient: string, event: DeliveryEventInput["event"], atMs: number, extra: Partial<DeliveryEventInput> = {}): DeliveryEventInput => ({
+        emailId,
+        recipient,
+        event,
+        at: at(atMs),
+        source: "log",
+        queueId: "4BCD1234",
+        dsnStatus: null,
+        remoteMta: null,
+        reply: null,
+        eventKey: `admin-test-${key++}`,
+        ...extra,
+      });
+      await fx.db.recordDeliveryEvents([
+        ev(a.id, "", "queued", 1100),
+        ev(a.id, "ann@example.test", "delivered", 1200, { dsnStatus: "2.0.0", remoteMta: "mx.example.test[192.0.2.1]:25", reply: "250 2.0.0 Ok" }),
+        ev(a.id, "bob@example.test", "deferred", 1300, { dsnStatus: "4.4.1", reply: "connect to mx.example.test: Connection timed out" }),
+        ev(a.id, "bob@example.test", "bounced", minutes(5), { source: "dsn", dsnStatus: "5.1.1", remoteMta: "dns; mx.example.test", reply: "smtp; 550 5.1.1 user unknown" }),
+        ev(a.id, "carl@example.test", "deferred", 1400, { dsnStatus: "4.2.2", reply: "mailbox full" }),
+        // A late deferral report after a delivery does not undo it.
+        ev(b.id, "eve@example.test", "delivered", 2100),
+        ev(b.id, "eve@example.test", "deferred", 1900),
+      ]);
+
+      const shown = await showMail(fx.db, a.id);
+      assert.deepEqual(shown.deliveryEvents.map((e) => e.event), ["queued", "delivered", "deferred", "deferred", "bounced"]);
+      assert.deepEqual(
+        shown.fates.map((f) => [f.recipient, f.fate, f.events]),
+        [["ann@example.test", "delivered", 1], ["Bob@example.test", "bounced", 2], ["carl@example.test", "deferred", 1], ["dora@example.test", null, 0]],
+      );
+      const bob = shown.fates[1]!.event!;
+      assert.equal(bob.source, "dsn");
+      assert.equal(bob.dsnStatus, "5.1.1");
+      assert.equal(bob.reply, "smtp; 550 5.1.1 user unknown");
+      assert.deepEqual(bob.at, at(minutes(5)));
+      assert.equal((await showMail(fx.db, b.id)).fates[0]?.fate, "delivered");
+      assert.deepEqual((await showMail(fx.db, c.id)).fates, [], "nothing to say before the hand-off");
+
+      const ids = async (fate: "delivered" | "deferred" | "bounced" | "expired") => (await listMails(fx.db, { fate })).map((m) => m.id);
+      assert.deepEqual(await ids("bounced"), [a.id]);
+      assert.deepEqual(await ids("delivered"), [b.id, a.id]);
+      assert.deepEqual(await ids("deferred"), [a.id], "carl is still deferred; eve's late deferral does not count");
+      assert.deepEqual(await ids("expired"), []);
+      assert.deepEqual((await listMails(fx.db, { fate: "bounced", status: "pending" })).map((m) => m.id), []);
+      await assert.rejects(listMails(fx.db, { fate: "lost" as never }), (e: unknown) => e instanceof OptionsError && /Unknown fate "lost"/.test(e.message));
+
+      const fates = await mailFates(fx.db, await listMails(fx.db));
+      assert.deepEqual(fates.get(a.id)?.map((f) => f.fate), ["delivered", "bounced", "deferred", null]);
+      assert.deepEqual(fates.get(c.id), []);
+
+      assert.deepEqual((await getStatus(fx.db)).fates, { delivered: 2, deferred: 1, bounced: 1, expired: 0 });
     });
   });
 }

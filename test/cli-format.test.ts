@@ -4,8 +4,9 @@
  */
 import { test, describe } from "node:test";
 import assert from "node:assert/strict";
-import type { MailRecord, ReplayResult } from "../src/admin.js";
-import { formatList, formatMs, formatReplay } from "../src/cli/format.js";
+import type { DeliveryEventRecord, MailDetail, MailRecord, ReplayResult, StatusReport } from "../src/admin.js";
+import { recipientFates } from "../src/admin-read.js";
+import { fateSummary, formatList, formatMs, formatReplay, formatShow, formatStatus, formatSuppressions } from "../src/cli/format.js";
 
 function mail(over: Partial<MailRecord> = {}): MailRecord {
   const at = new Date("2025-03-01T12:00:00.000Z");
@@ -75,5 +76,114 @@ describe("text output for people", () => {
     const to = row!.slice(header!.indexOf("TO"), header!.indexOf("SUBJECT")).trimEnd();
     assert.equal(to.length, 40);
     assert.ok(to.endsWith("…"), to);
+  });
+
+  test("show ends with what the MTA did after the hand-off: the queue id, then per recipient its fate and the events that led there", () => {
+    const at = (s: number) => new Date(Date.UTC(2025, 2, 1, 12, 0, s));
+    let n = 0;
+    const ev = (recipient: string, event: DeliveryEventRecord["event"], s: number, over: Partial<DeliveryEventRecord> = {}): DeliveryEventRecord => ({
+      id: `ev-${n++}`,
+      emailId: "m",
+      recipient,
+      event,
+      at: at(s),
+      recordedAt: at(s),
+      source: "log",
+      queueId: null,
+      dsnStatus: null,
+      remoteMta: null,
+      reply: null,
+      eventKey: `k${n}`,
+      ...over,
+    });
+    const base = mail({ status: "sent", envelopeTo: ["ann@example.test", "bob@example.test", "carl@example.test"], accepted: ["ann@example.test", "bob@example.test", "carl@example.test"] });
+    const events = [
+      ev("", "queued", 1, { queueId: "4BCD1234" }),
+      ev("ann@example.test", "delivered", 2, { dsnStatus: "2.0.0", remoteMta: "mx.example.test[192.0.2.1]:25", reply: "250 2.0.0 Ok: queued as 99" }),
+      ev("bob@example.test", "deferred", 3, { dsnStatus: "4.4.1", reply: "connect to mx.example.test[192.0.2.2]:25:\r\n Connection timed out" }),
+      ev("bob@example.test", "bounced", 40, { source: "dsn", dsnStatus: "5.1.1", remoteMta: "dns; mx.example.test", reply: "smtp; 550 5.1.1 user unknown" }),
+    ];
+    const detail: MailDetail = { ...base, attemptLog: [], deliveryEvents: events, fates: recipientFates(base, events) };
+    const text = formatShow(detail);
+    const after = text.slice(text.indexOf("after the hand-off:"));
+    assert.equal(
+      after,
+      [
+        "after the hand-off:",
+        "  2025-03-01T12:00:01.000Z  queued as 4BCD1234 by the MTA  (log)",
+        "  ann@example.test   DELIVERED at 2025-03-01T12:00:02.000Z",
+        "    2025-03-01T12:00:02.000Z  delivered  2.0.0  via mx.example.test[192.0.2.1]:25  250 2.0.0 Ok: queued as 99  (log)",
+        "  bob@example.test   BOUNCED at 2025-03-01T12:00:40.000Z",
+        "    2025-03-01T12:00:03.000Z  deferred   4.4.1  connect to mx.example.test[192.0.2.2]:25: Connection timed out  (log)",
+        "    2025-03-01T12:00:40.000Z  bounced    5.1.1  via dns; mx.example.test  smtp; 550 5.1.1 user unknown  (dsn)",
+        "  carl@example.test  no report yet",
+        "",
+      ].join("\n"),
+    );
+    const quiet = formatShow({ ...base, attemptLog: [], deliveryEvents: [], fates: recipientFates(base, []) });
+    assert.match(quiet, /\nafter the hand-off: nothing reported yet \(`mail-outbox follow-log` and `mail-outbox ingest` record what the MTA did\)\n$/);
+    const pending = mail({ status: "pending" });
+    assert.doesNotMatch(formatShow({ ...pending, attemptLog: [], deliveryEvents: [], fates: recipientFates(pending, []) }), /after the hand-off/);
+  });
+
+  test("list gets a FATE column only when a listed mail has a reported fate, the bad fates first", () => {
+    const one = mail({ id: "0195a1b2-0000-7000-8000-000000000001", status: "sent" });
+    const two = mail({ id: "0195a1b2-0000-7000-8000-000000000002", status: "sent" });
+    const f = (recipient: string, fate: "delivered" | "bounced" | null) => ({ recipient, fate, event: null, events: fate === null ? 0 : 1 });
+    const fates = new Map([
+      [one.id, [f("ann@example.test", "delivered"), f("bob@example.test", "bounced"), f("carl@example.test", "delivered"), f("dora@example.test", null)]],
+      [two.id, [f("eve@example.test", "bounced")]],
+    ]);
+    const lines = formatList([one, two], 50, fates).trimEnd().split("\n");
+    assert.match(lines[0]!, /^ID\s+STATUS\s+FATE\s+TRIES\s+CREATED\s+NEXT\s+TO\s+SUBJECT$/);
+    assert.equal(lines[1]!.slice(lines[0]!.indexOf("FATE")).split("  ")[0], "1 bounced, 2 delivered, 1 unreported");
+    assert.match(lines[2]!, /\ssent\s+bounced\s+5\/5\s/);
+    assert.match(formatList([one], 50, new Map([[one.id, [f("ann@example.test", null)]]])), /^ID\s+STATUS\s+TRIES/);
+    assert.equal(fateSummary([]), "-");
+    assert.equal(fateSummary(undefined), "-");
+  });
+
+  test("status ends with recipients per fate after the hand-off, pointing at the listing of the bad ones", () => {
+    const zero = { pending: 0, sending: 0, sent: 0, dead: 0, cancelled: 0, held: 0 };
+    const report: StatusReport = {
+      at: new Date("2025-03-01T12:00:00.000Z"),
+      counts: { ...zero, sent: 14 },
+      total: 14,
+      otherStatuses: {},
+      uncertain: { total: 0, byStatus: zero },
+      duePending: 0,
+      oldestDueAgeMs: null,
+      maxDueLagMs: null,
+      nextAttemptAt: null,
+      expiredLeases: 0,
+      fates: { delivered: 120, deferred: 3, bounced: 2, expired: 0 },
+    };
+    const text = formatStatus(report);
+    assert.ok(
+      text.endsWith(
+        [
+          "After the hand-off (recipients by current fate, as follow-log and ingest recorded it):",
+          "  delivered  120",
+          "  deferred     3  the MTA is still trying",
+          "  bounced      2  see: mail-outbox list --fate bounced",
+          "  expired      0",
+          "",
+        ].join("\n"),
+      ),
+      text,
+    );
+    const none = formatStatus({ ...report, fates: { delivered: 0, deferred: 0, bounced: 0, expired: 0 } });
+    assert.ok(none.endsWith("\nAfter the hand-off: nothing recorded (`mail-outbox follow-log` and `mail-outbox ingest` record what the MTA did with each recipient)\n"), none);
+  });
+
+  test("the suppression list is a table; expired entries are marked; a full page says --limit shows more", () => {
+    const now = new Date("2025-03-01T12:00:00.000Z");
+    const entry = (address: string, expiresAt: Date | null) => ({ address, reason: "5.1.1 user\nunknown", source: "bounce", emailId: null, createdAt: new Date("2025-02-01T00:00:00.000Z"), expiresAt });
+    const lines = formatSuppressions([entry("ann@example.test", null), entry("bob@example.test", new Date("2025-02-15T00:00:00.000Z"))], { now, limit: 2 }).trimEnd().split("\n");
+    assert.match(lines[0]!, /^ADDRESS\s+SOURCE\s+CREATED\s+EXPIRES\s+REASON$/);
+    assert.match(lines[1]!, /^ann@example\.test\s+bounce\s+2025-02-01T00:00:00Z\s+never\s+5\.1\.1 user unknown$/);
+    assert.match(lines[2]!, /^bob@example\.test\s+bounce\s+\S+\s+2025-02-15T00:00:00Z \(expired\)\s+5\.1\.1/);
+    assert.equal(lines[3], "(2 shown; --limit shows more)");
+    assert.equal(formatSuppressions([], { now, limit: 10 }), "no suppressed addresses\n");
   });
 });

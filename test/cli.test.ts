@@ -760,3 +760,72 @@ describe("list tells what is going on with a mail", () => {
     assert.match(shown.stdout, /^rejected:\s+bob@example\.test: 550 5\.1\.1 /m);
   });
 });
+
+describe("what happened after the hand-off, from the command line", () => {
+  test("show prints each recipient's timeline after the attempts, list filters and marks by fate, status counts the fates; text and JSON", async (t) => {
+    const { db, url } = await sqliteDb(t);
+    const a = await seed(db, { status: "sent", to: ["ann@example.test", "bob@example.test"], subject: "two", createdAt: new Date("2025-03-01T10:00:00Z") });
+    const b = await seed(db, { status: "sent", to: ["carl@example.test"], subject: "one", createdAt: new Date("2025-03-01T11:00:00Z") });
+    db.db.prepare("UPDATE mail_outbox SET accepted = envelope_to, mta_queue_id = '4BCD1234' WHERE status = 'sent'").run();
+    let key = 0;
+    const ev = (emailId: string, recipient: string, event: "queued" | "delivered" | "deferred" | "bounced" | "expired", at: string, extra: Record<string, unknown> = {}) => ({
+      emailId,
+      recipient,
+      event,
+      at: new Date(at),
+      source: "log" as const,
+      queueId: "4BCD1234",
+      dsnStatus: null,
+      remoteMta: null,
+      reply: null,
+      eventKey: `cli-test-${key++}`,
+      ...extra,
+    });
+    await db.recordDeliveryEvents([
+      ev(a.id, "", "queued", "2025-03-01T10:00:01Z"),
+      ev(a.id, "ann@example.test", "delivered", "2025-03-01T10:00:02Z", { dsnStatus: "2.0.0", remoteMta: "mx.example.test[192.0.2.1]:25", reply: "250 2.0.0 Ok" }),
+      ev(a.id, "bob@example.test", "deferred", "2025-03-01T10:00:03Z", { dsnStatus: "4.4.1", reply: "Connection timed out" }),
+      ev(a.id, "bob@example.test", "bounced", "2025-03-01T10:05:00Z", { source: "dsn", dsnStatus: "5.1.1", remoteMta: "dns; mx.example.test", reply: "smtp; 550 5.1.1 user unknown" }),
+      ev(b.id, "carl@example.test", "expired", "2025-03-06T11:00:00Z", { dsnStatus: "4.4.7", reply: "delivery temporarily suspended" }),
+    ]);
+
+    const shown = await cli(["show", a.id], { DATABASE_URL: url });
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.match(shown.stdout, /\nafter the hand-off:\n {2}2025-03-01T10:00:01\.000Z {2}queued as 4BCD1234 by the MTA {2}\(log\)\n/);
+    assert.match(shown.stdout, /^ {2}bob@example\.test {2}BOUNCED at 2025-03-01T10:05:00\.000Z\n {4}2025-03-01T10:00:03\.000Z {2}deferred {3}4\.4\.1 {2}Connection timed out {2}\(log\)\n {4}2025-03-01T10:05:00\.000Z {2}bounced {4}5\.1\.1 {2}via dns; mx\.example\.test {2}smtp; 550 5\.1\.1 user unknown {2}\(dsn\)$/m);
+    assert.ok(shown.stdout.indexOf("attempts:") < shown.stdout.indexOf("after the hand-off:"), "after the attempts");
+    const json = JSON.parse((await cli(["--json", "show", a.id], { DATABASE_URL: url })).stdout);
+    assert.deepEqual(json.fates.map((f: { recipient: string; fate: string }) => `${f.recipient} ${f.fate}`), ["ann@example.test delivered", "bob@example.test bounced"]);
+    assert.equal(json.fates[1].event.dsnStatus, "5.1.1");
+    assert.equal(json.deliveryEvents.length, 4);
+    assert.equal(json.deliveryEvents[0].queueId, "4BCD1234");
+
+    const list = await cli(["list"], { DATABASE_URL: url });
+    assert.equal(list.code, 0, list.stderr);
+    const lines = list.stdout.trimEnd().split("\n");
+    assert.match(lines[0]!, /^ID\s+STATUS\s+FATE\s+TRIES/);
+    assert.match(lines[1]!, new RegExp(`^${b.id}\\s+sent\\s+expired\\s`));
+    assert.match(lines[2]!, new RegExp(`^${a.id}\\s+sent\\s+1 bounced, 1 delivered\\s`));
+    const ids = async (...args: string[]) => {
+      const x = await cli(["--json", "list", ...args], { DATABASE_URL: url });
+      assert.equal(x.code, 0, x.stderr);
+      return (JSON.parse(x.stdout) as { id: string }[]).map((m) => m.id);
+    };
+    assert.deepEqual(await ids("--fate", "bounced"), [a.id]);
+    assert.deepEqual(await ids("--fate", "expired"), [b.id]);
+    assert.deepEqual(await ids("--fate", "delivered"), [a.id]);
+    assert.deepEqual(await ids("--fate", "deferred"), []);
+    const listed = JSON.parse((await cli(["--json", "list", "--fate", "expired"], { DATABASE_URL: url })).stdout);
+    assert.equal(listed[0].fates[0].fate, "expired");
+    for (const bad of ["lost", "BOUNCED", ""]) {
+      const x = await cli(["list", "--fate", bad], { DATABASE_URL: url });
+      assert.equal(x.code, 2, `--fate ${bad}: ${x.stderr}`);
+      assert.match(x.stderr, /use one of delivered, deferred, bounced, expired/);
+    }
+
+    const status = await cli(["status"], { DATABASE_URL: url });
+    assert.match(status.stdout, /\nAfter the hand-off \(recipients by current fate, as follow-log and ingest recorded it\):\n {2}delivered {2}1\n {2}deferred {3}0\n {2}bounced {4}1 {2}see: mail-outbox list --fate bounced\n {2}expired {4}1 {2}the MTA gave up/);
+    const report = JSON.parse((await cli(["--json", "status"], { DATABASE_URL: url })).stdout);
+    assert.deepEqual(report.fates, { delivered: 1, deferred: 0, bounced: 1, expired: 1 });
+  });
+});

@@ -3,10 +3,23 @@
  * results: every table, duration and time an operator reads comes from here, so the text of each
  * command is specified by test/cli.test.ts and changes only there.
  */
-import type { CancelResult, MailDetail, MailRecord, PurgeResult, ReplayResult, StatusReport } from "../admin.js";
+import type {
+  CancelResult,
+  DeliveryEventRecord,
+  MailDetail,
+  MailRecord,
+  PurgeResult,
+  RecipientFate,
+  ReplayResult,
+  StatusReport,
+  SuppressionRecord,
+  SuppressResult,
+  UnsuppressResult,
+} from "../admin.js";
 import type { DoctorReport } from "../doctor.js";
 import type { RelayCounts } from "../relay.js";
 import { STATUSES } from "../states.js";
+import { FATES, type Fate } from "../store.js";
 
 /** The JSON every `--json` prints: two-space indented, bigints as numbers, one trailing newline. */
 export function formatJson(value: unknown): string {
@@ -80,19 +93,54 @@ export function formatStatus(r: StatusReport): string {
   }
   lines.push(`next attempt  ${r.nextAttemptAt === null ? "-" : iso(r.nextAttemptAt)}`);
   lines.push(`as of         ${iso(r.at)}`);
+  if (FATES.every((f) => r.fates[f] === 0)) {
+    lines.push("", "After the hand-off: nothing recorded (`mail-outbox follow-log` and `mail-outbox ingest` record what the MTA did with each recipient)");
+    return `${lines.join("\n")}\n`;
+  }
+  lines.push("", "After the hand-off (recipients by current fate, as follow-log and ingest recorded it):");
+  const note: Record<Fate, string> = {
+    delivered: "",
+    deferred: "the MTA is still trying",
+    bounced: "see: mail-outbox list --fate bounced",
+    expired: "the MTA gave up (queue lifetime); see: mail-outbox list --fate expired",
+  };
+  const fw = Math.max(...FATES.map((f) => String(r.fates[f]).length));
+  for (const f of FATES) {
+    const n = r.fates[f];
+    lines.push(`  ${f.padEnd(9)}  ${String(n).padStart(fw)}${n > 0 && note[f] !== "" ? `  ${note[f]}` : ""}`);
+  }
   return `${lines.join("\n")}\n`;
+}
+
+/**
+ * A mail's fates in a few characters, for the FATE column of `list`: the fate when there is one
+ * recipient ("-" before any report), else counts ("1 bounced, 2 delivered"), the bad ones first.
+ */
+export function fateSummary(fates: readonly RecipientFate[] | undefined): string {
+  if (fates === undefined || fates.length === 0) return "-";
+  if (fates.length === 1) return fates[0]?.fate ?? "-";
+  const order: readonly (Fate | null)[] = ["bounced", "expired", "deferred", "delivered", null];
+  return order
+    .map((f) => [f, fates.filter((x) => x.fate === f).length] as const)
+    .filter(([, n]) => n > 0)
+    .map(([f, n]) => `${n} ${f ?? "unreported"}`)
+    .join(", ");
 }
 
 /**
  * `list`: one row per mail (NEXT: when a pending mail is tried next), and under a row, indented: the
  * last error of a mail not sent, or the recipients the MTA refused for a sent mail (status PARTLY REFUSED).
+ * With `fates` (by mail id) and a reported fate among the mails, a FATE column after STATUS says what
+ * became of the recipients after the hand-off (see `fateSummary`).
  */
-export function formatList(mails: readonly MailRecord[], limit: number): string {
+export function formatList(mails: readonly MailRecord[], limit: number, fates?: ReadonlyMap<string, readonly RecipientFate[]>): string {
   if (mails.length === 0) return "no mails match\n";
-  const header = ["ID", "STATUS", "TRIES", "CREATED", "NEXT", "TO", "SUBJECT"];
+  const withFate = fates !== undefined && mails.some((m) => fates.get(m.id)?.some((f) => f.fate !== null) === true);
+  const header = ["ID", "STATUS", ...(withFate ? ["FATE"] : []), "TRIES", "CREATED", "NEXT", "TO", "SUBJECT"];
   const rows = mails.map((m) => [
     m.id,
     statusLabel(m),
+    ...(withFate ? [fateSummary(fates?.get(m.id))] : []),
     `${m.attempts}/${m.maxAttempts}`,
     isoShort(m.createdAt),
     m.status === "pending" ? isoShort(m.nextAttemptAt) : "-",
@@ -166,7 +214,80 @@ export function formatShow(m: MailDetail): string {
     // Operator actions (replay, cancel) are recorded with attempt 0.
     lines.push(`  ${iso(a.startedAt)}  ${a.attempt === 0 ? "op" : `#${a.attempt}`}  ${a.outcome.padEnd(13)}  ${a.relay}  ${a.durationMs}ms${detail ? `  ${detail}` : ""}`);
   }
+  lines.push(...formatAfterHandoff(m));
   return `${lines.join("\n")}\n`;
+}
+
+/**
+ * The part of `show` after the attempts: when the MTA queued the mail (under which queue id), then per
+ * recipient its current fate and every event that led there (when, DSN status, next hop or remote MTA,
+ * the reply or reason, and whether the MTA's log or a delivery report said so). Nothing for a mail not
+ * handed over and without events.
+ */
+function formatAfterHandoff(m: MailDetail): string[] {
+  if (m.deliveryEvents.length === 0 && m.fates.length === 0) return [];
+  if (m.deliveryEvents.length === 0) {
+    return ["", "after the hand-off: nothing reported yet (`mail-outbox follow-log` and `mail-outbox ingest` record what the MTA did)"];
+  }
+  const lines = ["", "after the hand-off:"];
+  for (const e of m.deliveryEvents) {
+    if (e.event === "queued") lines.push(`  ${iso(e.at)}  queued as ${e.queueId ?? "?"} by the MTA  (${e.source})`);
+  }
+  // A recipient's event names its queue id only when it is not the one the mail is known by.
+  const known = new Set([m.mtaQueueId, ...m.deliveryEvents.filter((e) => e.event === "queued").map((e) => e.queueId)]);
+  const w = Math.max(...m.fates.map((f) => f.recipient.length));
+  for (const f of m.fates) {
+    const key = f.recipient.toLowerCase();
+    const events = m.deliveryEvents.filter((e) => e.event !== "queued" && e.recipient.toLowerCase() === key);
+    lines.push(`  ${f.recipient.padEnd(w)}  ${f.fate === null ? "no report yet" : `${f.fate.toUpperCase()}${f.event ? ` at ${iso(f.event.at)}` : ""}`}`);
+    for (const e of events) lines.push(`    ${formatDeliveryEvent(known.has(e.queueId) ? { ...e, queueId: null } : e)}`);
+  }
+  return lines;
+}
+
+/** One delivery event on one line: time, event, DSN status, where, the reply (clipped), its queue id, the source. */
+export function formatDeliveryEvent(e: DeliveryEventRecord): string {
+  return [
+    iso(e.at),
+    e.event.padEnd(9),
+    e.dsnStatus ?? "",
+    e.remoteMta !== null ? `via ${e.remoteMta}` : "",
+    e.reply !== null ? clip(oneLine(e.reply), 300) : "",
+    e.queueId !== null ? `queue id ${e.queueId}` : "",
+    `(${e.source})`,
+  ]
+    .filter((x) => x !== "")
+    .join("  ");
+}
+
+/** `suppress list`: one row per entry; with expired entries shown, those are marked. */
+export function formatSuppressions(list: readonly SuppressionRecord[], { now, limit }: { readonly now: Date; readonly limit: number }): string {
+  if (list.length === 0) return "no suppressed addresses\n";
+  const header = ["ADDRESS", "SOURCE", "CREATED", "EXPIRES", "REASON"];
+  const rows = list.map((s) => [
+    s.address,
+    s.source,
+    isoShort(s.createdAt),
+    s.expiresAt === null ? "never" : `${isoShort(s.expiresAt)}${s.expiresAt.getTime() <= now.getTime() ? " (expired)" : ""}`,
+    clip(oneLine(s.reason), 100),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const fmt = (r: readonly string[]) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join("  ").trimEnd();
+  const lines = [fmt(header), ...rows.map(fmt)];
+  if (list.length === limit) lines.push(`(${limit} shown; --limit shows more)`);
+  return `${lines.join("\n")}\n`;
+}
+
+/** `suppress add`: what is on the list now, and until when. */
+export function formatSuppress(result: SuppressResult): string {
+  const until = result.expiresAt === null ? "no expiry" : `until ${iso(result.expiresAt)}`;
+  return `suppressed ${plural(result.addresses.length, "address", "addresses")} (${until})\n${capped(result.addresses, (a) => `  ${a}`)}`;
+}
+
+/** `suppress remove`: how many entries went, and the addresses that were not on the list. */
+export function formatUnsuppress(result: UnsuppressResult, { expired }: { readonly expired: boolean }): string {
+  const what = expired ? plural(result.removed, "expired entry", "expired entries") : plural(result.removed, "address", "addresses");
+  return `removed ${what} from the suppression list\n${capped(result.notFound, (a) => `  not on the list: ${a}`)}`;
 }
 
 /** `replay`: what was (or would be) replayed, skipped and not found. `confirmed`: --yes was given. */
