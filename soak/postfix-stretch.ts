@@ -1,15 +1,30 @@
 /**
  * The Postfix stretch: for part of the run, mail goes to the real local Postfix through the
  * `sendmail-bs:` and `sendmail:` transports (one relay each, on an outbox of its own), while the
- * Postfix daemon is stopped and started, and the `sendmail-bs:` relay is SIGKILLed once.
+ * Postfix daemon is stopped and started, and the relays are SIGKILLed: the `sendmail-bs:` one
+ * during the first outage, and both while Postfix runs.
+ *
+ * The relays run under leaseExpiryPolicy "verify" with a log follower (`followLog` over Postfix's
+ * log, in this process, on the stretch's outbox), and their writes of outcomes are slowed down
+ * (COMPLETE_DELAY_MS) so that kills land between Postfix's acceptance and the row's `sent`: the
+ * uncertain hand-offs that make duplicates under "resend". The audit holds them to 0 duplicates
+ * caused by relay deaths and 0 lost.
  * "Delivered" here means: in the test Maildir (scripts/install-postfix.sh), found by Message-ID.
+ *
+ * The kill during the outage is the hard case: Postfix's sendmail (also `sendmail -bs`) answers
+ * while the daemon is stopped, into its maildrop, and that mail reaches the log only once Postfix
+ * starts again. A silent log proves nothing then; "verify" waits for Postfix to log something
+ * after the hold (fate/verify.ts, local submission). Before that rule this stretch found 9
+ * duplicates in one run.
  */
 import { readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { mailOutbox } from "../src/extension.js";
+import { openDatabase } from "../src/db.js";
+import { followLog, type LogFollower } from "../src/fate/follow-log.js";
 import { prismaClientFor } from "../test/support/db.js";
 import { postfixReason } from "../test/support/services.js";
-import { readHead, startPostfix, stopPostfix, TEST_MAILDIR } from "../test/support/postfix.js";
+import { POSTFIX_LOG, readHead, startPostfix, stopPostfix, TEST_MAILDIR } from "../test/support/postfix.js";
 import { audit, type AuditResult, type KillRecord } from "./audit.js";
 import { prepareDatabase, readRows, statusCounts, attemptSummary } from "./facts.js";
 import { OP_HEADER, ROLLBACK_OP, RUN_HEADER, seeded, type MtaCopy } from "./faults.js";
@@ -43,6 +58,25 @@ export interface PostfixStretchResult {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const sleepUntil = (t: number) => sleep(Math.max(0, t - Date.now()));
+
+/** How long each relay's write of outcomes waits (soak/relay-process.ts COMPLETE_DELAY_MS): the window a kill must hit. */
+const COMPLETE_DELAY_MS = 1500;
+/** Kills while Postfix runs: one per this much of the stretch, at least 8 planned (those inside an outage are left out). */
+const RUNNING_KILL_EVERY_MS = 8000;
+
+/**
+ * When to SIGKILL a relay while Postfix runs, as fractions of the stretch: evenly from 5% to 73%
+ * (the producers stop at 75%), none inside an outage (plus 3% before and after it).
+ */
+export function runningKillPlan(lengthMs: number, outages: readonly { readonly at: number; readonly ms: number }[]): number[] {
+  const n = Math.max(8, Math.round(lengthMs / RUNNING_KILL_EVERY_MS));
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const f = 0.05 + (0.68 * i) / Math.max(1, n - 1);
+    if (outages.every((o) => f < o.at - 0.03 || f > o.at + o.ms / lengthMs + 0.03)) out.push(f);
+  }
+  return out;
+}
 
 /** Message-IDs (with angle brackets) of the Maildir files of this run, cached per file name. */
 class MaildirScanner {
@@ -140,6 +174,7 @@ export async function postfixStretch(o: PostfixStretchOptions): Promise<PostfixS
     pollIntervalMs: 250,
     handoffTimeoutMs: 6000,
     backoff: { baseMs: 250, maxMs: 3000, jitter: 0.3 },
+    leaseExpiryPolicy: "verify",
   };
   const mk = (name: string, transport: string) =>
     new RelaySlot({
@@ -150,6 +185,7 @@ export async function postfixStretch(o: PostfixStretchOptions): Promise<PostfixS
       options: relayOpts,
       logFile: path.join(o.sqliteDir, `relay-${name}.log`),
       stopDeadlineMs: 3000,
+      env: { RELAY_EVENTS: "1", COMPLETE_DELAY_MS: String(COMPLETE_DELAY_MS), MAIL_OUTBOX_LOG_LEVEL: "info" },
     });
   const slots = [mk("postfix-bs", "sendmail-bs:?timeout=3000&maxConnections=2"), mk("postfix-pipe", "sendmail:?timeout=5000")];
   const prisma = await prismaClientFor(url);
@@ -163,7 +199,21 @@ export async function postfixStretch(o: PostfixStretchOptions): Promise<PostfixS
   const end = t0 + o.lengthMs;
   let settled = false;
   let delivery: Record<string, number> = {};
+  // The log follower `verify` needs, on this outbox, from the end of the log.
+  const followerStore = await openDatabase(url, { applicationName: "soak-follow-log", poolSize: 2 });
+  let follower: LogFollower | null = null;
+  let followerCounts: Record<string, number> = {};
+  let followerWarnings = 0;
   try {
+    follower = followLog({ store: followerStore, path: POSTFIX_LOG, logger: false });
+    follower.on("warning", () => followerWarnings++);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 10_000);
+      follower!.once("caughtUp", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
     await Promise.all(slots.map((s) => s.start()));
     const producers = runProducers({
       client,
@@ -202,8 +252,29 @@ export async function postfixStretch(o: PostfixStretchOptions): Promise<PostfixS
         o.log("Postfix started");
       }
     };
-    await outage(t0 + o.lengthMs * 0.25, Math.round(Math.min(12_000, Math.max(4000, o.lengthMs * 0.12))), true);
-    await outage(t0 + o.lengthMs * 0.6, Math.round(Math.min(8000, Math.max(3000, o.lengthMs * 0.08))), false);
+    // Kills while Postfix runs, each relay in turn (jittered by the seed): the hand-offs in the
+    // duplicate window become uncertain, and "verify" settles them from the log.
+    const runningKill = async (at: number, slot: RelaySlot) => {
+      await sleepUntil(at);
+      const inc = await slot.kill();
+      if (inc) {
+        kills.push({ how: "SIGKILL", relay: inc.relayId, concurrency: relayOpts.concurrency });
+        o.log(`SIGKILL ${inc.relayId} while Postfix runs`);
+      }
+      await slot.start();
+    };
+    const outages = [
+      { at: 0.25, ms: Math.round(Math.min(12_000, Math.max(4000, o.lengthMs * 0.12))), kill: true },
+      { at: 0.6, ms: Math.round(Math.min(8000, Math.max(3000, o.lengthMs * 0.08))), kill: false },
+    ];
+    const plan: [number, () => Promise<void>][] = [
+      ...runningKillPlan(o.lengthMs, outages).map((f, i): [number, () => Promise<void>] => {
+        const at = t0 + o.lengthMs * (f + random() * 0.01);
+        return [at, () => runningKill(at, slots[i % 2]!)];
+      }),
+      ...outages.map((x): [number, () => Promise<void>] => [t0 + o.lengthMs * x.at, () => outage(t0 + o.lengthMs * x.at, x.ms, x.kill)]),
+    ];
+    for (const [, step] of plan.sort((a, b) => a[0] - b[0])) await step();
     await sleepUntil(end);
     await producers;
     for (const s of slots) if (!s.running) await s.start();
@@ -211,7 +282,8 @@ export async function postfixStretch(o: PostfixStretchOptions): Promise<PostfixS
     let last: Record<string, number> = {};
     while (Date.now() - settleStart < o.settleTimeoutMs) {
       last = await statusCounts(url).catch(() => ({ unknown: 1 }));
-      if ((last.pending ?? 0) + (last.sending ?? 0) + (last.unknown ?? 0) === 0) {
+      // Held: uncertain hand-offs "verify" has not settled yet (it needs the follower to catch up).
+      if ((last.pending ?? 0) + (last.sending ?? 0) + (last.held ?? 0) + (last.unknown ?? 0) === 0) {
         settled = true;
         break;
       }
@@ -241,7 +313,14 @@ export async function postfixStretch(o: PostfixStretchOptions): Promise<PostfixS
     await Promise.all(slots.map((s) => s.kill().catch(() => undefined)));
     await startPostfix().catch((err) => o.log(`could not start Postfix again: ${(err as Error).message}`));
     await prisma.$disconnect().catch(() => {});
+    if (follower) followerCounts = { ...(await follower.stop().catch(() => follower!.counts())) };
+    await followerStore.close().catch(() => {});
   }
+  const incarnations = slots.flatMap((s) => s.incarnations);
+  const verified = {
+    received: incarnations.reduce((n, i) => n + i.verified.received, 0),
+    absent: incarnations.reduce((n, i) => n + i.verified.absent, 0),
+  };
   const restarts = (o.dbRestartTimes ?? []).filter((t) => t >= t0 && t <= Date.now()).map(() => slots.length * relayOpts.concurrency);
   const rows = await readRows(url);
   const result = audit({
@@ -254,13 +333,15 @@ export async function postfixStretch(o: PostfixStretchOptions): Promise<PostfixS
     kills,
     dbRestarts: restarts,
     backendKills: 0,
-    notes: [`postfix stops ${stops.length}`],
+    notes: [`postfix stops ${stops.length}`, `policy verify (received ${verified.received}, absent ${verified.absent})`],
     settled,
     memory: slots.map((s) => memoryOf(s)),
     maxRssBytes: o.maxRssBytes,
     maxGrowthBytes: o.maxGrowthBytes,
     unexpectedExits: unexpected,
+    verifyPolicy: true,
   });
+  o.log(`verify: uncertain hand-offs ${result.counts.uncertainRows}, received ${verified.received}, absent ${verified.absent}, follower events ${followerCounts.recorded ?? 0}`);
   return {
     result,
     details: {
@@ -268,6 +349,7 @@ export async function postfixStretch(o: PostfixStretchOptions): Promise<PostfixS
       url,
       counts: result.counts,
       delivery,
+      verify: { ...verified, uncertain: result.counts.uncertainRows, dupRelayDied: result.counts.dupRelayDied, follower: followerCounts, followerWarnings },
       stopsMs: stops,
       attempts: await attemptSummary(url),
       ledger: { enqueued: ledger.enqueued, transactions: ledger.transactions, ops: ledger.ops, errors: ledger.errors.slice(0, 10) },

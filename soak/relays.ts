@@ -29,6 +29,8 @@ export interface RelaySpec {
   /** Relay log (stderr) is appended here. */
   readonly logFile: string;
   readonly stopDeadlineMs?: number;
+  /** Extra environment for the process (soak/relay-process.ts fault hooks: COMPLETE_DELAY_MS, RELAY_EVENTS). */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 export type EndReason = "SIGKILL" | "SIGTERM" | "final-stop" | "unexpected";
@@ -49,6 +51,8 @@ export interface Incarnation {
   sent: number;
   /** The relay printed its `stopped` line (a graceful stop finished). */
   stoppedCleanly: boolean;
+  /** Uncertain hand-offs it settled under leaseExpiryPolicy "verify" (its `verified` events, with RELAY_EVENTS=1). */
+  readonly verified: { received: number; absent: number };
 }
 
 export class RelaySlot {
@@ -87,6 +91,7 @@ export class RelaySlot {
         RELAY_ID: relayId,
         RELAY_OPTIONS: JSON.stringify(this.spec.options),
         STOP_DEADLINE_MS: String(this.spec.stopDeadlineMs ?? 3000),
+        ...this.spec.env,
       },
       stdio: ["ignore", "pipe", log],
     });
@@ -105,6 +110,7 @@ export class RelaySlot {
       peakRss: 0,
       sent: 0,
       stoppedCleanly: false,
+      verified: { received: 0, absent: 0 },
     };
     this.incarnations.push(inc);
     this.child = child;
@@ -112,7 +118,7 @@ export class RelaySlot {
     let markStarted: () => void = () => {};
     const started = new Promise<void>((resolve) => (markStarted = resolve));
     createInterface({ input: child.stdout! }).on("line", (line) => {
-      let e: { event?: string; rss?: number; maxRss?: number; sent?: number };
+      let e: { event?: string; rss?: number; maxRss?: number; sent?: number; result?: string };
       try {
         e = JSON.parse(line);
       } catch {
@@ -127,6 +133,7 @@ export class RelaySlot {
         inc.sent = e.sent ?? inc.sent;
       }
       if (e.event === "stopped") inc.stoppedCleanly = true;
+      if (e.event === "verified" && (e.result === "received" || e.result === "absent")) inc.verified[e.result] += 1;
     });
     this.exited = new Promise<void>((resolve) => {
       child.once("exit", (code, signal) => {

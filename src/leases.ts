@@ -5,9 +5,11 @@
  * that (a hand-off slower than the lease keeps its row), and does not start a hand-off whose
  * lease it could not renew in time (another relay may own it by then). Rows whose relay died keep
  * their lease until it expires; `rescue` then moves them on under the lease-expiry policy, never
- * the rows of this relay.
+ * the rows of this relay. Under the policy "verify", each rescue pass then settles held uncertain
+ * hand-offs from the MTA's record (fate/verify.ts).
  */
 import { performance } from "node:perf_hooks";
+import { HeldMailVerifier, postfixRunning } from "./fate/verify.js";
 import type { RelayCore } from "./relay-core.js";
 
 /** The longest a relay waits between two looks for expired leases. */
@@ -17,6 +19,7 @@ export class Leases {
   /** Local deadline (`performance.now()`) of each lease this relay holds. */
   private readonly ends = new Map<string, number>();
   private lastRescue = 0;
+  private verifier: HeldMailVerifier | null = null;
 
   constructor(private readonly core: RelayCore) {}
 
@@ -84,8 +87,28 @@ export class Leases {
         );
         core.emitEvent("rescued", rescued);
       }
+      if (core.settings.policy === "verify") await this.verify();
     } catch (err) {
       core.outages.databaseError(err);
     }
+  }
+
+  /** Policy "verify": settle held uncertain hand-offs the MTA's record now explains. */
+  private async verify(): Promise<void> {
+    const { core } = this;
+    this.verifier ??= new HeldMailVerifier({
+      store: core.store!,
+      actor: core.settings.id,
+      windowMs: core.settings.verifyWindowMs,
+      requireMtaActivity: core.settings.localSubmission,
+      ...(core.settings.postqueue ? { mtaRunning: () => postfixRunning(core.settings.postqueue!) } : {}),
+      log: core.log,
+      counter: core.metrics?.verified ?? null,
+      onVerified: (e) => core.emitEvent("verified", e),
+      onWarning: (err) => core.emitEvent("warning", err),
+    });
+    const settled = await this.verifier.pass();
+    // Mail the MTA never had is pending and due now: claim it without waiting for the poll.
+    if (settled.some((e) => e.result === "absent")) core.loop.kick();
   }
 }

@@ -7,6 +7,8 @@ export interface RelayMetrics {
   /** Label `outcome`: a {@link HandoffOutcome}. */
   readonly handoffs: Counter<"outcome">;
   readonly rescued: Counter;
+  /** Label `result`: `received` or `absent` (policy "verify"). */
+  readonly verified: Counter<"result">;
   readonly duration: Histogram;
 }
 
@@ -26,6 +28,12 @@ export function relayMetrics(registry: Registry): RelayMetrics {
       registers: [registry],
     }),
     rescued: new Counter({ name: "mail_outbox_rescued_total", help: "Rows rescued after their relay's lease expired (uncertain hand-offs)", registers: [registry] }),
+    verified: new Counter({
+      name: "mail_outbox_verified_total",
+      help: "Uncertain hand-offs settled from the MTA's log under leaseExpiryPolicy verify, by result (received: marked sent; absent: handed over again)",
+      labelNames: ["result"],
+      registers: [registry],
+    }),
     duration: new Histogram({
       name: "mail_outbox_handoff_seconds",
       help: "Time from the start of a hand-off to the MTA's final reply",

@@ -14,6 +14,7 @@ import type { ClaimLoop } from "./relay-loop.js";
 import type { OutcomeWriter } from "./outcome-writer.js";
 import type { Leases } from "./leases.js";
 import type { Outages } from "./outages.js";
+import type { DsnOptions } from "./fate/token.js";
 
 /** The relay's options, validated, with their defaults applied. */
 export interface RelaySettings {
@@ -31,6 +32,14 @@ export interface RelaySettings {
   readonly backoff: Backoff;
   readonly connectRetries: number;
   readonly policy: LeaseExpiryPolicy;
+  /** Policy "verify": how long a held uncertain hand-off waits for the MTA's record. */
+  readonly verifyWindowMs: number;
+  /** The transport is Postfix's local submission (`sendmail:`, `sendmail-bs:`), which answers also while Postfix is stopped. */
+  readonly localSubmission: boolean;
+  /** Local submission: Postfix's `postqueue`, whose `-p` succeeds only while Postfix runs (null: none). */
+  readonly postqueue: string | null;
+  /** What to ask the MTA about delivery status notifications; null: nothing. */
+  readonly dsn: DsnOptions | null;
 }
 
 export interface RelayCore {

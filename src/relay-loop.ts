@@ -13,7 +13,8 @@ import type { Transporter } from "nodemailer";
 import { DatabaseUnavailableError, HandoffTimeoutError } from "./errors.js";
 import { isConnectionRefused, isMtaUnreachable, type SentMessageInfoLike } from "./classify.js";
 import { decideFailed, decideHandedOff, handoffOutcome, type HandoffDecision } from "./outcome.js";
-import type { RawSend } from "./transport.js";
+import { rawSendMailOptions, type RawSend } from "./transport.js";
+import { handoffEnvelope } from "./fate/token.js";
 import type { ClaimedMail } from "./store.js";
 import { newId } from "./ids.js";
 import { errorText, sleep, type RelayCore } from "./relay-core.js";
@@ -262,12 +263,13 @@ export class ClaimLoop {
         timeoutMs,
       );
     });
+    // The envelope as handed over: the DSN request (ENVID, NOTIFY, RET) and, under VERP, the
+    // return path with the mail's token. The row keeps its own envelope_from.
+    const envelope = handoffEnvelope(mail, core.settings.dsn);
     // A transport that takes composed messages directly (it declares `sendRaw`) skips nodemailer's
     // Mailer (a MimeNode, header and address normalisation per message) for bytes that are already final.
     const once = (): Promise<SentMessageInfoLike> =>
-      sendRaw
-        ? sendRaw({ from: mail.envelopeFrom, to: mail.envelopeTo }, mail.raw)
-        : transporter.sendMail({ envelope: { from: mail.envelopeFrom, to: [...mail.envelopeTo] }, raw: mail.raw, messageId: mail.messageId });
+      sendRaw ? sendRaw(envelope, mail.raw) : transporter.sendMail(rawSendMailOptions(envelope, mail.raw, mail.messageId));
     // A refused connection (a local MTA restarting) is retried within the attempt, with p-retry;
     // the common case, a hand-off that works, does not pay for the retry machinery.
     const retries = core.settings.connectRetries;

@@ -12,13 +12,19 @@
  * Delivery is at least once. The duplicate window is the time between the MTA's `250` to the end
  * of DATA and the batch that records it as sent: a relay that dies inside that window leaves the
  * row claimed; when its lease expires another relay marks it as an uncertain hand-off and, under
- * the default policy "resend", hands it over again with the same Message-ID.
+ * the default policy "resend", hands it over again with the same Message-ID. Under "verify" it is
+ * held and settled from the MTA's own record (fate/verify.ts): sent when the MTA's log shows it
+ * queued the mail, handed over again only when the log, read past the hold, never saw it.
+ *
+ * At each hand-off the relay asks for delivery status notifications (option `dsn`, fate/token.ts):
+ * ENVID, NOTIFY=FAILURE,DELAY and RET=HDRS by default, so `ingest` can link the reports.
  *
  * Over 400 lines: most of it is the public types with their TSDoc (options, counts, events, the
  * handle); the code is option checks and the lifecycle.
  */
 import { EventEmitter } from "node:events";
 import os from "node:os";
+import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { Transporter } from "nodemailer";
@@ -34,6 +40,8 @@ import { ClaimLoop } from "./relay-loop.js";
 import { OutcomeWriter } from "./outcome-writer.js";
 import { Leases } from "./leases.js";
 import { Outages, schemaNotReady } from "./outages.js";
+import { parseDsnOptions, type DsnOptions } from "./fate/token.js";
+import { DEFAULT_VERIFY_WINDOW_MS, type VerifiedEvent } from "./fate/verify.js";
 
 export interface BackoffOptions {
   /** Delay before the second attempt; doubles with each attempt. @default 5000 */
@@ -74,10 +82,30 @@ export interface RelayOptions {
   readonly connectRetries?: number;
   /**
    * What happens to a mail whose relay died during its hand-off (the MTA may or may not have it):
-   * `"resend"` hands it over again with the same Message-ID; `"hold"` parks it as `held` for an operator.
-   * Either way it is counted in `uncertain_handoffs`. @default "resend"
+   * `"resend"` hands it over again with the same Message-ID; `"hold"` parks it as `held` for an operator;
+   * `"verify"` holds it and settles it from the MTA's own record: sent (with the queue id found)
+   * when the MTA's log shows it queued the mail, handed over again when a log follower read past
+   * the moment it was held and found nothing (events `verified`). Needs `mail-outbox follow-log`
+   * running against the same database; without a follower that has caught up, nothing is resent:
+   * the mail stays held and a warning says why. Over `sendmail:` and `sendmail-bs:` (which Postfix
+   * answers also while stopped, into its maildrop) absence also needs the log to show Postfix at
+   * work after the hold. Either way it is counted in `uncertain_handoffs`.
+   * @default "resend"
    */
   readonly leaseExpiryPolicy?: LeaseExpiryPolicy;
+  /**
+   * Policy `"verify"`: how long a held uncertain hand-off waits for the MTA's record; after that it
+   * stays held for an operator (a warning). @default 600_000 (10 minutes)
+   */
+  readonly verifyWindowMs?: number;
+  /**
+   * Delivery status notifications (RFC 3461) asked of the MTA at each hand-off: ENVID (the mail id,
+   * or its signed token with `secret`), NOTIFY, RET, and with `verp` a return path
+   * `local+<token>@domain`. `ingest` links the reports that come back. `false` asks nothing.
+   * VERP changes the envelope sender at the hand-off only; the row keeps its `envelope_from`.
+   * @default { notify: ["FAILURE", "DELAY"], ret: "HDRS", secret: null, verp: false }
+   */
+  readonly dsn?: Partial<DsnOptions> | false;
   /** PostgreSQL: wake on `NOTIFY mail_outbox` as soon as an enqueueing transaction commits. @default true */
   readonly listen?: boolean;
   /** A pino logger, or `false` for none. @default JSON lines on stderr */
@@ -131,6 +159,8 @@ export interface RelayEvents {
   /** The mail is given up on (status dead): refused for good, or out of attempts. */
   dead: [DeadEvent];
   rescued: [readonly RescuedMail[]];
+  /** Policy `"verify"`: a held uncertain hand-off settled from the MTA's record (sent, or handed over again). */
+  verified: [VerifiedEvent];
   /**
    * Something went wrong that the relay handles itself, for monitoring: a database or MTA outage,
    * or ({@link SchemaNotReadyError}) outbox tables that disappeared while it runs.
@@ -208,7 +238,20 @@ function relaySettings(options: RelayOptions): RelaySettings {
   const jitter = options.backoff?.jitter ?? 0.2;
   if (typeof jitter !== "number" || !(jitter >= 0 && jitter <= 1)) throw new OptionsError("Expected `backoff.jitter` to be a number from 0 to 1.");
   const policy = options.leaseExpiryPolicy ?? "resend";
-  if (policy !== "resend" && policy !== "hold") throw new OptionsError('Expected `leaseExpiryPolicy` to be "resend" or "hold".');
+  if (policy !== "resend" && policy !== "hold" && policy !== "verify") throw new OptionsError('Expected `leaseExpiryPolicy` to be "resend", "hold" or "verify".');
+  const verifyWindowMs = positiveInt("verifyWindowMs", options.verifyWindowMs, DEFAULT_VERIFY_WINDOW_MS, 1000);
+  if (options.dsn !== undefined && options.dsn !== false && (options.dsn === null || typeof options.dsn !== "object")) {
+    throw new OptionsError("Expected `dsn` to be an object ({ notify, ret, secret, verp }) or false.");
+  }
+  const dsn = options.dsn === false ? null : parseDsnOptions(options.dsn ?? {});
+  // Local submission (Postfix's sendmail, into the maildrop) answers also while Postfix is stopped:
+  // "verify" then needs the log to show Postfix at work after the hold (see fate/verify.ts).
+  const t = options.transport as unknown;
+  const transportName = typeof t === "string" ? t : String((t as { transporter?: { name?: unknown }; name?: unknown }).transporter?.name ?? (t as { name?: unknown }).name ?? "");
+  const localSubmission = /sendmail/i.test(transportName);
+  // Whether Postfix runs (for "verify" over local submission): its postqueue, next to its sendmail.
+  const sendmailPath = /^\s*sendmail(?:-bs)?:(\/[^?\s]*)/i.exec(transportName)?.[1];
+  const postqueue = localSubmission ? path.join(sendmailPath ? path.dirname(sendmailPath) : "/usr/sbin", "postqueue") : null;
   return {
     id,
     // Leases name this instance, so a relay restarted under the same relayId still rescues the rows its
@@ -222,6 +265,10 @@ function relaySettings(options: RelayOptions): RelaySettings {
     backoff: { baseMs, maxMs, jitter },
     connectRetries,
     policy,
+    verifyWindowMs,
+    localSubmission,
+    postqueue,
+    dsn,
   };
 }
 

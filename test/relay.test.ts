@@ -2,7 +2,8 @@
  * The relay handle and its lease: options, stopping by signal or `await using`, a hand-off slower
  * than the lease, the "hold" policy for uncertain hand-offs, a transport's declared capabilities,
  * waking on PostgreSQL's NOTIFY, a database that is gone, and outbox tables that are missing at
- * start or dropped while the relay runs. What is written for each hand-off: outcome.test.ts.
+ * start or dropped while the relay runs; the DSN request at the hand-off (ENVID, RET, VERP).
+ * What is written for each hand-off: outcome.test.ts. The "verify" policy: verify.test.ts.
  */
 import { describe, it, after } from "node:test";
 import type { TestContext } from "node:test";
@@ -21,6 +22,7 @@ import { Registry } from "prom-client";
 import nodemailer from "nodemailer";
 import type { CapableTransport, RawEnvelope } from "../src/transport.js";
 import { main } from "../src/cli.js";
+import { dsnOptions } from "../src/cli/relay.js";
 
 const quiet = { logger: false as const };
 
@@ -36,11 +38,32 @@ async function query<T>(url: string, sql: string): Promise<T[]> {
 }
 
 describe("relay options", () => {
+  it("the relay command's DSN flags: --dsn-notify, --dsn-ret, --verp, --no-dsn, and the secret from MAIL_OUTBOX_BOUNCE_SECRET", () => {
+    assert.deepEqual(dsnOptions({ dsn: true }, undefined), {});
+    assert.deepEqual(dsnOptions({ dsn: true, dsnNotify: "failure,delay,success", dsnRet: "full", verp: true }, "0123456789abcdef0123"), {
+      notify: ["FAILURE", "DELAY", "SUCCESS"],
+      ret: "FULL",
+      secret: "0123456789abcdef0123",
+      verp: true,
+    });
+    assert.deepEqual(dsnOptions({ dsn: true, dsnNotify: "never" }, ""), { notify: "NEVER" });
+    assert.equal(dsnOptions({ dsn: false }, "0123456789abcdef0123"), false);
+    assert.throws(() => dsnOptions({ dsn: false, dsnNotify: "never", verp: true }, undefined), { message: "--no-dsn asks the MTA nothing: leave out --dsn-notify, --verp." });
+    // What createRelay then checks:
+    const base = { databaseUrl: "file:./x.db", transport: "smtp://127.0.0.1:25", ...quiet };
+    assert.throws(() => createRelay({ ...base, dsn: dsnOptions({ dsn: true, verp: true }, undefined) }), /needs a bounce secret.*MAIL_OUTBOX_BOUNCE_SECRET/);
+  });
+
   it("refuses bad options up front with exact messages", () => {
     const base = { databaseUrl: "file:./x.db", transport: "smtp://127.0.0.1:25", ...quiet };
     assert.throws(() => createRelay({ ...base, concurrency: 0 }), { name: "OptionsError", message: "Expected `concurrency` to be an integer >= 1, got 0." });
     assert.throws(() => createRelay({ ...base, leaseMs: 10 }), { message: "Expected `leaseMs` to be an integer >= 1000, got 10." });
-    assert.throws(() => createRelay({ ...base, leaseExpiryPolicy: "drop" as never }), OptionsError);
+    assert.throws(() => createRelay({ ...base, leaseExpiryPolicy: "drop" as never }), { message: 'Expected `leaseExpiryPolicy` to be "resend", "hold" or "verify".' });
+    assert.throws(() => createRelay({ ...base, leaseExpiryPolicy: "verify", verifyWindowMs: 5 }), { message: "Expected `verifyWindowMs` to be an integer >= 1000, got 5." });
+    assert.throws(() => createRelay({ ...base, dsn: { verp: true } }), /needs a bounce secret/);
+    assert.throws(() => createRelay({ ...base, dsn: { secret: "short" } }), /at least 16 bytes/);
+    assert.throws(() => createRelay({ ...base, dsn: { notify: ["SOMETIMES" as never] } }), OptionsError);
+    assert.throws(() => createRelay({ ...base, dsn: "yes" as never }), { message: "Expected `dsn` to be an object ({ notify, ret, secret, verp }) or false." });
     assert.throws(() => createRelay({ ...base, backoff: { jitter: 2 } }), /backoff.jitter/);
     assert.throws(() => createRelay({ transport: "smtp://127.0.0.1:25" } as never), /databaseUrl/);
     assert.throws(() => createRelay({ databaseUrl: "file:./x.db" } as never), /transport/);
@@ -92,6 +115,31 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.match(text, /mail_outbox_handoffs_total\{outcome="accepted"\} 1/);
       assert.match(text, /mail_outbox_claimed_total 1/);
     });
+
+    for (const pipelining of [true, false]) {
+      it(`asks for DSN at the hand-off (${pipelining ? "pipelined client" : "nodemailer's pool"}): ENVID = the mail id and RET=HDRS by default, a signed token and a VERP return path with a secret, nothing with dsn: false`, async (t) => {
+        const s = await setup(t);
+        if (!s) return;
+        const url = `${s.smtp.url}?pipelining=${pipelining}`;
+        const plain = await s.prisma.outboxEmail.enqueue({ from: "bounces@example.com", to: "d1@example.com", subject: "dsn", text: "x" });
+        await createRelay({ databaseUrl: s.fx.url, transport: url, ...quiet }).runOnce();
+        const secret = "a-bounce-secret-of-32-characters";
+        const signed = await s.prisma.outboxEmail.enqueue({ from: "bounces@example.com", to: "d2@example.com", subject: "dsn", text: "x" });
+        await createRelay({ databaseUrl: s.fx.url, transport: url, dsn: { secret, verp: true, notify: ["FAILURE"] }, ...quiet }).runOnce();
+        const none = await s.prisma.outboxEmail.enqueue({ from: "bounces@example.com", to: "d3@example.com", subject: "dsn", text: "x" });
+        await createRelay({ databaseUrl: s.fx.url, transport: url, dsn: false, ...quiet }).runOnce();
+        const [a, b, c] = [plain, signed, none].map((m) => s.smtp.messages.find((x) => x.messageId === m.messageId)!);
+        assert.equal(a!.envelopeFrom, "bounces@example.com");
+        assert.equal(a!.mailFromArgs.ENVID, plain.id);
+        assert.equal(a!.mailFromArgs.RET, "HDRS");
+        const token = b!.mailFromArgs.ENVID!;
+        assert.match(token, /^[a-z2-7]{26}\.[a-z2-7]{20}$/, "the ENVID is the signed token");
+        assert.equal(b!.envelopeFrom, `bounces+${token}@example.com`, "VERP: the token in the return path");
+        assert.deepEqual(c!.mailFromArgs, {}, "dsn: false asks nothing");
+        const rows = await query<{ envelope_from: string }>(s.fx.url, "SELECT envelope_from FROM mail_outbox ORDER BY created_at");
+        assert.ok(rows.every((r) => r.envelope_from === "bounces@example.com"), "the row keeps its envelope sender");
+      });
+    }
 
     it("renews the lease of a hand-off slower than the lease, so another relay does not take the mail over", async (t) => {
       const s = await setup(t, { faults: (ctx) => (ctx.phase === "data" ? { stallMs: 2500 } : undefined) });
@@ -336,7 +384,8 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
         await relay.start();
         // Both at once, so the report cannot catch the moment between the two.
         const dropper = await openDatabase(fx.url);
-        if (dropper.dialect === "postgresql") await dropper.pool.query("DROP TABLE mail_outbox_attempt, mail_outbox");
+        // CASCADE: mail_outbox_delivery refers to mail_outbox (its foreign key goes, the table stays).
+        if (dropper.dialect === "postgresql") await dropper.pool.query("DROP TABLE mail_outbox_attempt, mail_outbox CASCADE");
         else dropper.db.exec("DROP TABLE mail_outbox_attempt; DROP TABLE mail_outbox");
         await dropper.close();
         await until("a warning", () => warnings.length > 0);

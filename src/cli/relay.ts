@@ -1,5 +1,6 @@
 /**
- * `mail-outbox relay`: the sidecar. Parses the tuning options, runs `createRelay()` (../relay.ts)
+ * `mail-outbox relay`: the sidecar. Parses the tuning, DSN and lease-expiry options (the bounce
+ * secret comes from MAIL_OUTBOX_BOUNCE_SECRET, never from a flag), runs `createRelay()` (../relay.ts)
  * until SIGTERM/SIGINT (a second signal exits at once with EXIT_FORCED), logs to stderr as JSON
  * lines (pino), optionally serves Prometheus metrics, and prints the final counts on stdout.
  */
@@ -10,7 +11,8 @@ import { Registry, collectDefaultMetrics } from "prom-client";
 import { pingDatabase } from "../admin.js";
 import { parseDuration } from "../duration.js";
 import { OptionsError } from "../errors.js";
-import { createRelay, type Relay, type RelayCounts } from "../relay.js";
+import { createRelay, type Relay, type RelayCounts, type RelayOptions } from "../relay.js";
+import type { LeaseExpiryPolicy } from "../store.js";
 import { parseCount, positiveDuration } from "./args.js";
 import { EXIT_FORCED, requireExistingDatabase, type Cli } from "./context.js";
 import { formatCounts, formatMs } from "./format.js";
@@ -27,9 +29,23 @@ export function addRelayCommand(program: Command, cli: Cli): void {
     .option("--poll <duration>", "how often to look for due mail when nothing wakes the relay (default: 1s)")
     .option("--relay-id <name>", "name of this relay in leases and attempt records (default: host/pid/random)")
     .addOption(new Option("--stop-timeout <duration>", "deadline for hand-offs in flight when stopping").default("10s", "10s"))
-    .addOption(new Option("--lease-expiry-policy <policy>", "what to do with a mail whose relay died mid hand-off (default: resend)").choices(["resend", "hold"]))
+    .addOption(
+      new Option(
+        "--lease-expiry-policy <policy>",
+        "what to do with a mail whose relay died mid hand-off: resend it, hold it for an operator, or verify it from the MTA's log (needs `mail-outbox follow-log` on the same database) (default: resend)",
+      ).choices(["resend", "hold", "verify"]),
+    )
+    .option("--verify-window <duration>", "policy verify: how long held mail waits for the MTA's record before it is left to an operator (default: 10m)")
+    .option("--dsn-notify <list|never>", "delivery status notifications to ask for: any of success,failure,delay, or never (default: failure,delay)")
+    .addOption(new Option("--dsn-ret <what>", "what a bounce returns: the headers or the full message (default: hdrs)").choices(["hdrs", "full"]))
+    .option("--no-dsn", "ask the MTA nothing about delivery status notifications (no ENVID, NOTIFY, RET)")
+    .option("--verp", "return path local+<token>@domain so bounces name their mail; needs the secret in MAIL_OUTBOX_BOUNCE_SECRET and recipient_delimiter = + in Postfix")
     .option("--metrics-port <port>", "serve Prometheus metrics on 127.0.0.1:<port>/metrics (default: off)")
     .addOption(new Option("--metrics-host <host>", "address for --metrics-port").default("127.0.0.1", "127.0.0.1"))
+    .addHelpText(
+      "after",
+      "\nEnvironment:\n  MAIL_OUTBOX_BOUNCE_SECRET  the bounce secret (at least 16 bytes; openssl rand -base64 32): the ENVID becomes a signed\n                             token and --verp puts it in the return path; ingest refuses reports without a valid one",
+    )
     .action(async (opts: Record<string, string | boolean | undefined>, cmd: Command) => {
       const transport = cli.transport(cmd);
       if (transport === undefined || transport.trim() === "") {
@@ -44,7 +60,9 @@ export function addRelayCommand(program: Command, cli: Cli): void {
         ...(opts.lease !== undefined ? { leaseMs: positiveDuration(String(opts.lease), "--lease") } : {}),
         ...(opts.poll !== undefined ? { pollIntervalMs: positiveDuration(String(opts.poll), "--poll") } : {}),
         ...(opts.relayId !== undefined ? { relayId: String(opts.relayId) } : {}),
-        ...(opts.leaseExpiryPolicy !== undefined ? { leaseExpiryPolicy: opts.leaseExpiryPolicy as "resend" | "hold" } : {}),
+        ...(opts.leaseExpiryPolicy !== undefined ? { leaseExpiryPolicy: opts.leaseExpiryPolicy as LeaseExpiryPolicy } : {}),
+        ...(opts.verifyWindow !== undefined ? { verifyWindowMs: positiveDuration(String(opts.verifyWindow), "--verify-window") } : {}),
+        dsn: dsnOptions(opts, cli.env.MAIL_OUTBOX_BOUNCE_SECRET),
       };
       // Fail fast with a clear message when the database is not there at start; once running, the relay rides out outages.
       await pingDatabase(url as string);
@@ -94,8 +112,27 @@ export function addRelayCommand(program: Command, cli: Cli): void {
     });
 }
 
-/** A Prometheus endpoint for the relay (prom-client's default Node.js metrics plus mail_outbox_*). */
-async function serveMetrics(port: number, host: string): Promise<{ registry: Registry; url: string; close(): void }> {
+/**
+ * The relay's `dsn` option from the flags: `--no-dsn` -> false; else NOTIFY (`--dsn-notify`), RET
+ * (`--dsn-ret`), VERP (`--verp`) and the bounce secret from MAIL_OUTBOX_BOUNCE_SECRET (checked by
+ * `createRelay`: at least 16 bytes; VERP needs it).
+ */
+export function dsnOptions(opts: Record<string, string | boolean | undefined>, secret: string | undefined): NonNullable<RelayOptions["dsn"]> {
+  if (opts.dsn === false) {
+    const given = (["dsnNotify", "dsnRet", "verp"] as const).filter((k) => opts[k] !== undefined);
+    if (given.length > 0) throw new OptionsError(`--no-dsn asks the MTA nothing: leave out ${given.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(", ")}.`);
+    return false;
+  }
+  return {
+    ...(opts.dsnNotify !== undefined ? { notify: String(opts.dsnNotify).toUpperCase() === "NEVER" ? "NEVER" : (String(opts.dsnNotify).split(",").map((w) => w.trim().toUpperCase()) as ("SUCCESS" | "FAILURE" | "DELAY")[]) } : {}),
+    ...(opts.dsnRet !== undefined ? { ret: String(opts.dsnRet).toUpperCase() as "HDRS" | "FULL" } : {}),
+    ...(secret !== undefined && secret !== "" ? { secret } : {}),
+    ...(opts.verp === true ? { verp: true } : {}),
+  };
+}
+
+/** A Prometheus endpoint for the relay (prom-client's default Node.js metrics plus mail_outbox_*); `mail-outbox follow-log` serves one too. */
+export async function serveMetrics(port: number, host: string): Promise<{ registry: Registry; url: string; close(): void }> {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const server = createServer((req, res) => {

@@ -114,6 +114,21 @@ describe("soak audit", () => {
     assert.ok(over.failures.some((f) => f.includes("exceed the bound 0")));
   });
 
+  it('under leaseExpiryPolicy "verify", a duplicate caused by a relay death fails the run (goal 0), whatever the kills bound', () => {
+    const input = clean();
+    input.copies.push(copy("<c@x>"));
+    input.rows[2] = row("<c@x>", { uncertainHandoffs: 1 });
+    assert.equal(audit(input).passed, true, "under resend the kill explains it");
+    const r = audit({ ...input, verifyPolicy: true });
+    assert.equal(r.passed, false);
+    assert.equal(r.counts.dupRelayDied, 1);
+    assert.ok(r.failures.some((f) => f.includes('under leaseExpiryPolicy "verify" (goal 0)')), r.failures.join("\n"));
+    assert.match(r.line, /relay died 1 under verify \(goal 0\)/);
+    const fine = clean();
+    fine.rows[2] = row("<c@x>", { uncertainHandoffs: 1 });
+    assert.equal(audit({ ...fine, verifyPolicy: true }).passed, true, "an uncertain hand-off that arrived once is fine");
+  });
+
   it("counts a duplicate after a timeout recorded on the relay's side (the MTA had answered) separately", () => {
     const input = clean();
     input.copies.push(copy("<a@x>"));
