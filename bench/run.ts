@@ -4,9 +4,10 @@
  * and writes BENCHMARKS.md; `--quick` runs small counts (the CI variant in test/bench.test.ts).
  *
  *   node --import tsx bench/run.ts [--quick] [--only drain,latency,...] [--sink smtp-sink|smtp-server]
- *                                  [--profile] [--no-write] [--out BENCHMARKS.md]
+ *                                  [--profile] [--no-write] [--out BENCHMARKS.md] [--fates-mails N]
  *
- * Phases: ceiling, drain, latency, enqueue, scale, memory. Each figure is the median of several
+ * Phases: ceiling, drain, latency, enqueue, scale, memory; and, only with `--only fates`, the
+ * delivery fates through the real Postfix (bench/fates.ts; `--fates-mails N`, default 1,000). Each figure is the median of several
  * runs; within a round the contenders take turns (the order rotates every round) so that drift
  * of the machine hits them alike. Every PostgreSQL contender gets a fresh schema per run, dropped
  * afterwards.
@@ -26,11 +27,18 @@ import { fmt, max, median, percentile, rotate } from "./stats.js";
 import { ADMIN_URL, CONTENDERS, bulkLoad, freshStore, outcome, withAdmin, type ContenderName, type Store } from "./stores.js";
 import { formatSummary, summarize } from "./profile-summary.js";
 import { renderReport, writeReport } from "./report.js";
+import { fatesBench, renderFates, writeFatesSection, type FatesResult } from "./fates.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
-export type Phase = "ceiling" | "drain" | "latency" | "enqueue" | "scale" | "memory";
+export type Phase = "ceiling" | "drain" | "latency" | "enqueue" | "scale" | "memory" | "fates";
+/** The phases of a full run (and of the quick run in test/bench.test.ts). */
 export const PHASES: readonly Phase[] = ["ceiling", "drain", "latency", "enqueue", "scale", "memory"];
+/**
+ * Phases run only when named with `--only`: `fates` needs root and the Postfix that
+ * scripts/install-postfix.sh sets up (bench/fates.ts), and writes its own section of BENCHMARKS.md.
+ */
+export const OPT_IN_PHASES: readonly Phase[] = ["fates"];
 
 export interface Counts {
   readonly rounds: number;
@@ -46,6 +54,8 @@ export interface Counts {
    * `drain` (all of them, or as many as the time budget allows), `runs` times.
    */
   readonly memory: readonly { readonly backlog: number; readonly drain: number; readonly runs: number }[];
+  /** Fates phase: mails through Postfix to the mix of destinations (`--fates-mails N` overrides). */
+  readonly fatesMails: number;
 }
 
 export const FULL: Counts = {
@@ -65,6 +75,7 @@ export const FULL: Counts = {
     { backlog: 10_000, drain: 10_000, runs: 3 },
     { backlog: 1_000_000, drain: 100_000, runs: 1 },
   ],
+  fatesMails: 1_000,
 };
 
 export const QUICK: Counts = {
@@ -76,6 +87,7 @@ export const QUICK: Counts = {
   scaleRelays: [1, 2],
   scaleMails: 300,
   memory: [{ backlog: 300, drain: 300, runs: 1 }],
+  fatesMails: 100,
 };
 
 export interface BenchOptions {
@@ -160,6 +172,8 @@ export interface BenchResults {
   readonly scaleChecks: ScaleCheck[];
   readonly memory: MemoryRun[];
   readonly profiles: Record<string, string>;
+  /** The fates phase (bench/fates.ts), when it ran. */
+  readonly fates: FatesResult | null;
   readonly failures: string[];
 }
 
@@ -577,6 +591,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResults> {
   let scale: { runs: ScaleRun[]; checks: ScaleCheck[] } = { runs: [], checks: [] };
   let memory: MemoryRun[] = [];
   let machineInfo: Record<string, string> = {};
+  let fates: FatesResult | null = null;
   try {
     machineInfo = await machine(sink);
     const phase = async <T>(name: Phase, fn: () => Promise<T>, fallback: T): Promise<T> => {
@@ -600,6 +615,19 @@ export async function runBench(opts: BenchOptions): Promise<BenchResults> {
     enqueue = await phase("enqueue", () => enqueuePhase(ctx), []);
     scale = await phase("scale", () => scalePhase(ctx), scale);
     memory = await phase("memory", () => memoryPhase(ctx), []);
+    fates = await phase(
+      "fates",
+      async () => {
+        const r = await fatesBench({ mails: opts.counts.fatesMails, log: opts.log });
+        ctx.failures.push(...r.failures);
+        opts.log(
+          `fates: follow-log ${r.log.matched}/${r.log.checked} matched (${r.log.unmatched.length} unmatched, ${r.log.wrong.length} wrong), ` +
+            `ingest ${r.dsn.matched}/${r.dsn.checked}; delay from the line's arrival p50 ${fmt(r.fromArrival.p50)} ms, p95 ${fmt(r.fromArrival.p95)} ms, max ${fmt(r.fromArrival.max)} ms`,
+        );
+        return r;
+      },
+      null,
+    );
   } finally {
     await sink.close();
   }
@@ -619,6 +647,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResults> {
     scaleChecks: scale.checks,
     memory,
     profiles: ctx.profiles,
+    fates,
     failures: ctx.failures,
   };
 }
@@ -633,33 +662,54 @@ function parseArgs(argv: readonly string[]) {
   };
   const quick = has("--quick");
   const only = value("--only")?.split(",").filter(Boolean) as Phase[] | undefined;
-  for (const p of only ?? []) if (!PHASES.includes(p)) throw new Error(`unknown phase ${p}; phases: ${PHASES.join(", ")}`);
+  for (const p of only ?? []) if (!PHASES.includes(p) && !OPT_IN_PHASES.includes(p)) throw new Error(`unknown phase ${p}; phases: ${[...PHASES, ...OPT_IN_PHASES].join(", ")}`);
+  const fatesMails = value("--fates-mails");
+  if (fatesMails !== undefined && !(Number.isInteger(Number(fatesMails)) && Number(fatesMails) > 0)) throw new Error(`--fates-mails: expected a positive integer, got ${fatesMails}`);
   const contenders = value("--contenders")?.split(",").filter(Boolean) as ContenderName[] | undefined;
   for (const c of contenders ?? []) if (!CONTENDERS.includes(c)) throw new Error(`unknown contender ${c}; contenders: ${CONTENDERS.join(", ")}`);
   const sink = (value("--sink") ?? "auto") as BenchOptions["sink"];
   const write = !has("--no-write") && !quick && !only && !contenders;
-  return { quick, only, contenders, sink, profile: has("--profile"), write, out: value("--out") ?? path.join(root, "BENCHMARKS.md") };
+  return {
+    quick,
+    only,
+    contenders,
+    sink,
+    profile: has("--profile"),
+    write,
+    // The fates section is written whenever the fates phase ran in full (it is opt-in: `--only fates`).
+    writeFates: !has("--no-write") && !quick,
+    fatesMails: fatesMails === undefined ? undefined : Number(fatesMails),
+    out: value("--out") ?? path.join(root, "BENCHMARKS.md"),
+  };
 }
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`;
+  const counts = args.quick ? QUICK : FULL;
   const results = await runBench({
-    counts: args.quick ? QUICK : FULL,
+    counts: args.fatesMails === undefined ? counts : { ...counts, fatesMails: args.fatesMails },
     phases: args.only ?? PHASES,
     sink: args.sink,
     contenders: args.contenders ?? CONTENDERS,
     profile: args.profile,
     log: (line) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${line}`),
   });
-  const report = renderReport(results, command);
-  console.log("\n" + report);
+  const onlyFates = args.only !== undefined && args.only.every((p) => p === "fates");
+  const report = onlyFates ? "" : renderReport(results, command);
+  if (!onlyFates) console.log("\n" + report);
+  const fatesReport = results.fates ? renderFates(results.fates, command, `prisma-mail-outbox at ${cmd("git", ["-C", root, "describe", "--always", "--dirty"])}`) : null;
+  if (fatesReport) console.log("\n" + fatesReport);
   const json = path.join(root, "bench", ".out", "last-run.json");
   mkdirSync(path.dirname(json), { recursive: true });
   writeFileSync(json, JSON.stringify(results, null, 2));
   if (args.write) {
     writeReport(args.out, report);
     console.log(`wrote ${path.relative(process.cwd(), args.out)}`);
+  }
+  if (fatesReport && args.writeFates) {
+    writeFatesSection(args.out, fatesReport);
+    console.log(`wrote the fates section of ${path.relative(process.cwd(), args.out)}`);
   }
   if (results.failures.length > 0) {
     console.error(`\n${results.failures.length} problem(s):\n- ${results.failures.join("\n- ")}`);

@@ -6,7 +6,9 @@
  * - The relay: `createRelay()` claims committed mail and hands it to the MTA.
  * - Transports: `createTransporter()` builds the one the relay uses from a URL.
  * - Operator functions (what the CLI calls): status, list, show, replay, cancel, purge, migrate,
- *   doctor, init.
+ *   doctor, init, suppress.
+ * - Delivery fate after the hand-off: `followLog()` (the MTA's log), `ingestReport()` /
+ *   `ingestMaildir()` (delivery status notifications), `watchFates()` (react in your application).
  * - Errors: one class per thing that can go wrong, all `instanceof MailOutboxError`.
  * Test helpers for applications live in `prisma-mail-outbox/testing`.
  */
@@ -36,6 +38,8 @@ export {
   createTransporter,
   describeTransport,
   verifyTransport,
+  rawSendMailOptions,
+  nodemailerDsn,
   type TransportSpec,
   type TransportCheck,
   type TransportCapabilities,
@@ -43,6 +47,7 @@ export {
   type RawSend,
   type RawEnvelope,
   type RawSendResult,
+  type DsnRequest,
 } from "./transport.js";
 
 // The database.
@@ -75,10 +80,33 @@ export {
   type PurgeOptions,
   type PurgeResult,
   type PurgeableStatus,
+  listSuppressions,
+  suppress,
+  unsuppress,
+  mailFates,
+  type RecipientFate,
+  type ListSuppressionsOptions,
+  type SuppressOptions,
+  type SuppressResult,
+  type UnsuppressOptions,
+  type UnsuppressResult,
 } from "./admin.js";
 export { migrate, checkSchema, inspectSchema, type MigrateOptions, type MigrateResult, type SchemaProblem } from "./migrate.js";
 export { doctor, type DoctorOptions, type DoctorReport, type DoctorCheck, type DoctorStatus } from "./doctor.js";
 export { initSchema, prismaConfigFor, type InitOptions, type InitResult, type SchemaProvider } from "./init.js";
+
+// Delivery fate: what the MTA did after its 250, per recipient.
+export { FATES } from "./store.js";
+export type { Fate, FateSource, DeliveryEventKind, DeliveryEventRecord, SuppressionRecord } from "./store.js";
+export { parseDsnOptions, DEFAULT_DSN_OPTIONS, signToken, verifyToken, handoffEnvelope, type DsnOptions, type DsnOptionsInput, type DsnNotify } from "./fate/token.js";
+export { parseDeliveryReport, reportEvents, type DeliveryReport, type DsnRecipient } from "./fate/dsn.js";
+export { ingestReport, ingestMaildir, type IngestOptions, type IngestResult, type MaildirSummary, type MaildirFileResult } from "./fate/ingest.js";
+export { followLog, type FollowLogOptions, type FollowLogCounts, type FollowLogEvents, type LogFollower } from "./fate/follow-log.js";
+export { parsePostfixLine, type PostfixLogEntry, type PostfixLineHead, type PostfixDeliveryStatus } from "./fate/postfix-log.js";
+export { fateMetrics, type FateMetrics } from "./fate/metrics.js";
+export { watchFates, type WatchFatesOptions, type FateEvent, type FateCursor } from "./fate/watch.js";
+export { SUPPRESSION_POLICIES, type SuppressionPolicy } from "./fate/suppression.js";
+export { decideVerify, DEFAULT_VERIFY_WINDOW_MS, VERIFY_MARGIN_MS, type VerifiedEvent, type VerifyDecision, type VerifyFacts } from "./fate/verify.js";
 
 // The state machine of a mail.
 export { STATUSES, TRANSITIONS, type OutboxStatus, type Transition } from "./states.js";
@@ -102,4 +130,7 @@ export {
   HandoffTimeoutError,
   SendmailExitError,
   EightBitMimeError,
+  SuppressedRecipientError,
+  UnreadableReportError,
+  ForgedReportError,
 } from "./errors.js";

@@ -120,6 +120,11 @@ export interface StartTestSmtpOptions {
   readonly disableEhlo?: boolean;
   /** Leave 8BITMIME out of the EHLO reply, as a server without RFC 6152 would. */
   readonly hide8BitMime?: boolean;
+  /**
+   * Leave DSN out of the EHLO reply, as a server without RFC 3461 would: an MTA relaying to it
+   * then sends the `relayed` notification itself when the sender asked for NOTIFY=SUCCESS.
+   */
+  readonly hideDsn?: boolean;
   /** Keep every byte clients send (see `wire()`), for tests of what goes over the socket. */
   readonly captureWire?: boolean;
   /**
@@ -210,6 +215,7 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
     hideSTARTTLS: true,
     hidePIPELINING: options.hidePipelining ?? false,
     hide8BITMIME: options.hide8BitMime ?? false,
+    hideDSN: options.hideDsn ?? false,
     closeTimeout: 500,
     onAuth(auth, _session, callback) {
       if (options.auth && (auth.username !== options.auth.user || auth.password !== options.auth.pass)) {
@@ -328,7 +334,14 @@ export async function startTestSmtp(options: StartTestSmtpOptions = {}): Promise
       for (const connection of server.connections) connection._socket.destroy();
     });
 
-  const port = await listen(options.port ?? 0);
+  let port: number;
+  try {
+    port = await listen(options.port ?? 0);
+  } catch (err) {
+    // The port is taken (EADDRINUSE): nothing listens, release the server and let the caller pick another.
+    server.close(() => {});
+    throw err;
+  }
   const taken = () => (keep ? messages.length : counted);
 
   return {

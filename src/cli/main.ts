@@ -3,8 +3,9 @@
  * its arguments, calls one exported function (admin.ts, relay.ts, migrate.ts, init.ts, doctor.ts) and
  * prints the result as text or, with --json, as JSON. This file holds the program, its global
  * options, the exit statuses and the printing of errors; the commands are in relay.ts (relay),
- * inspect.ts (status, list, show), change.ts (replay, cancel, purge) and setup.ts (init, migrate,
- * doctor), what they print in format.ts.
+ * follow-log.ts and ingest.ts (delivery fate from the MTA's log and from its reports), inspect.ts
+ * (status, list, show), change.ts (replay, cancel, purge), suppress.ts (suppress list|add|remove)
+ * and setup.ts (init, migrate, doctor), what they print in format.ts.
  *
  * Exit status: 0 success (also for a request satisfied already, such as cancelling a cancelled
  * mail), 1 failure (including "some rows could not be changed" and a failed doctor check), 2 usage
@@ -21,10 +22,13 @@ import { Command, CommanderError } from "commander";
 import { errorMessage } from "../admin.js";
 import { MailOutboxError, OptionsError, UnsafeOperationError } from "../errors.js";
 import { addChangeCommands } from "./change.js";
+import { addFollowLogCommand } from "./follow-log.js";
+import { addIngestCommand } from "./ingest.js";
 import { createCli, EXIT_USAGE, type CliIO } from "./context.js";
 import { addInspectCommands } from "./inspect.js";
 import { addRelayCommand } from "./relay.js";
 import { addSetupCommands } from "./setup.js";
+import { addSuppressCommands } from "./suppress.js";
 
 export { EXIT_FORCED, EXIT_USAGE, type CliIO, type SignalSource, type Writable } from "./context.js";
 
@@ -59,8 +63,11 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
     .option("--json", "print JSON instead of text");
   // The order here is the order of `mail-outbox --help`.
   addRelayCommand(program, cli);
+  addFollowLogCommand(program, cli);
+  addIngestCommand(program, cli);
   addInspectCommands(program, cli);
   addChangeCommands(program, cli);
+  addSuppressCommands(program, cli);
   addSetupCommands(program, cli);
 
   try {

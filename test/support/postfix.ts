@@ -10,6 +10,7 @@ import { execFile } from "node:child_process";
 import { closeSync, openSync, readSync, readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
+import { gunzipSync } from "node:zlib";
 import { POSTFIX } from "./services.js";
 
 const execFileAsync = promisify(execFile);
@@ -152,12 +153,38 @@ export function deliveredCount(messageId: string): number {
   return deliveredFiles(messageId).length;
 }
 
+/**
+ * The log as one text: the files rotated in the last 10 minutes (`postfix logrotate` renames the log
+ * to `postfix.log.YYYYMMDD-HHMMSS` and gzips it; test/serial/fate-postfix.test.ts rotates it while other
+ * test files may be reading), oldest first, then the current file.
+ */
 function readLog(): string {
+  const dir = path.dirname(POSTFIX_LOG);
+  const prefix = `${path.basename(POSTFIX_LOG)}.`;
+  let rotated: { file: string; mtime: number }[] = [];
   try {
-    return readFileSync(POSTFIX_LOG, "utf8");
+    rotated = readdirSync(dir)
+      .filter((n) => n.startsWith(prefix))
+      .map((n) => ({ file: path.join(dir, n), mtime: statSync(path.join(dir, n)).mtimeMs }))
+      .filter((f) => Date.now() - f.mtime < 10 * 60_000)
+      .sort((a, b) => a.mtime - b.mtime);
   } catch {
-    return "";
+    // No listing: the current file only.
   }
+  const parts = rotated.map(({ file }) => {
+    try {
+      const bytes = readFileSync(file);
+      return (file.endsWith(".gz") ? gunzipSync(bytes) : bytes).toString("utf8");
+    } catch {
+      return "";
+    }
+  });
+  try {
+    parts.push(readFileSync(POSTFIX_LOG, "utf8"));
+  } catch {
+    // Not written yet.
+  }
+  return parts.join("");
 }
 
 /** The log's current size: pass it to `waitForLog` to look only at what comes after. */

@@ -10,10 +10,10 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { createTransporter, verifyTransport } from "../src/transport.js";
-import { classifyError, toHandoffResult } from "../src/classify.js";
-import { HandoffTimeoutError, SendmailExitError } from "../src/errors.js";
-import { needPostfix, POSTFIX_SENDMAIL } from "./support/services.js";
+import { createTransporter, verifyTransport } from "../../src/transport.js";
+import { classifyError, toHandoffResult } from "../../src/classify.js";
+import { HandoffTimeoutError, SendmailExitError } from "../../src/errors.js";
+import { needPostfix, POSTFIX_SENDMAIL } from "../support/services.js";
 import {
   TEST_ADDRESS,
   findDelivered,
@@ -24,7 +24,7 @@ import {
   waitForLog,
   withPostfixStopped,
   postfixRunning,
-} from "./support/postfix.js";
+} from "../support/postfix.js";
 
 let seq = 0;
 function mail(to: string[] = [TEST_ADDRESS]) {
@@ -334,8 +334,8 @@ describe("Postfix", () => {
 
 // ---- The relay end to end into real Postfix: enqueue with Prisma, relay, find the mail in the mailbox.
 
-import { mailOutbox, createRelay, openDatabase } from "../src/index.js";
-import { freshSqlite, prismaClientFor } from "./support/db.js";
+import { mailOutbox, createRelay, openDatabase } from "../../src/index.js";
+import { freshSqlite, prismaClientFor } from "../support/db.js";
 
 describe("the relay into real Postfix", () => {
   let fx: Awaited<ReturnType<typeof freshSqlite>> | null = null;
