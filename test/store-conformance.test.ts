@@ -19,8 +19,7 @@ import { newId } from "../src/ids.js";
 import { cancelMails, purgeMails, replayMails } from "../src/admin.js";
 import { TRANSITIONS, type Transition } from "../src/states.js";
 import type { Outcome, Store } from "../src/store.js";
-import { freshPostgres, freshSqlite } from "./support/db.js";
-import { needPostgres } from "./support/services.js";
+import { conformanceStores, freshSqlite } from "./support/db.js";
 
 /** Opens a fresh migrated store for one test (closed after it), or null when the database is not available (skipped). */
 type StoreFactory = (t: TestContext) => Promise<Db | null>;
@@ -582,26 +581,7 @@ async function reopen(db: Db): Promise<Store> {
   return openDatabase(u.toString());
 }
 
-storeConformance("SQLite (a real file)", async (t) => {
-  const fx = await freshSqlite();
-  const db = await openDatabase(fx.url);
-  t.after(async () => {
-    await db.close();
-    await fx.cleanup();
-  });
-  return db;
-});
-
-storeConformance("PostgreSQL (a real server)", async (t) => {
-  if (!(await needPostgres(t))) return null;
-  const fx = await freshPostgres();
-  const db = await openDatabase(fx.url);
-  t.after(async () => {
-    await db.close();
-    await fx.cleanup();
-  });
-  return db;
-});
+for (const store of conformanceStores) storeConformance(store.name, store.open);
 
 describe("the state table", () => {
   it("every transition of TRANSITIONS is made by some store operation above (the table lists nothing the SQL cannot do)", (t) => {

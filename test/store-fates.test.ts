@@ -19,7 +19,7 @@ import { purgeMails } from "../src/admin.js";
 import { TRANSITIONS, type Transition } from "../src/states.js";
 import type { DeliveryEventInput, DeliveryEventKind, DeliveryEventRecord, Fate, MailFilter } from "../src/store.js";
 import type { JsonValue } from "../src/types.js";
-import { freshPostgres, freshSqlite } from "./support/db.js";
+import { conformanceStores, freshPostgres } from "./support/db.js";
 import { needPostgres, PG_ADMIN_URL } from "./support/services.js";
 
 type StoreFactory = (t: TestContext) => Promise<Db | null>;
@@ -386,26 +386,7 @@ function fateConformance(name: string, open: StoreFactory): void {
   });
 }
 
-fateConformance("SQLite (a real file)", async (t) => {
-  const fx = await freshSqlite();
-  const db = await openDatabase(fx.url);
-  t.after(async () => {
-    await db.close();
-    await fx.cleanup();
-  });
-  return db;
-});
-
-fateConformance("PostgreSQL (a real server)", async (t) => {
-  if (!(await needPostgres(t))) return null;
-  const fx = await freshPostgres();
-  const db = await openDatabase(fx.url);
-  t.after(async () => {
-    await db.close();
-    await fx.cleanup();
-  });
-  return db;
-});
+for (const store of conformanceStores) fateConformance(store.name, store.open);
 
 describe("PostgreSQL store transactions", () => {
   it("a connection the server ends in the middle of a transaction fails that transaction, not the process, and the pool goes on with a fresh connection", async (t) => {

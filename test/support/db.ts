@@ -15,7 +15,7 @@ import pg from "pg";
 import { openDatabase, parseDatabaseUrl, quoteIdent } from "../../src/db.js";
 import type { Db } from "../../src/db.js";
 import { migrate } from "../../src/migrate.js";
-import { PG_ADMIN_URL } from "./services.js";
+import { needPostgres, PG_ADMIN_URL } from "./services.js";
 import type { PrismaClient as SqliteClient } from "../prisma/sqlite/generated/client.js";
 
 /**
@@ -167,3 +167,36 @@ export async function prismaClientFor(url: string, t?: Pick<TestContext, "after"
   t?.after(() => client.$disconnect());
   return client;
 }
+
+/**
+ * The store each conformance suite runs against: a fresh SQLite file, or a fresh PostgreSQL schema
+ * (null, the test skipped or failed as `needPostgres` decides, without PostgreSQL); closed and
+ * removed after the test.
+ */
+export const conformanceStores: readonly { readonly name: string; readonly open: (t: TestContext) => Promise<Db | null> }[] = [
+  {
+    name: "SQLite (a real file)",
+    open: async (t) => {
+      const fx = await freshSqlite();
+      const db = await openDatabase(fx.url);
+      t.after(async () => {
+        await db.close();
+        await fx.cleanup();
+      });
+      return db;
+    },
+  },
+  {
+    name: "PostgreSQL (a real server)",
+    open: async (t) => {
+      if (!(await needPostgres(t))) return null;
+      const fx = await freshPostgres();
+      const db = await openDatabase(fx.url);
+      t.after(async () => {
+        await db.close();
+        await fx.cleanup();
+      });
+      return db;
+    },
+  },
+];
