@@ -10,7 +10,7 @@ import { describe, it, after } from "node:test";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { appendFile, copyFile, mkdtemp, readFile, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { appendFile, copyFile, mkdtemp, readFile, rename, rm, stat, truncate, unlink, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -314,6 +314,34 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       await assertExactly(s, mails);
       const cursor = await s.store.readLogCursor(s.file);
       assert.equal(cursor?.offset, (await stat(s.file)).size);
+    });
+
+    it("two rename rotations before the old file went quiet (the middle file renamed, compressed and deleted): every file is read, none skipped", async (t) => {
+      const s = await setup(t, dialect);
+      if (!s) return;
+      const { mails, lines } = await testMails(s, 16);
+      const third = Math.floor(lines.length / 3);
+      await writeFile(s.file, text(lines.slice(0, third)));
+      const follower = followLog({ store: s.store, path: s.file, fromStart: true, pollIntervalMs: 20, batchLines: 10, ...quiet });
+      let caughtUp = 0;
+      follower.on("caughtUp", () => (caughtUp += 1));
+      await waitFor("the first part", () => caughtUp > 0);
+      // First rotation: a new file with the middle lines, noticed by the follower...
+      await rename(s.file, `${s.file}.1`);
+      await writeFile(s.file, text(lines.slice(third, 2 * third)));
+      await sleep(150);
+      // ...then, before the old file's quiet period is over, rotated again the way `postfix logrotate`
+      // does (renamed, compressed, the uncompressed copy deleted), and a third file started.
+      await rename(s.file, `${s.file}.2`);
+      await unlink(`${s.file}.2`);
+      await writeFile(s.file, text(lines.slice(2 * third)));
+      const expected = mails.reduce((n, m) => n + m.expected.length, 0);
+      await waitFor("every event", async () => (await s.total()) >= expected);
+      await sleep(100);
+      const counts = await follower.stop();
+      assert.equal(counts.rotations, 2);
+      assert.equal(counts.lines, lines.length);
+      await assertExactly(s, mails);
     });
 
     it("follows copytruncate while running, and after it while stopped, when the file grew past the old position", async (t) => {

@@ -82,6 +82,11 @@ export class LogFile implements LineSource {
   private readonly buf = Buffer.allocUnsafe(CHUNK);
   /** When a rotation was seen at the end of the old file (or the old file last grew since): switch once it stayed quiet for ROTATION_GRACE_MS. */
   private rotationSeenAt: number | null = null;
+  /**
+   * The file at the log's path when a rotation was first seen, held open: the follower reads it next
+   * even if it is rotated again (renamed, compressed and deleted) before the old one goes quiet.
+   */
+  private heldNext: { fh: FileHandle; id: string } | null = null;
 
   constructor(
     private readonly file: string,
@@ -179,7 +184,10 @@ export class LogFile implements LineSource {
     // Nothing new in this file: rotated, truncated, or just quiet?
     const current = await statId(this.file);
     if (current !== null && current.id !== this.fileId) {
-      this.rotationSeenAt ??= Date.now();
+      if (this.rotationSeenAt === null) {
+        this.rotationSeenAt = Date.now();
+        await this.holdNext();
+      }
       if (!this.once && Date.now() - this.rotationSeenAt < ROTATION_GRACE_MS) {
         // The MTA may still write a line or two to the old file before it reopens the log
         // (`postfix logrotate` renames, then reloads): read the old file until it stays quiet.
@@ -187,8 +195,22 @@ export class LogFile implements LineSource {
       }
       const rest = await this.restWithoutNewline(offset);
       if (rest !== null) return { lines: [rest.text], fileId: this.fileId, offset: offset + rest.bytes, eof: false, readAt, tail: await this.bytesBefore(fh, offset + rest.bytes) };
-      this.log.info({ file: this.file, previousFileId: this.fileId, fileId: current.id }, "log rotated: following the new file from its start");
-      await this.openFile(this.file, current.id, 0);
+      const held = this.heldNext;
+      this.heldNext = null;
+      if (held !== null && held.id !== this.fileId) {
+        // The file that followed the rotation, even if the path has moved on since (rotated twice).
+        this.log.info({ file: this.file, previousFileId: this.fileId, fileId: held.id }, "log rotated: following the new file from its start");
+        await this.close();
+        this.fh = held.fh;
+        this.fileId = held.id;
+        this.offset = 0;
+        this.tailBytes = null;
+        this.rotationSeenAt = null;
+      } else {
+        await held?.fh.close().catch(() => {});
+        this.log.info({ file: this.file, previousFileId: this.fileId, fileId: current.id }, "log rotated: following the new file from its start");
+        await this.openFile(this.file, current.id, 0);
+      }
       this.onRotation();
       return this.next(max);
     }
@@ -210,8 +232,25 @@ export class LogFile implements LineSource {
 
   async close(): Promise<void> {
     const fh = this.fh;
+    const held = this.heldNext;
     this.fh = null;
+    this.heldNext = null;
     await fh?.close().catch(() => {});
+    await held?.fh.close().catch(() => {});
+  }
+
+  /** Open the file now at the log's path and keep it for after the rotation (see `heldNext`). */
+  private async holdNext(): Promise<void> {
+    await this.heldNext?.fh.close().catch(() => {});
+    this.heldNext = null;
+    try {
+      const fh = await open(this.file, "r");
+      const id = fileIdOf(await fh.stat({ bigint: true }));
+      if (id === this.fileId) await fh.close();
+      else this.heldNext = { fh, id };
+    } catch {
+      // Not there (yet): the switch opens the path as it is then.
+    }
   }
 
   private async openFile(file: string, id: string, offset: number): Promise<void> {
