@@ -10,6 +10,7 @@ import { describe, it, after } from "node:test";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { readdirSync, readlinkSync } from "node:fs";
 import { appendFile, copyFile, mkdtemp, readFile, rename, rm, stat, truncate, unlink, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -214,6 +215,17 @@ async function testMails(s: Setup, n: number, form: "syslog" | "iso" = "syslog")
   return { mails, lines: interleave(mails, base, form) };
 }
 
+/** The paths this process has open (Linux: /proc/self/fd). */
+function openFiles(): string[] {
+  return readdirSync("/proc/self/fd").flatMap((fd) => {
+    try {
+      return [readlinkSync(`/proc/self/fd/${fd}`)];
+    } catch {
+      return [];
+    }
+  });
+}
+
 const text = (lines: readonly string[]) => lines.map((l) => `${l}\n`).join("");
 
 for (const dialect of ["sqlite", "postgresql"] as const) {
@@ -323,13 +335,18 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       const third = Math.floor(lines.length / 3);
       await writeFile(s.file, text(lines.slice(0, third)));
       const follower = followLog({ store: s.store, path: s.file, fromStart: true, pollIntervalMs: 20, batchLines: 10, ...quiet });
+      let stopped = false;
+      t.after(async () => {
+        if (!stopped) await follower.stop().catch(() => {});
+      });
       let caughtUp = 0;
       follower.on("caughtUp", () => (caughtUp += 1));
       await waitFor("the first part", () => caughtUp > 0);
-      // First rotation: a new file with the middle lines, noticed by the follower...
+      // First rotation: a new file with the middle lines...
       await rename(s.file, `${s.file}.1`);
       await writeFile(s.file, text(lines.slice(third, 2 * third)));
-      await sleep(150);
+      // ...noticed by the follower: it holds the new file open (seen in /proc/self/fd)...
+      await waitFor("the follower to hold the new file", () => openFiles().includes(s.file));
       // ...then, before the old file's quiet period is over, rotated again the way `postfix logrotate`
       // does (renamed, compressed, the uncompressed copy deleted), and a third file started.
       await rename(s.file, `${s.file}.2`);
@@ -339,6 +356,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       await waitFor("every event", async () => (await s.total()) >= expected);
       await sleep(100);
       const counts = await follower.stop();
+      stopped = true;
       assert.equal(counts.rotations, 2);
       assert.equal(counts.lines, lines.length);
       await assertExactly(s, mails);

@@ -214,6 +214,11 @@ export class LogFile implements LineSource {
       this.onRotation();
       return this.next(max);
     }
+    if (current === null && this.rotationSeenAt !== null) {
+      // Between a rename and the new file's creation (a second rotation under way): keep the rotation
+      // seen and the file held, or the file that followed the first rotation would be skipped.
+      return { lines: [], fileId: this.fileId, offset, eof: true, rotationPending: true, readAt };
+    }
     this.rotationSeenAt = null;
     const size = Number((await fh.stat({ bigint: true })).size);
     if (size < offset || !(await this.tailMatches())) {
@@ -241,8 +246,8 @@ export class LogFile implements LineSource {
 
   /** Open the file now at the log's path and keep it for after the rotation (see `heldNext`). */
   private async holdNext(): Promise<void> {
-    await this.heldNext?.fh.close().catch(() => {});
-    this.heldNext = null;
+    // The first file after the rotation is the one to read next; a later one waits its turn.
+    if (this.heldNext !== null) return;
     try {
       const fh = await open(this.file, "r");
       const id = fileIdOf(await fh.stat({ bigint: true }));
