@@ -29,7 +29,12 @@ export {
   type SentEvent,
   type RetryEvent,
   type DeadEvent,
+  type RelayHealth,
 } from "./relay.js";
+// Logs: MAIL_OUTBOX_LOG_LEVEL, MAIL_OUTBOX_LOG_FORMAT.
+export { createLogger, logLevelFrom, logFormatFrom, LOG_LEVELS, type LogLevel, type LogFormat, type LoggerOptions } from "./logger.js";
+// The operations port: /metrics, /healthz, /readyz.
+export { serveOperations, healthReport, type OperationsServer, type OperationsServerOptions, type HealthReport, type HealthCheck } from "./http-server.js";
 export type { LeaseExpiryPolicy, RescuedMail } from "./store.js";
 export type { HandoffOutcome, AttemptOutcome } from "./store.js";
 

@@ -8,6 +8,7 @@
  * the rows of this relay. Under the policy "verify", each rescue pass then settles held uncertain
  * hand-offs from the MTA's record (fate/verify.ts).
  */
+import { logRescued } from "./outcome-writer.js";
 import { performance } from "node:perf_hooks";
 import { HeldMailVerifier, postfixRunning } from "./fate/verify.js";
 import type { RelayCore } from "./relay-core.js";
@@ -81,6 +82,7 @@ export class Leases {
       if (rescued.length > 0) {
         core.total.rescued += rescued.length;
         core.metrics?.rescued.inc(rescued.length);
+        for (const r of rescued) logRescued(core.log, r);
         core.log.warn(
           { count: rescued.length, policy: core.settings.policy, previousOwners: [...new Set(rescued.map((r) => r.previousOwner))] },
           "rescued mail whose relay stopped renewing its lease (uncertain hand-offs)",

@@ -35,6 +35,8 @@ export class ClaimLoop {
   private wakePending = false;
   private transporter: Transporter | null = null;
   private sendRaw: RawSend | null = null;
+  /** `performance.now()` at the loop's last turn (0: never turned): the relay's liveness. */
+  lastTick = 0;
 
   constructor(private readonly core: RelayCore) {}
 
@@ -81,7 +83,7 @@ export class ClaimLoop {
   releaseQueued(): void {
     const { core } = this;
     for (const m of this.queue) {
-      core.writer.add({ kind: "release", id: m.id });
+      core.writer.add({ kind: "release", id: m.id }, m.messageId);
       core.total.released++;
     }
     this.queue = [];
@@ -109,6 +111,7 @@ export class ClaimLoop {
       throw new DatabaseUnavailableError(`runOnce() could not reach the database after ${failures} tries: ${errorText(err)}`, { cause: err });
     };
     while (core.running) {
+      this.lastTick = performance.now();
       if (outages.schemaReport !== null) {
         // Tables gone: claim nothing (mail handed over now could not be recorded) until they are back.
         if (kind === "once") {
@@ -126,7 +129,8 @@ export class ClaimLoop {
 
       const now = performance.now();
       if (now < outages.claimsPausedUntil && kind === "forever") {
-        await this.waitForKick(outages.claimsPausedUntil - now);
+        // In turns of at most 10 s, so the loop shows it is alive (liveness) through a long pause.
+        await this.waitForKick(Math.min(outages.claimsPausedUntil - now, 10_000));
         continue;
       }
       const room = capacity - this.queue.length - this.active.size;
@@ -189,7 +193,7 @@ export class ClaimLoop {
         // Not handed over: give it back as not attempted (a no-op if another relay took it meanwhile).
         core.log.debug({ id: mail.id, messageId: mail.messageId }, "lease ran short before the hand-off started; releasing the mail");
         core.total.released++;
-        core.writer.write({ kind: "release", id: mail.id });
+        core.writer.write({ kind: "release", id: mail.id }, mail.messageId);
         continue;
       }
       const p = this.handOff(mail).finally(() => {
@@ -220,7 +224,7 @@ export class ClaimLoop {
       failure = err;
     }
     this.report(mail, outcome, failure);
-    core.writer.write(outcome);
+    core.writer.write(outcome, mail.messageId);
   }
 
   /** Counts, metrics, logs and events of one decision (see the table in outcome.ts); `err` is what the hand-off threw. */
@@ -238,13 +242,12 @@ export class ClaimLoop {
         return;
       case "transient":
         core.total.retried++;
+        // The outcome writer logs the retry once it is recorded (outcome-writer.ts).
         if (isMtaUnreachable(o.errorCode, o.responseCode)) core.outages.transportDown(err, o.error);
-        else core.log.debug({ id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error: o.error, delayMs: o.delayMs }, "transient failure; will retry");
         core.emitEvent("retry", { id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error: o.error, delayMs: o.delayMs });
         return;
       case "permanent":
         core.total.dead++;
-        core.log.warn({ id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error: o.error, response: o.response }, "mail is dead");
         core.emitEvent("dead", { id: mail.id, messageId: mail.messageId, attempt: mail.attempts, error: o.error, response: o.response });
         return;
     }

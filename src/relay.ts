@@ -8,6 +8,7 @@
  * - outcome-writer.ts: the outcome buffer (group commit, one-by-one fallback),
  * - leases.ts: renewing this relay's leases and rescuing others' expired ones,
  * - outages.ts: database, schema and MTA outages, one line when they start and one when they end.
+ * - relay-health.ts: liveness and readiness for `/healthz` and `/readyz` (`relay.health()`).
  *
  * Delivery is at least once. The duplicate window is the time between the MTA's `250` to the end
  * of DATA and the batch that records it as sent: a relay that dies inside that window leaves the
@@ -42,6 +43,9 @@ import { Leases } from "./leases.js";
 import { Outages, schemaNotReady } from "./outages.js";
 import { parseDsnOptions, type DsnOptions } from "./fate/token.js";
 import { DEFAULT_VERIFY_WINDOW_MS, type VerifiedEvent } from "./fate/verify.js";
+import { RelayProbe, type RelayHealth } from "./relay-health.js";
+
+export type { RelayHealth } from "./relay-health.js";
 
 export interface BackoffOptions {
   /** Delay before the second attempt; doubles with each attempt. @default 5000 */
@@ -197,6 +201,14 @@ export interface Relay {
   runOnce(): Promise<RelayCounts>;
   /** Counts since the relay was created. */
   counts(): RelayCounts;
+  /**
+   * Liveness and readiness, for `/healthz` and `/readyz` (`serveOperations`, http-server.ts):
+   * `live` fails when the claim loop has not turned within max(3 x pollIntervalMs, 30 s);
+   * `ready` fails, naming the check, unless the relay is started and not stopping, the database
+   * answers, the outbox tables have no blocking problem and the MTA is reachable. The table and
+   * MTA checks are reused for 5 s, so frequent probes open at most one SMTP connection per 5 s.
+   */
+  health(): Promise<RelayHealth>;
   on<K extends keyof RelayEvents>(event: K, listener: (...args: RelayEvents[K]) => void): this;
   once<K extends keyof RelayEvents>(event: K, listener: (...args: RelayEvents[K]) => void): this;
   off<K extends keyof RelayEvents>(event: K, listener: (...args: RelayEvents[K]) => void): this;
@@ -313,6 +325,7 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
   private resolveStopped!: (c: RelayCounts) => void;
   private loopDone: Promise<void> = Promise.resolve();
   private timers: NodeJS.Timeout[] = [];
+  private readonly probe: RelayProbe;
 
   constructor(options: RelayOptions) {
     super();
@@ -325,6 +338,7 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
     this.writer = new OutcomeWriter(this);
     this.leases = new Leases(this);
     this.outages = new Outages(this);
+    this.probe = new RelayProbe({ core: this, loop: this.loop, outages: this.outages, mode: () => this.mode, transporter: () => this.transporter });
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
     if (options.signal) {
       const onAbort = () => void this.stop({ deadlineMs: options.stopDeadlineMs ?? 10_000 }).catch(() => {});
@@ -347,6 +361,10 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
 
   counts(): RelayCounts {
     return { ...this.total };
+  }
+
+  health(): Promise<RelayHealth> {
+    return this.probe.health();
   }
 
   override on<K extends keyof RelayEvents>(event: K, listener: (...args: RelayEvents[K]) => void): this {

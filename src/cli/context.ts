@@ -23,7 +23,7 @@ export interface SignalSource {
 export interface CliIO {
   readonly stdout: Writable;
   readonly stderr: Writable;
-  /** DATABASE_URL, MAIL_OUTBOX_TRANSPORT, MAIL_OUTBOX_DEBUG, MAIL_OUTBOX_LOG_LEVEL. @default process.env */
+  /** DATABASE_URL, MAIL_OUTBOX_TRANSPORT, MAIL_OUTBOX_DEBUG, MAIL_OUTBOX_LOG_LEVEL, MAIL_OUTBOX_LOG_FORMAT. @default process.env */
   readonly env?: Readonly<Record<string, string | undefined>>;
   /** @default process */
   readonly signals?: SignalSource;
@@ -48,6 +48,8 @@ export interface Cli {
   readonly env: Readonly<Record<string, string | undefined>>;
   readonly signals: SignalSource;
   readonly stdin: NodeJS.ReadableStream;
+  /** stderr is a terminal: logs are then readable text unless MAIL_OUTBOX_LOG_FORMAT=json. */
+  readonly stderrIsTTY: boolean;
   /** Text for stdout / stderr, with every password from the arguments and environment replaced by `***`. */
   out(text: string): void;
   err(text: string): void;
@@ -99,6 +101,7 @@ export function createCli(
     env,
     signals: io.signals ?? process,
     stdin: io.stdin ?? process.stdin,
+    stderrIsTTY: (io.stderr as { isTTY?: boolean }).isTTY === true,
     out: (text) => void io.stdout.write(scrub(text)),
     err: (text) => void io.stderr.write(scrub(text)),
     outBytes: (bytes) => void io.stdout.write(bytes),

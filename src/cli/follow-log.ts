@@ -3,19 +3,20 @@
  * its rotation; or `-` for stdin, fed by `journalctl -f`), records each outbox recipient's fate
  * with `followLog()` (../fate/follow-log.ts) until SIGTERM/SIGINT (a second signal exits at once
  * with EXIT_FORCED), or to the end of the log with `--once`. Logs to stderr as JSON lines (pino),
- * optionally serves Prometheus metrics, and prints its counts on stdout when it stops.
+ * optionally serves Prometheus metrics and /healthz (../http-server.ts), and prints its counts on stdout when it stops.
  */
 import { execFileSync } from "node:child_process";
 import type { Readable } from "node:stream";
 import { Option, type Command } from "commander";
-import { pino } from "pino";
 import { pingDatabase } from "../admin.js";
 import { openDatabase } from "../db.js";
+import { createLogger } from "../logger.js";
 import { OptionsError } from "../errors.js";
 import { followLog, type FollowLogCounts, type FollowLogOptions, type LogFollower } from "../fate/follow-log.js";
-import { parseCount, positiveDuration } from "./args.js";
+import { positiveDuration } from "./args.js";
 import { EXIT_FORCED, requireExistingDatabase, type Cli } from "./context.js";
-import { serveMetrics } from "./relay.js";
+import { healthReport, serveOperations } from "../http-server.js";
+import { parsePort } from "./relay.js";
 
 export function addFollowLogCommand(program: Command, cli: Cli): void {
   program
@@ -28,8 +29,8 @@ export function addFollowLogCommand(program: Command, cli: Cli): void {
     .option("--suppress", "put hard-bounced recipients on the suppression list")
     .option("--suppress-for <duration>", "with --suppress: how long an entry lasts, e.g. 180d (default: for good)")
     .option("--poll <duration>", "how often to look for new lines at the end of the file (default: 250ms)")
-    .option("--metrics-port <port>", "serve Prometheus metrics on 127.0.0.1:<port>/metrics (default: off)")
-    .addOption(new Option("--metrics-host <host>", "address for --metrics-port").default("127.0.0.1", "127.0.0.1"))
+    .option("--metrics-port <port>", "serve /metrics (Prometheus) and /healthz (liveness) on <port>, 0 for any free one (default: off)")
+    .addOption(new Option("--metrics-host <host>", "address for --metrics-port; 0.0.0.0 in a container, so probes and scrapers reach it").default("127.0.0.1", "127.0.0.1"))
     .action(async (pathArg: string | undefined, opts: Record<string, string | boolean | undefined>, cmd: Command) => {
       const url = cli.databaseUrl(cmd);
       requireExistingDatabase(url);
@@ -37,13 +38,22 @@ export function addFollowLogCommand(program: Command, cli: Cli): void {
       const suppressForMs = opts.suppressFor !== undefined ? positiveDuration(String(opts.suppressFor), "--suppress-for") : null;
       if (suppressForMs !== null && opts.suppress !== true) throw new OptionsError("--suppress-for needs --suppress.");
       const pollIntervalMs = opts.poll !== undefined ? positiveDuration(String(opts.poll), "--poll") : undefined;
-      const metricsPort = opts.metricsPort !== undefined ? parseCount(String(opts.metricsPort), "--metrics-port") : null;
+      const metricsPort = opts.metricsPort !== undefined ? parsePort(String(opts.metricsPort)) : null;
       if (logPath === "-" && opts.fromStart === true) throw new OptionsError("--from-start reads a file from its start; with - (stdin) feed the lines you want instead (journalctl --since ...).");
 
+      const logger = createLogger({ env: cli.env, write: (line) => cli.err(line), isTTY: cli.stderrIsTTY });
       // Fail fast with a clear message when the database is not there at start; once running, the follower rides out outages.
       await pingDatabase(url as string);
-      const logger = pino({ name: "mail-outbox", level: cli.env.MAIL_OUTBOX_LOG_LEVEL ?? "info" }, { write: (line: string) => cli.err(line) });
-      const metrics = metricsPort !== null ? await serveMetrics(metricsPort, String(opts.metricsHost)) : null;
+      // Liveness: the follower has not stopped (it rides out database outages and rotations itself).
+      let state: "starting" | "running" | "stopped" = "starting";
+      const metrics =
+        metricsPort !== null
+          ? await serveOperations({
+              port: metricsPort,
+              host: String(opts.metricsHost),
+              health: async () => healthReport({ follower: { ok: state !== "stopped", detail: state } }),
+            })
+          : null;
       // SQLite: a short busy timeout, so a held write lock goes through the follower's async back-off.
       const store = await openDatabase(url, { applicationName: "mail-outbox follow-log", busyTimeoutMs: 100 });
       const options: FollowLogOptions = {
@@ -63,11 +73,16 @@ export function addFollowLogCommand(program: Command, cli: Cli): void {
       try {
         follower = followLog(options);
       } catch (e) {
-        metrics?.close();
+        await metrics?.close();
         await store.close();
         throw e;
       }
-      if (metrics) logger.info({ metrics: metrics.url }, "serving metrics");
+      state = "running";
+      void follower.stopped.then(
+        () => (state = "stopped"),
+        () => (state = "stopped"),
+      );
+      if (metrics) logger.info({ metrics: `${metrics.url}/metrics`, endpoints: metrics.paths.map((p) => metrics.url + p) }, "serving metrics");
       const onSignal = (signal: "SIGINT" | "SIGTERM") => {
         signalled += 1;
         if (signalled === 1) {
@@ -88,7 +103,7 @@ export function addFollowLogCommand(program: Command, cli: Cli): void {
       } finally {
         cli.signals.off("SIGINT", onSigint);
         cli.signals.off("SIGTERM", onSigterm);
-        metrics?.close();
+        await metrics?.close();
         await store.close();
       }
       if (cli.json(cmd)) cli.printJson(counts);

@@ -2,14 +2,14 @@
  * `mail-outbox relay`: the sidecar. Parses the tuning, DSN and lease-expiry options (the bounce
  * secret comes from MAIL_OUTBOX_BOUNCE_SECRET, never from a flag), runs `createRelay()` (../relay.ts)
  * until SIGTERM/SIGINT (a second signal exits at once with EXIT_FORCED), logs to stderr as JSON
- * lines (pino), optionally serves Prometheus metrics, and prints the final counts on stdout.
+ * lines (pino), optionally serves Prometheus metrics, /healthz and /readyz (../http-server.ts), and
+ * prints the final counts on stdout.
  */
-import { createServer } from "node:http";
 import { Option, type Command } from "commander";
-import { pino } from "pino";
-import { Registry, collectDefaultMetrics } from "prom-client";
 import { pingDatabase } from "../admin.js";
 import { parseDuration } from "../duration.js";
+import { serveOperations } from "../http-server.js";
+import { createLogger } from "../logger.js";
 import { OptionsError } from "../errors.js";
 import { createRelay, type Relay, type RelayCounts, type RelayOptions } from "../relay.js";
 import type { LeaseExpiryPolicy } from "../store.js";
@@ -40,8 +40,8 @@ export function addRelayCommand(program: Command, cli: Cli): void {
     .addOption(new Option("--dsn-ret <what>", "what a bounce returns: the headers or the full message (default: hdrs)").choices(["hdrs", "full"]))
     .option("--no-dsn", "ask the MTA nothing about delivery status notifications (no ENVID, NOTIFY, RET)")
     .option("--verp", "return path local+<token>@domain so bounces name their mail; needs the secret in MAIL_OUTBOX_BOUNCE_SECRET and recipient_delimiter = + in Postfix")
-    .option("--metrics-port <port>", "serve Prometheus metrics on 127.0.0.1:<port>/metrics (default: off)")
-    .addOption(new Option("--metrics-host <host>", "address for --metrics-port").default("127.0.0.1", "127.0.0.1"))
+    .option("--metrics-port <port>", "serve /metrics (Prometheus), /healthz (liveness) and /readyz (readiness) on <port>, 0 for any free one (default: off)")
+    .addOption(new Option("--metrics-host <host>", "address for --metrics-port; 0.0.0.0 in a container, so probes and scrapers reach it").default("127.0.0.1", "127.0.0.1"))
     .addHelpText(
       "after",
       "\nEnvironment:\n  MAIL_OUTBOX_BOUNCE_SECRET  the bounce secret (at least 16 bytes; openssl rand -base64 32): the ENVID becomes a signed\n                             token and --verp puts it in the return path; ingest refuses reports without a valid one",
@@ -64,14 +64,27 @@ export function addRelayCommand(program: Command, cli: Cli): void {
         ...(opts.verifyWindow !== undefined ? { verifyWindowMs: positiveDuration(String(opts.verifyWindow), "--verify-window") } : {}),
         dsn: dsnOptions(opts, cli.env.MAIL_OUTBOX_BOUNCE_SECRET),
       };
+      // An invalid MAIL_OUTBOX_LOG_LEVEL or MAIL_OUTBOX_LOG_FORMAT is refused before any work.
+      const logger = createLogger({ env: cli.env, write: (line) => cli.err(line), isTTY: cli.stderrIsTTY });
       // Fail fast with a clear message when the database is not there at start; once running, the relay rides out outages.
       await pingDatabase(url as string);
-      const logger = pino({ name: "mail-outbox", level: cli.env.MAIL_OUTBOX_LOG_LEVEL ?? "info" }, { write: (line: string) => cli.err(line) });
-      const metrics = opts.metricsPort !== undefined ? await serveMetrics(parseCount(String(opts.metricsPort), "--metrics-port"), String(opts.metricsHost)) : null;
+      // The relay is created after the port is open (its metrics go into the port's registry); probes before that see "starting".
+      let probed: Relay | null = null;
+      const starting = { status: "fail", checks: { relay: { ok: false, detail: "starting" } } } as const;
+      const metrics =
+        opts.metricsPort !== undefined
+          ? await serveOperations({
+              port: parsePort(String(opts.metricsPort)),
+              host: String(opts.metricsHost),
+              health: async () => (probed ? (await probed.health()).live : starting),
+              ready: async () => (probed ? (await probed.health()).ready : starting),
+            })
+          : null;
       const relay: Relay = createRelay({ databaseUrl: url, transport, logger, stopDeadlineMs, ...tuning, ...(metrics ? { metricsRegistry: metrics.registry } : {}) });
+      probed = relay;
       if (metrics) {
         void relay.stopped.then(() => metrics.close());
-        logger.info({ metrics: metrics.url }, "serving metrics");
+        logger.info({ metrics: `${metrics.url}/metrics`, endpoints: metrics.paths.map((p) => metrics.url + p) }, "serving metrics");
       }
       let signalled = 0;
       // stderr carries the relay's JSON log: what the signals do is logged there as JSON lines too.
@@ -131,25 +144,9 @@ export function dsnOptions(opts: Record<string, string | boolean | undefined>, s
   };
 }
 
-/** A Prometheus endpoint for the relay (prom-client's default Node.js metrics plus mail_outbox_*); `mail-outbox follow-log` serves one too. */
-export async function serveMetrics(port: number, host: string): Promise<{ registry: Registry; url: string; close(): void }> {
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
-  const server = createServer((req, res) => {
-    if (req.url !== "/metrics") {
-      res.writeHead(404).end("not found; try /metrics\n");
-      return;
-    }
-    registry.metrics().then(
-      (body) => res.writeHead(200, { "content-type": registry.contentType }).end(body),
-      (e: unknown) => res.writeHead(500).end(String(e)),
-    );
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", (e) => reject(new OptionsError(`Cannot serve metrics on ${host}:${port}: ${(e as Error).message}`)));
-    server.listen(port, host, resolve);
-  });
-  const address = server.address();
-  const actualPort = typeof address === "object" && address ? address.port : port;
-  return { registry, url: `http://${host}:${actualPort}/metrics`, close: () => server.close() };
+/** `--metrics-port`: 0 (any free port) to 65535. */
+export function parsePort(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || n > 65535) throw new OptionsError(`Expected --metrics-port to be a port number from 0 to 65535, got ${JSON.stringify(value)}.`);
+  return n;
 }
