@@ -12,7 +12,6 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { readdirSync, readlinkSync } from "node:fs";
 import { appendFile, copyFile, mkdtemp, readFile, rename, rm, stat, truncate, unlink, writeFile } from "node:fs/promises";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
@@ -26,6 +25,7 @@ import { main } from "../src/cli/main.js";
 import { followLog, type FollowLogCounts, type FollowLogOptions } from "../src/fate/follow-log.js";
 import type { FateEvent } from "../src/fate/watch.js";
 import { freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
+import { startProxy, type Proxy } from "./support/tcp-proxy.js";
 import { PG_ADMIN_URL, POSTFIX_SENDMAIL, needPostfix, needPostgres } from "./support/services.js";
 import { POSTFIX_LOG } from "./support/postfix.js";
 
@@ -619,51 +619,3 @@ describe("followLog on this machine's Postfix log", () => {
     assert.ok(queued?.queueId && events.every((e) => e.queueId === queued.queueId), "every event names the queue id of the cleanup line");
   });
 });
-
-// ---------------------------------------------------------------------------------------------
-// A TCP proxy in front of PostgreSQL, to cut the database off and bring it back on the same port.
-
-interface Proxy {
-  readonly port: number;
-  down(): Promise<void>;
-  up(): Promise<void>;
-  close(): Promise<void>;
-}
-
-async function startProxy(target: URL): Promise<Proxy> {
-  const sockets = new Set<net.Socket>();
-  const make = () =>
-    net.createServer((client) => {
-      const upstream = net.connect({ host: target.hostname, port: Number(target.port || 5432) });
-      sockets.add(client).add(upstream);
-      const drop = () => {
-        client.destroy();
-        upstream.destroy();
-        sockets.delete(client);
-        sockets.delete(upstream);
-      };
-      client.on("error", drop).on("close", drop);
-      upstream.on("error", drop).on("close", drop);
-      client.pipe(upstream).pipe(client);
-    });
-  let server = make();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  const down = async () => {
-    for (const socket of sockets) socket.destroy();
-    sockets.clear();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  };
-  return {
-    port,
-    down,
-    async up() {
-      server = make();
-      await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
-    },
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      if (server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}

@@ -11,7 +11,6 @@ import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
 import { writeFile, mkdtemp, rm } from "node:fs/promises";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Registry } from "prom-client";
@@ -19,6 +18,7 @@ import { createRelay, mailOutbox } from "../src/index.js";
 import { serveOperations, type HealthReport } from "../src/http-server.js";
 import { main } from "../src/cli/main.js";
 import { freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
+import { startProxy, type Proxy } from "./support/tcp-proxy.js";
 import { PG_ADMIN_URL, needPostgres } from "./support/services.js";
 import { startTestSmtp } from "../testkit/smtp.js";
 
@@ -213,47 +213,3 @@ async function servingUrl(err: { text(): string }): Promise<string> {
   assert.fail(`no "serving metrics" line on stderr: ${err.text()}`);
 }
 
-// A TCP proxy in front of PostgreSQL, to cut the database off and bring it back on the same port (as in follow-log.test.ts).
-interface Proxy {
-  readonly port: number;
-  down(): Promise<void>;
-  up(): Promise<void>;
-  close(): Promise<void>;
-}
-
-async function startProxy(target: URL): Promise<Proxy> {
-  const sockets = new Set<net.Socket>();
-  const make = () =>
-    net.createServer((client) => {
-      const upstream = net.connect({ host: target.hostname, port: Number(target.port || 5432) });
-      sockets.add(client).add(upstream);
-      const drop = () => {
-        client.destroy();
-        upstream.destroy();
-        sockets.delete(client);
-        sockets.delete(upstream);
-      };
-      client.on("error", drop).on("close", drop);
-      upstream.on("error", drop).on("close", drop);
-      client.pipe(upstream).pipe(client);
-    });
-  let server = make();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  return {
-    port,
-    async down() {
-      for (const socket of sockets) socket.destroy();
-      sockets.clear();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-    async up() {
-      server = make();
-      await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
-    },
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      if (server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}

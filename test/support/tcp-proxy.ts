@@ -1,0 +1,50 @@
+/**
+ * A TCP proxy in front of a server (PostgreSQL in the tests), to cut it off and bring it back on
+ * the same port: an outage as the client sees it, without stopping the shared server.
+ */
+import net from "node:net";
+
+export interface Proxy {
+  readonly port: number;
+  down(): Promise<void>;
+  up(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startProxy(target: URL): Promise<Proxy> {
+  const sockets = new Set<net.Socket>();
+  const make = () =>
+    net.createServer((client) => {
+      const upstream = net.connect({ host: target.hostname, port: Number(target.port || 5432) });
+      sockets.add(client).add(upstream);
+      const drop = () => {
+        client.destroy();
+        upstream.destroy();
+        sockets.delete(client);
+        sockets.delete(upstream);
+      };
+      client.on("error", drop).on("close", drop);
+      upstream.on("error", drop).on("close", drop);
+      client.pipe(upstream).pipe(client);
+    });
+  let server = make();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  const down = async () => {
+    for (const socket of sockets) socket.destroy();
+    sockets.clear();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  };
+  return {
+    port,
+    down,
+    async up() {
+      server = make();
+      await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
+    },
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      if (server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
