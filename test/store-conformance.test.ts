@@ -14,12 +14,12 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import type { TestContext } from "node:test";
-import { openDatabase, toSqliteTime, type Db } from "../src/db.js";
+import { openDatabase, type Db } from "../src/db.js";
 import { newId } from "../src/ids.js";
 import { cancelMails, purgeMails, replayMails } from "../src/admin.js";
 import { TRANSITIONS, type Transition } from "../src/states.js";
 import type { Outcome, Store } from "../src/store.js";
-import { conformanceStores, freshSqlite } from "./support/db.js";
+import { conformanceStores, insertRow as insert, freshSqlite } from "./support/db.js";
 
 /** Opens a fresh migrated store for one test (closed after it), or null when the database is not available (skipped). */
 type StoreFactory = (t: TestContext) => Promise<Db | null>;
@@ -77,15 +77,6 @@ async function seed(db: Db, m: Seed = {}): Promise<string> {
   return id;
 }
 
-async function insert(db: Db, table: string, v: Record<string, unknown>): Promise<void> {
-  const cols = Object.keys(v);
-  if (db.dialect === "postgresql") {
-    await db.pool.query(`INSERT INTO ${table} (${cols.join(", ")}) VALUES (${cols.map((c, i) => `$${i + 1}${c === "envelope_to" ? "::jsonb" : ""}`).join(", ")})`, Object.values(v));
-  } else {
-    const vals = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? toSqliteTime(x) : x]));
-    db.db.prepare(`INSERT INTO ${table} (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
-  }
-}
 
 async function query<T>(db: Db, sql: string): Promise<T[]> {
   if (db.dialect === "postgresql") return (await db.pool.query(sql)).rows as T[];

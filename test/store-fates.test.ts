@@ -13,13 +13,13 @@ import { describe, it } from "node:test";
 import pg from "pg";
 import assert from "node:assert/strict";
 import type { TestContext } from "node:test";
-import { openDatabase, toSqliteTime, type Db } from "../src/db.js";
+import { openDatabase, type Db } from "../src/db.js";
 import { newId } from "../src/ids.js";
 import { purgeMails } from "../src/admin.js";
 import { TRANSITIONS, type Transition } from "../src/states.js";
 import type { DeliveryEventInput, DeliveryEventKind, DeliveryEventRecord, Fate, MailFilter } from "../src/store.js";
 import type { JsonValue } from "../src/types.js";
-import { conformanceStores, freshPostgres } from "./support/db.js";
+import { conformanceStores, insertRow as insert, freshPostgres } from "./support/db.js";
 import { needPostgres, PG_ADMIN_URL } from "./support/services.js";
 
 type StoreFactory = (t: TestContext) => Promise<Db | null>;
@@ -80,15 +80,6 @@ async function seedAttempt(db: Db, emailId: string, queueId: string | null, star
   });
 }
 
-async function insert(db: Db, table: string, v: Record<string, unknown>): Promise<void> {
-  const cols = Object.keys(v);
-  if (db.dialect === "postgresql") {
-    await db.pool.query(`INSERT INTO ${table} (${cols.join(", ")}) VALUES (${cols.map((c, i) => `$${i + 1}${c === "envelope_to" ? "::jsonb" : ""}`).join(", ")})`, Object.values(v));
-  } else {
-    const vals = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? toSqliteTime(x) : x]));
-    db.db.prepare(`INSERT INTO ${table} (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
-  }
-}
 
 async function exec(db: Db, sql: string): Promise<void> {
   if (db.dialect === "postgresql") await db.pool.query(sql);

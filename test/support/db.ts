@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { randomUUID } from "node:crypto";
 import pg from "pg";
-import { openDatabase, parseDatabaseUrl, quoteIdent } from "../../src/db.js";
+import { openDatabase, parseDatabaseUrl, quoteIdent, toSqliteTime } from "../../src/db.js";
 import type { Db } from "../../src/db.js";
 import { migrate } from "../../src/migrate.js";
 import { needPostgres, PG_ADMIN_URL } from "./services.js";
@@ -200,3 +200,15 @@ export const conformanceStores: readonly { readonly name: string; readonly open:
     },
   },
 ];
+
+/** Insert one row as given (times as the store keeps them), for tests that set up exact states. */
+export
+async function insertRow(db: Db, table: string, v: Record<string, unknown>): Promise<void> {
+  const cols = Object.keys(v);
+  if (db.dialect === "postgresql") {
+    await db.pool.query(`INSERT INTO ${table} (${cols.join(", ")}) VALUES (${cols.map((c, i) => `$${i + 1}${c === "envelope_to" ? "::jsonb" : ""}`).join(", ")})`, Object.values(v));
+  } else {
+    const vals = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? toSqliteTime(x) : x]));
+    db.db.prepare(`INSERT INTO ${table} (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
+  }
+}
