@@ -107,6 +107,18 @@ describe("decideVerify: what the MTA's record says about a held uncertain hand-o
     assert.equal(kind(decideVerify({ ...base, requireMtaActivity: false })[0]), "absent", "over SMTP the follower's position is enough");
   });
 
+  it("local submission on a quiet outbox: postqueue's unbroken streak of answers, begun before heldAt + margin, is a sign of life at heldAt + margin (the soak's last hold went unsettled without this)", () => {
+    // Held at 0; Postfix answered every probe since 500 ms (before heldAt + margin); nothing logged since.
+    const base = { candidates: [candidate()], evidence: new Map(), requireMtaActivity: true, logEventTimes: [], mtaRunningSince: at(500) };
+    const kind = (d: ReturnType<typeof decideVerify>[number] | undefined) => (d?.kind === "wait" ? `wait ${d.reason}` : d?.kind);
+    assert.equal(kind(decideVerify({ ...base, caughtUpAt: at(1000), now: at(1000) })[0]), "wait behind", "before heldAt + margin: too early");
+    assert.equal(kind(decideVerify({ ...base, caughtUpAt: at(VERIFY_MARGIN_MS + 2999), now: at(60_000) })[0]), "wait behind", "the follower is not yet 3 s past heldAt + margin");
+    assert.equal(kind(decideVerify({ ...base, caughtUpAt: at(VERIFY_MARGIN_MS + 3000), now: at(60_000) })[0]), "absent", "the streak covered heldAt + margin, the follower read 3 s past it");
+    assert.equal(kind(decideVerify({ ...base, mtaRunningSince: at(10_000), caughtUpAt: at(12_999), now: at(13_000) })[0]), "wait behind", "a streak begun after the hold counts from its start");
+    assert.equal(kind(decideVerify({ ...base, mtaRunningSince: at(10_000), caughtUpAt: at(13_000), now: at(13_000) })[0]), "absent");
+    assert.equal(kind(decideVerify({ ...base, mtaRunningSince: null, caughtUpAt: at(60_000), now: at(60_000) })[0]), "wait mta-quiet", "the last probe said no");
+  });
+
   it("each candidate is decided on its own, in order", () => {
     const a = candidate({ id: "a", heldAt: at(0) });
     const b = candidate({ id: "b", heldAt: at(5000) });

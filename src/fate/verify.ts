@@ -26,8 +26,8 @@
  * also while Postfix is stopped, and such mail reaches the log only when Postfix starts again and
  * its pickup drains the maildrop; a silent log then proves nothing (the soak met exactly this).
  * With `requireMtaActivity`, absence also needs a sign that Postfix ran at or after
- * `heldAt + margin` (an event it logged then, or `postqueue -p` succeeding, which it does only
- * while Postfix runs) and a follower caught up `settleMs` (3 s) past that first sign of life
+ * `heldAt + margin` (an event it logged then, or `postqueue -p` succeeding at every probe since
+ * a time before or after it, which it does only while Postfix runs) and a follower caught up `settleMs` (3 s) past that first sign of life
  * (pickup has drained the maildrop by then).
  *
  * The decision (`decideVerify`) is a pure function of the candidates, their evidence, the
@@ -87,6 +87,12 @@ export interface VerifyFacts {
    */
   readonly requireMtaActivity?: boolean;
   readonly logEventTimes?: readonly Date[];
+  /**
+   * Local submission: since when every probe of the MTA (`postqueue -p`) has said it runs, up to
+   * `now` (null: the last probe said no, or none ran). A streak that began before a mail's
+   * `heldAt + margin` and still holds is a sign of life at `heldAt + margin`: the MTA ran then.
+   */
+  readonly mtaRunningSince?: Date | null;
   /** @default VERIFY_SETTLE_MS */
   readonly settleMs?: number;
 }
@@ -142,7 +148,13 @@ export function decideVerify(facts: VerifyFacts): VerifyDecision[] {
       out.push({ kind: "wait", candidate, reason: caughtUp === null ? "no-follower" : "behind" });
       continue;
     }
-    const alive = activity.find((t) => t >= heldAt + marginMs);
+    // The first sign of life at or after heldAt + margin: a logged event, or the probe's streak
+    // (which, begun earlier and unbroken since, covers heldAt + margin itself).
+    let alive = activity.find((t) => t >= heldAt + marginMs);
+    if (facts.mtaRunningSince && now >= heldAt + marginMs) {
+      const since = Math.max(facts.mtaRunningSince.getTime(), heldAt + marginMs);
+      if (since <= now && (alive === undefined || since < alive)) alive = since;
+    }
     if (facts.requireMtaActivity && (alive === undefined || caughtUp < alive + settleMs)) {
       out.push({ kind: "wait", candidate, reason: alive === undefined ? "mta-quiet" : "behind" });
       continue;
@@ -228,10 +240,19 @@ export class HeldMailVerifier {
       if (this.o.mtaRunning) {
         const up = await this.o.mtaRunning().catch(() => false);
         this.runningSince = up ? (this.runningSince ?? now) : null;
-        if (this.runningSince) logEventTimes.push(this.runningSince);
       }
     }
-    const decisions = decideVerify({ candidates, evidence, caughtUpAt, now, windowMs, marginMs, requireMtaActivity: this.o.requireMtaActivity, logEventTimes });
+    const decisions = decideVerify({
+      candidates,
+      evidence,
+      caughtUpAt,
+      now,
+      windowMs,
+      marginMs,
+      requireMtaActivity: this.o.requireMtaActivity,
+      logEventTimes,
+      mtaRunningSince: this.runningSince,
+    });
     const settled: VerifiedEvent[] = [];
     const waiting: VerifyCandidate[] = [];
     const stillExpired = new Set<string>();

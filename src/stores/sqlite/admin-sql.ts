@@ -141,14 +141,18 @@ export function findMail(db: Db, id: string | null, messageId: string | null, wi
     .get({ id, messageId, withRaw: withRaw ? 1 : 0 }) as SqliteMailRow | undefined;
 }
 
-/** The attempts of one mail in the order they happened. */
+/**
+ * The attempts of one mail in the order they happened. Times are stored to the millisecond, so two
+ * lines written in the same millisecond (a rescue, then the verifier's settling) are ordered by
+ * rowid, the order they were inserted in, not by their random ids.
+ */
 export function listAttempts(db: Db, emailId: string): PlainAttemptRow[] {
   const rows = db
     .prepare(
       `SELECT ${ATTEMPT_COLUMNS}
        FROM mail_outbox_attempt
        WHERE email_id = @emailId
-       ORDER BY started_at, attempt, id`,
+       ORDER BY started_at, attempt, rowid`,
     )
     .all({ emailId }) as SqliteAttemptRow[];
   return rows.map((r) => ({ ...r, started_at: date(r.started_at) }));
