@@ -13,6 +13,9 @@ export type { AttemptRecord, DeliveryEventRecord, Fate, FateSource, MailRecord, 
 export { countNumericTimes, getStatus, listMails, listSuppressions, mailFates, pingDatabase, showMail } from "./admin-read.js";
 export { cancelMails, purgeMails, replayMails, suppress, unsuppress } from "./admin-change.js";
 export { errorMessage, parseMailRef } from "./admin-common.js";
+import { purgeMails } from "./admin-change.js";
+import { withDb } from "./admin-common.js";
+import { parseRetention, retentionSettings, RETENTION_STATUSES, type RetentionOptions } from "./relay-ops.js";
 
 /** An open store (`openDatabase()`), or a URL (`file:...`, `postgresql://...`) to open for this one call. */
 export type DbOrUrl = Store | string;
@@ -260,3 +263,51 @@ export interface UnsuppressResult {
 
 /** What an id argument names: a row id or a Message-ID (always with angle brackets). */
 export type MailRef = { readonly kind: "id"; readonly id: string } | { readonly kind: "messageId"; readonly messageId: string };
+
+export interface RetentionPurgeOptions {
+  /**
+   * The rules, as the relay's `retention` option takes them ({ sent: "30d", dead: "90d" }, ages as
+   * durations or ms) or as the CLI writes them ("sent=30d,cancelled=30d,dead=90d").
+   */
+  readonly retention: RetentionOptions | string;
+  readonly dryRun?: boolean;
+  /** Rows per delete statement (and per transaction). @default 5000 */
+  readonly batchSize?: number;
+  readonly now?: Date;
+}
+
+export interface RetentionPurgeResult {
+  readonly dryRun: boolean;
+  /** One purge per status with an age (in the order sent, cancelled, dead), each with its cut-off. */
+  readonly results: readonly PurgeResult[];
+  /** Rows deleted (with `dryRun`: rows that would be), all rules together. */
+  readonly deleted: number;
+  readonly byStatus: Readonly<Record<PurgeableStatus, number>>;
+}
+
+/**
+ * Apply retention rules once (`mail-outbox purge --retention`): for each status with an age,
+ * `purgeMails` of that status older than it. The same rules the relay's `retention` option
+ * applies in the background.
+ *
+ * @example
+ * await purgeByRetention(db, { retention: "sent=30d,cancelled=30d,dead=90d", dryRun: true });
+ * @throws OptionsError for a status that may not be purged or an age that does not parse.
+ */
+export async function purgeByRetention(dbOrUrl: DbOrUrl, options: RetentionPurgeOptions): Promise<RetentionPurgeResult> {
+  const rules = typeof options.retention === "string" ? parseRetention(options.retention) : retentionSettings(options.retention)!.rules;
+  const now = options.now ?? new Date();
+  const dryRun = options.dryRun === true;
+  const results = await withDb(dbOrUrl, async (db) => {
+    const out: PurgeResult[] = [];
+    for (const status of RETENTION_STATUSES) {
+      const olderThanMs = rules[status];
+      if (olderThanMs === undefined) continue;
+      out.push(await purgeMails(db, { status, olderThanMs, dryRun, now, ...(options.batchSize !== undefined ? { batchSize: options.batchSize } : {}) }));
+    }
+    return out;
+  });
+  const byStatus: Record<PurgeableStatus, number> = { sent: 0, dead: 0, cancelled: 0 };
+  for (const r of results) for (const s of PURGEABLE_STATUSES) byStatus[s] += r.byStatus[s];
+  return { dryRun, results, deleted: results.reduce((n, r) => n + r.deleted, 0), byStatus };
+}

@@ -6,6 +6,6 @@
  */
 import { isEntryPoint, runProgram } from "./cli/main.js";
 
-export { main, EXIT_FORCED, EXIT_USAGE, type CliIO, type SignalSource, type Writable } from "./cli/main.js";
+export { main, EXIT_FAILURE, EXIT_FORCED, EXIT_FORCED_SIGTERM, EXIT_USAGE, type CliIO, type SignalSource, type Writable } from "./cli/main.js";
 
 if (isEntryPoint(import.meta.url)) runProgram();

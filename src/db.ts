@@ -27,7 +27,13 @@ export type Dialect = "postgresql" | "sqlite";
 
 export type DatabaseLocation =
   | { readonly dialect: "sqlite"; readonly filename: string }
-  | { readonly dialect: "postgresql"; readonly connectionString: string; readonly schema: string };
+  | {
+      readonly dialect: "postgresql";
+      readonly connectionString: string;
+      readonly schema: string;
+      /** `?pgbouncer=true` (Prisma's parameter): the URL points at PgBouncer. */
+      readonly pgbouncer: boolean;
+    };
 
 /**
  * A store that `openDatabase` returns: every one is a {@link Store}. The shipped stores also
@@ -45,6 +51,11 @@ export interface OpenDatabaseOptions {
   readonly applicationName?: string;
   /** SQLite: how long a writer waits for the lock before failing. @default 5000 */
   readonly busyTimeoutMs?: number;
+  /**
+   * PostgreSQL: a direct URL (not through PgBouncer) for LISTEN. Behind PgBouncer
+   * (`?pgbouncer=true`) without one, relays poll. @default process.env.MAIL_OUTBOX_LISTEN_URL
+   */
+  readonly listenUrl?: string | null;
 }
 
 /**
@@ -76,9 +87,15 @@ export function parseDatabaseUrl(url: string | undefined, cwd = process.cwd()): 
     if (!/^[A-Za-z_][A-Za-z0-9_$]{0,62}$/.test(schema)) {
       throw new DatabaseConfigError(`The schema ${JSON.stringify(schema)} in the database URL is not a plain identifier (letters, digits, _ and $).`);
     }
-    // `schema` is Prisma's parameter, not libpq's: strip it before handing the URL to pg.
+    // `pgbouncer=true` is Prisma's parameter too: the same DATABASE_URL serves both.
+    const bouncer = parsed.searchParams.get("pgbouncer");
+    if (bouncer !== null && bouncer !== "true" && bouncer !== "false") {
+      throw new DatabaseConfigError(`pgbouncer=${JSON.stringify(bouncer)} in the database URL: write pgbouncer=true (the URL points at PgBouncer) or leave it out.`);
+    }
+    // `schema` and `pgbouncer` are Prisma's parameters, not libpq's: strip them before handing the URL to pg.
     parsed.searchParams.delete("schema");
-    return { dialect: "postgresql", connectionString: parsed.toString(), schema };
+    parsed.searchParams.delete("pgbouncer");
+    return { dialect: "postgresql", connectionString: parsed.toString(), schema, pgbouncer: bouncer === "true" };
   }
   throw new DatabaseConfigError(
     `Unsupported database URL ${JSON.stringify(redactUrl(url))}: use file:... for SQLite or postgresql://... for PostgreSQL.`,
@@ -109,9 +126,20 @@ export async function openDatabase(url: string | undefined, options: OpenDatabas
   if (location.dialect === "sqlite") {
     return new SqliteStore({ filename: location.filename, displayUrl, ...(options.busyTimeoutMs !== undefined ? { busyTimeoutMs: options.busyTimeoutMs } : {}) });
   }
+  const listenUrl = options.listenUrl === undefined ? process.env.MAIL_OUTBOX_LISTEN_URL || null : options.listenUrl;
+  let listenConnectionString: string | null = null;
+  if (listenUrl !== null && listenUrl.trim() !== "") {
+    const listen = parseDatabaseUrl(listenUrl, process.cwd());
+    if (listen.dialect !== "postgresql" || listen.pgbouncer) {
+      throw new DatabaseConfigError(`The listen URL ${redactUrl(listenUrl)} must be a direct postgresql:// URL of the same database, not through PgBouncer (LISTEN needs a session of its own).`);
+    }
+    listenConnectionString = listen.connectionString;
+  }
   return new PostgresStore({
     connectionString: location.connectionString,
     schema: location.schema,
+    pgbouncer: location.pgbouncer,
+    listenConnectionString,
     displayUrl,
     ...(options.poolSize !== undefined ? { poolSize: options.poolSize } : {}),
     ...(options.applicationName !== undefined ? { applicationName: options.applicationName } : {}),

@@ -136,7 +136,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
       const problems = await inspectSchema(db);
       checks.push(
         problems.length === 0
-          ? check("schema", "ok", "the outbox tables (mail_outbox, mail_outbox_attempt, mail_outbox_delivery, mail_outbox_suppression, mail_outbox_log_cursor) have the expected shape")
+          ? check("schema", "ok", "the outbox tables (mail_outbox, mail_outbox_attempt, mail_outbox_delivery, mail_outbox_suppression, mail_outbox_log_cursor, mail_outbox_pause, mail_outbox_rate, mail_outbox_lock) have the expected shape")
           : check("schema", "fail", problems.map((p) => p.message).join("; "), [...new Set(problems.map((p) => p.fix))].join("; "), { problems }),
       );
     }

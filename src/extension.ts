@@ -8,6 +8,7 @@ import { Prisma } from "@prisma/client/extension";
 import { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_MESSAGE_BYTES, validateComposeDefaults } from "./compose.js";
 import { DuplicateIdempotencyKeyError, InvalidMailError, OptionsError, SuppressedRecipientError } from "./errors.js";
 import { allSuppressedMessage, checkSuppressionPolicy, findSuppressedWithPrisma, splitRecipients, type RecipientSplit, type SuppressionPolicy } from "./fate/suppression.js";
+import { traceContextFor } from "./tracing.js";
 import type { AddressInput, ComposeDefaults, ComposedMail, MailInput } from "./types.js";
 
 export interface MailOutboxOptions {
@@ -183,8 +184,10 @@ function resolveDefaults(options: MailOutboxOptions): ComposeDefaults {
 /**
  * The row of a composed mail. With a split from the suppression list: the kept recipients as the
  * envelope, or (none kept) status `cancelled` with the reason and the envelope left whole.
+ * `traceContext` (a W3C traceparent, see tracing.ts) only when there is one: a model without the
+ * field never sees it.
  */
-function toRow(m: ComposedMail, now: Date, split: RecipientSplit | null): Record<string, unknown> {
+function toRow(m: ComposedMail, now: Date, split: RecipientSplit | null, traceContext: string | null): Record<string, unknown> {
   const allSuppressed = split !== null && split.kept.length === 0;
   const row: Record<string, unknown> = {
     id: m.id,
@@ -206,6 +209,7 @@ function toRow(m: ComposedMail, now: Date, split: RecipientSplit | null): Record
   if (m.idempotencyKey !== null) row.idempotencyKey = m.idempotencyKey;
   if (m.metadata !== null) row.metadata = m.metadata;
   if (allSuppressed) row.lastError = allSuppressedMessage(split.suppressed);
+  if (traceContext !== null) row.traceContext = traceContext;
   return row;
 }
 
@@ -275,6 +279,10 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
            *   transaction starts, on the client's own connection: a `suppress add` or `remove` committed by
            *   another process in that instant may or may not be seen. Use an interactive transaction when
            *   the check must be part of yours.
+           * - Traces: with `@opentelemetry/api` installed and a span active when `enqueue()` is called (not
+           *   when it is awaited), that span's context is stored with the mail as a W3C `traceparent`
+           *   (field `traceContext`, written only when your model has it), and the relay's hand-off span
+           *   links to it.
            *
            * Like Prisma's own queries, the returned promise is lazy: nothing happens until it is awaited
            * (or passed to `$transaction([...])`). The complete RFC 5322 message is composed then, so the
@@ -295,6 +303,8 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
            */
           enqueue<T>(this: T, mail: MailInput): EnqueuePromise<EnqueueResult> {
             const delegate = Prisma.getExtensionContext(this) as unknown as OutboxDelegate;
+            // The caller's active span (OpenTelemetry), read now, in the caller's context.
+            const traceContext = traceContextFor(delegate);
             return prismaPromise(async (batch) => {
               const now = new Date();
               const composed = await composeMail(mail, defaults, now);
@@ -307,7 +317,7 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
               // Also before the batch's transaction when in a batch (see above), and only when the policy is on.
               const [split = null] = await applySuppression(suppression, delegate.$parent, [composed], now);
               try {
-                await execute(delegate.create({ data: toRow(composed, now, split), select: { id: true } }), batch);
+                await execute(delegate.create({ data: toRow(composed, now, split, traceContext), select: { id: true } }), batch);
               } catch (err) {
                 if (composed.idempotencyKey !== null && isOwnUniqueViolation(err, delegate, batch)) {
                   throw new DuplicateIdempotencyKeyError(composed.idempotencyKey, null, null, { cause: err });
@@ -329,6 +339,7 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
            */
           enqueueMany<T>(this: T, mails: readonly MailInput[]): EnqueuePromise<EnqueueResult[]> {
             const delegate = Prisma.getExtensionContext(this) as unknown as OutboxDelegate;
+            const traceContext = traceContextFor(delegate);
             return prismaPromise(async (batch) => {
               if (!Array.isArray(mails)) throw new InvalidMailError(["mails: expected an array of mails"]);
               if (mails.length === 0) {
@@ -366,7 +377,7 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
               // One read for every mail's recipients; refuses the whole call if any is suppressed under "refuse".
               const splits = await applySuppression(suppression, delegate.$parent, composed, now);
               try {
-                await execute(delegate.createMany({ data: composed.map((m, i) => toRow(m, now, splits[i] ?? null)) }), batch);
+                await execute(delegate.createMany({ data: composed.map((m, i) => toRow(m, now, splits[i] ?? null, traceContext)) }), batch);
               } catch (err) {
                 if (keys.size > 0 && isOwnUniqueViolation(err, delegate, batch)) {
                   throw new DuplicateIdempotencyKeyError([...keys.keys()].join(", "), null, null, { cause: err });

@@ -31,6 +31,8 @@ export {
   type DeadEvent,
   type RelayHealth,
 } from "./relay.js";
+// The relay's background duties: outbox gauges and retention.
+export { parseRetention, GAUGES_LOCK, RETENTION_LOCK, type RetentionOptions, type RetentionRules, type GaugeSnapshot } from "./relay-ops.js";
 // Logs: MAIL_OUTBOX_LOG_LEVEL, MAIL_OUTBOX_LOG_FORMAT.
 export { createLogger, logLevelFrom, logFormatFrom, LOG_LEVELS, type LogLevel, type LogFormat, type LoggerOptions } from "./logger.js";
 // The operations port: /metrics, /healthz, /readyz.
@@ -85,6 +87,9 @@ export {
   type PurgeOptions,
   type PurgeResult,
   type PurgeableStatus,
+  purgeByRetention,
+  type RetentionPurgeOptions,
+  type RetentionPurgeResult,
   listSuppressions,
   suppress,
   unsuppress,
@@ -97,6 +102,26 @@ export {
   type UnsuppressResult,
 } from "./admin.js";
 export { migrate, checkSchema, inspectSchema, type MigrateOptions, type MigrateResult, type SchemaProblem } from "./migrate.js";
+// Pausing the relays and pacing their hand-offs (mail-outbox pause | resume | pace).
+export {
+  pauseRelays,
+  resumeRelays,
+  listPauses,
+  setPace,
+  removePace,
+  listPaces,
+  transportKey,
+  parseScope,
+  type OpsScope,
+  type ScopeOptions,
+  type PauseOptions,
+  type PauseResult,
+  type ResumeOptions,
+  type ResumeResult,
+  type PaceOptions,
+  type PauseRecord,
+  type RateRecord,
+} from "./ops.js";
 export { doctor, type DoctorOptions, type DoctorReport, type DoctorCheck, type DoctorStatus } from "./doctor.js";
 export { initSchema, prismaConfigFor, type InitOptions, type InitResult, type SchemaProvider } from "./init.js";
 
@@ -139,3 +164,5 @@ export {
   UnreadableReportError,
   ForgedReportError,
 } from "./errors.js";
+export { createDashboardHandler, isLoopbackHost, serveDashboard, MAX_BULK } from "./ui/index.js";
+export type { DashboardAuth, DashboardHandler, DashboardOptions, DashboardServer, ServeDashboardOptions } from "./ui/index.js";

@@ -13,6 +13,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { databaseSchema } from "./db.js";
 import { OptionsError } from "./errors.js";
+import { MIGRATIONS_TABLE, OUTBOX_TABLE_NAMES } from "./migrations.js";
 
 export type SchemaProvider = "postgresql" | "sqlite";
 
@@ -60,19 +61,21 @@ export interface InitResult {
 /**
  * The tables `mail-outbox migrate` creates, for `tables.external` in `prisma.config.ts`:
  * the outbox, its attempt log, the delivery events, the suppression list, the log follower's
- * cursor, and the record of the migrations run.
+ * cursor, the relays' pauses, rate limits and leases, and the record of the migrations run.
  */
-export const OUTBOX_TABLES = [
-  "mail_outbox",
-  "mail_outbox_attempt",
-  "mail_outbox_delivery",
-  "mail_outbox_suppression",
-  "mail_outbox_log_cursor",
-  "mail_outbox_migrations",
-] as const;
+export const OUTBOX_TABLES = [...OUTBOX_TABLE_NAMES, MIGRATIONS_TABLE] as const;
 
 /** The outbox models, in the order of `prisma/<provider>/outbox.prisma`. */
-const MODEL_NAMES = ["OutboxEmail", "OutboxEmailAttempt", "OutboxDelivery", "OutboxSuppression", "OutboxLogCursor"] as const;
+const MODEL_NAMES = [
+  "OutboxEmail",
+  "OutboxEmailAttempt",
+  "OutboxDelivery",
+  "OutboxSuppression",
+  "OutboxLogCursor",
+  "OutboxPause",
+  "OutboxRate",
+  "OutboxLock",
+] as const;
 
 /**
  * A complete `prisma.config.ts` that lists the outbox tables as external. Prisma's schema engine
@@ -129,19 +132,39 @@ function modelBlock(models: string, name: string): string {
   return m[0];
 }
 
+/** The fields of OutboxEmail that later versions added, as the models file writes them. */
+const LATER_FIELDS: readonly { readonly name: string; readonly line: string }[] = [
+  { name: "traceContext", line: `  traceContext      String?              @map("trace_context")` },
+];
+
+/** OutboxEmail's block in the schema text (up to its closing brace or first `@@` line). */
+function outboxEmailBlock(text: string): RegExpExecArray | null {
+  return /^([ \t]*model[ \t]+OutboxEmail[ \t]*\{[^}]*?)(^[ \t]*\}|^[ \t]*@@)/m.exec(text);
+}
+
+/** The fields of {@link LATER_FIELDS} that the schema's OutboxEmail lacks (none when it has no OutboxEmail). */
+function missingFields(text: string): string[] {
+  const block = outboxEmailBlock(stripComments(text));
+  if (block === null) return [];
+  return LATER_FIELDS.filter((f) => !new RegExp(`^[ \\t]*${f.name}\\s`, "m").test(block[1]!)).map((f) => f.name);
+}
+
 /**
  * A schema made by an earlier `init` (OutboxEmail and OutboxEmailAttempt, without the delivery-fate
- * models): add the missing models after the others, and OutboxEmail's back-relation field
- * `deliveries` that Prisma requires for OutboxDelivery. Returns the new text, or null when
- * OutboxEmail's block cannot be found to add the field to.
+ * or operations models, or OutboxEmail without `traceContext`): add the missing models after the
+ * others, OutboxEmail's back-relation field `deliveries` that Prisma requires for OutboxDelivery,
+ * and OutboxEmail's later fields. Returns the new text, or null when OutboxEmail's block cannot be
+ * found to add the fields to.
  */
-function upgradedSchema(text: string, models: string, missing: readonly string[], eol: string): string | null {
+function upgradedSchema(text: string, models: string, missing: readonly string[], fields: readonly string[], eol: string): string | null {
   let out = text;
-  if (missing.includes("OutboxDelivery") && !/^\s*deliveries\s+OutboxDelivery\[\]/m.test(out)) {
-    const block = /^([ \t]*model[ \t]+OutboxEmail[ \t]*\{[^}]*?)(^[ \t]*\}|^[ \t]*@@)/m.exec(out);
+  const lines = LATER_FIELDS.filter((f) => fields.includes(f.name)).map((f) => f.line);
+  if (missing.includes("OutboxDelivery") && !/^\s*deliveries\s+OutboxDelivery\[\]/m.test(out)) lines.push(`  deliveries        OutboxDelivery[]`);
+  if (lines.length > 0) {
+    const block = outboxEmailBlock(out);
     if (block === null) return null;
     const at = block.index + block[1]!.length;
-    out = `${out.slice(0, at)}  deliveries        OutboxDelivery[]${eol}${out.slice(at)}`;
+    out = `${out.slice(0, at)}${lines.map((l) => l + eol).join("")}${out.slice(at)}`;
   }
   let added = missing.map((name) => modelBlock(models, name)).join("\n");
   if (eol === "\r\n") added = added.replace(/\r?\n/g, "\r\n");
@@ -150,11 +173,12 @@ function upgradedSchema(text: string, models: string, missing: readonly string[]
 }
 
 /**
- * Add the outbox models (`OutboxEmail`, `OutboxEmailAttempt`, and the delivery-fate models
- * `OutboxDelivery`, `OutboxSuppression`, `OutboxLogCursor`) to the schema at `schemaPath`.
+ * Add the outbox models (`OutboxEmail`, `OutboxEmailAttempt`, the delivery-fate models
+ * `OutboxDelivery`, `OutboxSuppression`, `OutboxLogCursor`, and the operations models
+ * `OutboxPause`, `OutboxRate`, `OutboxLock`) to the schema at `schemaPath`.
  * Idempotent: when the schema already has them all, nothing is written and the result says so. A
- * schema with only the first two (from an earlier version) gets the others added next to them,
- * with the field `deliveries OutboxDelivery[]` in `OutboxEmail`.
+ * schema from an earlier version gets the missing models added next to the ones it has, with the
+ * fields `OutboxEmail` lacks (`deliveries OutboxDelivery[]`, `traceContext`).
  *
  * @example
  * const r = await initSchema({ schemaPath: "prisma/schema.prisma" });
@@ -199,18 +223,24 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
   const present = new Set(contents.flatMap((c) => [...outboxModelsIn(c.text)]));
   const missing = MODEL_NAMES.filter((n) => !present.has(n));
   const home = contents.find((c) => outboxModelsIn(c.text).has("OutboxEmail"));
-  if (existing !== undefined && missing.length > 0 && home !== undefined && !missing.includes("OutboxEmailAttempt")) {
+  const fields = home === undefined ? [] : missingFields(home.text);
+  if (existing !== undefined && (missing.length > 0 || fields.length > 0) && home !== undefined && !missing.includes("OutboxEmailAttempt")) {
     // An earlier version's models: add what this version needs next to them.
     const models = await readFile(new URL(`${provider}/outbox.prisma`, PRISMA_DIR), "utf8");
     const eol = home.text.includes("\r\n") ? "\r\n" : "\n";
-    const upgraded = upgradedSchema(home.text, models, missing, eol);
+    const upgraded = upgradedSchema(home.text, models, missing, fields, eol);
     if (upgraded !== null) {
       await writeFile(home.file, upgraded);
+      const addedFields = [...fields, ...(missing.includes("OutboxDelivery") ? ["deliveries"] : [])].map((f) => `OutboxEmail.${f}`);
+      const what = [
+        ...(missing.length > 0 ? [`the models ${missing.join(", ")}`] : []),
+        ...(addedFields.length > 0 ? [`the field${addedFields.length > 1 ? "s" : ""} ${addedFields.join(", ")}`] : []),
+      ].join(" and ");
       return {
         changed: true,
         provider,
         schemaFile: home.file,
-        message: `Added the models ${missing.join(", ")} (and the field OutboxEmail.deliveries) to ${home.file}, next to the outbox models it had.`,
+        message: `Added ${what} to ${home.file}, next to the outbox models it had.`,
         nextSteps: steps,
         prismaConfig,
       };

@@ -8,10 +8,20 @@ import { SchemaError } from "./errors.js";
 
 /**
  * The tables the shipped migrations create, in the order they are created: the outbox, its attempt
- * log, and (0003/0002_delivery_fate) the delivery events, the suppression list and the log
- * follower's cursor.
+ * log, (0003/0002_delivery_fate) the delivery events, the suppression list and the log
+ * follower's cursor, and (0004/0003_operations) the relays' shared operations state: pauses,
+ * hand-off rate limits and named leases.
  */
-export const OUTBOX_TABLE_NAMES = ["mail_outbox", "mail_outbox_attempt", "mail_outbox_delivery", "mail_outbox_suppression", "mail_outbox_log_cursor"] as const;
+export const OUTBOX_TABLE_NAMES = [
+  "mail_outbox",
+  "mail_outbox_attempt",
+  "mail_outbox_delivery",
+  "mail_outbox_suppression",
+  "mail_outbox_log_cursor",
+  "mail_outbox_pause",
+  "mail_outbox_rate",
+  "mail_outbox_lock",
+] as const;
 
 /** The table that records which shipped migrations a database has run. */
 export const MIGRATIONS_TABLE = "mail_outbox_migrations";
@@ -63,6 +73,8 @@ export interface Catalog {
   readonly tables: Map<string, { sql: string; version: string }>;
   /** "table.column" -> its definition as the migration writes it: `"lease_owner" TEXT` */
   readonly columns: Map<string, string>;
+  /** "table.column" -> the migration that adds it to its table (`ALTER TABLE ... ADD COLUMN`); absent for columns created with their table. */
+  readonly addedColumns: Map<string, string>;
   readonly indexes: Map<string, { sql: string; version: string }>;
   /** constraint name -> ALTER TABLE ... ADD CONSTRAINT ... FOREIGN KEY (PostgreSQL) */
   readonly foreignKeys: Map<string, { sql: string; version: string }>;
@@ -81,7 +93,7 @@ function statements(sql: string): string[] {
 }
 
 export function catalog(migrations: readonly Migration[]): Catalog {
-  const c: Catalog = { tables: new Map(), columns: new Map(), indexes: new Map(), foreignKeys: new Map(), idempotent: [] };
+  const c: Catalog = { tables: new Map(), columns: new Map(), addedColumns: new Map(), indexes: new Map(), foreignKeys: new Map(), idempotent: [] };
   for (const m of migrations) {
     if (m.applyOnBaseline) {
       const triggers = [...m.sql.matchAll(/CREATE\s+TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?"?(\w+)"?[\s\S]*?\sON\s+"?(\w+)"?/gi)].map((x) => ({ name: x[1]!, table: x[2]! }));
@@ -98,8 +110,9 @@ export function catalog(migrations: readonly Migration[]): Catalog {
           const col = /^\s*"(\w+)"\s+(.+?),?\s*$/.exec(line);
           if (col) c.columns.set(`${table}.${col[1]}`, `"${col[1]}" ${col[2]}`);
         }
-      } else if ((x = /^ALTER TABLE "(\w+)" ADD COLUMN ("(\w+)" .+)$/s.exec(stmt))) {
+      } else if ((x = /^ALTER TABLE "(\w+)" ADD COLUMN\s+("(\w+)" .+)$/s.exec(stmt))) {
         c.columns.set(`${x[1]}.${x[3]}`, x[2]!);
+        c.addedColumns.set(`${x[1]}.${x[3]}`, m.version);
       } else if ((x = /^CREATE (?:UNIQUE )?INDEX "(\w+)"/.exec(stmt))) {
         c.indexes.set(x[1]!, { sql: stmt, version: m.version });
       } else if ((x = /^ALTER TABLE "\w+" ADD CONSTRAINT "(\w+)" FOREIGN KEY/.exec(stmt))) {

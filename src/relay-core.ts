@@ -6,7 +6,7 @@
  * through it. Internal: nothing here is exported to users.
  */
 import type { Logger } from "./logger.js";
-import type { RelayMetrics } from "./metrics.js";
+import type { OpsMetrics, RelayMetrics } from "./metrics.js";
 import type { Backoff } from "./outcome.js";
 import type { LeaseExpiryPolicy, Store } from "./store.js";
 import type { RelayCounts, RelayEvents } from "./relay.js";
@@ -40,12 +40,16 @@ export interface RelaySettings {
   readonly postqueue: string | null;
   /** What to ask the MTA about delivery status notifications; null: nothing. */
   readonly dsn: DsnOptions | null;
+  /** The key of the MTA the transport talks to (ops.ts `transportKey`): the scope of its pauses and paces. */
+  readonly transportKey: string;
 }
 
 export interface RelayCore {
   readonly settings: RelaySettings;
   readonly log: Logger;
   readonly metrics: RelayMetrics | null;
+  /** Pause and pacing metrics (metrics.ts `opsMetrics`), with the registry. */
+  readonly opsMetrics: OpsMetrics | null;
   /** Counts since the relay was created (mutated in place by the parts). */
   readonly total: RelayCounts;
   /** The store, once `start()` or `runOnce()` has opened it. */

@@ -3,7 +3,10 @@
  * turning within a bound; readiness is the relay started and not stopping, the database answering
  * a ping, the outbox tables without a problem that blocks the relay, and the MTA reachable.
  * Probes are cheap: the table check and the MTA check (one SMTP connection) are cached for a few
- * seconds and shared by concurrent probes.
+ * seconds and shared by concurrent probes. A pause (`mail-outbox pause`, ops.ts) that this relay
+ * honours adds the check `paused`: failing while the relay is paused entirely (scope `all` or its
+ * transport), passing but listed for a sender domain's pause; it names each scope, who paused it,
+ * since when and why (`pauses`). Without a pause the check is absent.
  */
 import { performance } from "node:perf_hooks";
 import type { Transporter } from "nodemailer";
@@ -17,7 +20,7 @@ import type { Outages } from "./outages.js";
 export interface RelayHealth {
   /** Check `loop`: the claim loop turned within `max(3 x pollIntervalMs, 30 s)`. */
   readonly live: HealthReport;
-  /** Checks `relay`, `database`, `tables`, `mta`. */
+  /** Checks `relay`, `database`, `tables`, `mta`, and `paused` while a pause applies to this relay. */
   readonly ready: HealthReport;
 }
 
@@ -34,6 +37,11 @@ export interface HealthSource {
   /** "idle" | "running" | "once" | "stopping" | "stopped" */
   mode(): string;
   transporter(): Transporter | null;
+}
+
+/** The `paused` check: the pauses listed with scope, who, since when (ISO) and why. */
+export interface PausedCheck extends HealthCheck {
+  readonly pauses: readonly { readonly scope: string; readonly pausedBy: string; readonly pausedAt: string; readonly reason: string | null }[];
 }
 
 interface Cached {
@@ -68,7 +76,21 @@ export class RelayProbe {
     }
     const [database, mta] = await Promise.all([this.databaseCheck(), this.cached("mta", () => this.mtaCheck())]);
     const tables = database.ok ? await this.tablesCheck() : { ok: false, detail: "not checked: the database does not answer" };
-    return { live, ready: healthReport({ relay, database, tables, mta }) };
+    const paused = this.pausedCheck();
+    return { live, ready: healthReport({ relay, database, tables, mta, ...(paused ? { paused } : {}) }) };
+  }
+
+  /** The pauses this relay honours, as the claim loop last read them; null when there are none. */
+  private pausedCheck(): PausedCheck | null {
+    const { honoured, pausedBy } = this.src.loop.ops;
+    if (honoured.length === 0) return null;
+    const pauses = honoured.map((p) => ({ scope: p.scope, pausedBy: p.pausedBy, pausedAt: p.pausedAt.toISOString(), reason: p.reason }));
+    const senders = honoured.filter((p) => p.scope.startsWith("sender:")).map((p) => p.scope.slice("sender:".length));
+    const why = (p: { pausedBy: string; pausedAt: Date; reason: string | null }) => `by ${p.pausedBy} since ${p.pausedAt.toISOString()}${p.reason ? ` (${p.reason})` : ""}`;
+    if (pausedBy !== null) {
+      return { ok: false, detail: `paused (${pausedBy.scope}) ${why(pausedBy)}: claiming nothing until \`mail-outbox resume\``, pauses };
+    }
+    return { ok: true, detail: `running; mail from ${senders.join(", ")} is paused (mail-outbox resume --sender <domain>)`, pauses };
   }
 
   private loopCheck(): HealthCheck {

@@ -18,6 +18,8 @@ import { handoffEnvelope } from "./fate/token.js";
 import type { ClaimedMail } from "./store.js";
 import { newId } from "./ids.js";
 import { errorText, sleep, type RelayCore } from "./relay-core.js";
+import { startHandoffSpan } from "./tracing.js";
+import { relayOpsView, type RelayOpsView } from "./ops.js";
 
 /** First pause after a failed claim; doubles per failure. */
 const DB_BACKOFF_START_MS = 250;
@@ -25,6 +27,9 @@ const DB_BACKOFF_START_MS = 250;
 const BUSY_BACKOFF_CAP_MS = 500;
 /** `runOnce()` gives up after this many database failures in a row (about 8 s). */
 const ONCE_GIVE_UP_AFTER = 5;
+/** The pauses and rates are read at most this often (and at least once per poll interval). */
+const OPS_READ_MAX_MS = 1000;
+const NO_OPS: RelayOpsView = { pausedBy: null, honoured: [], excludeSenderDomains: [], buckets: [] };
 
 export class ClaimLoop {
   /** Claimed, not yet started. */
@@ -37,6 +42,12 @@ export class ClaimLoop {
   private sendRaw: RawSend | null = null;
   /** `performance.now()` at the loop's last turn (0: never turned): the relay's liveness. */
   lastTick = 0;
+  /** The pauses and rate limits that apply to this relay, as last read (ops.ts). */
+  ops: RelayOpsView = NO_OPS;
+  /** `performance.now()` of the last read of the pauses and rates. */
+  private opsReadAt = -Infinity;
+  /** The pause and rate tables could not be read (warned once until they can). */
+  private opsUnreadable = false;
 
   constructor(private readonly core: RelayCore) {}
 
@@ -104,6 +115,7 @@ export class ClaimLoop {
     let dbBackoff = DB_BACKOFF_START_MS;
     let failures = 0;
     let flushFailures = 0;
+    this.opsReadAt = -Infinity; // each run starts from the pauses and rates as they are now
     const giveUp = async (err: unknown) => {
       await this.settled();
       this.releaseQueued();
@@ -133,14 +145,36 @@ export class ClaimLoop {
         await this.waitForKick(Math.min(outages.claimsPausedUntil - now, 10_000));
         continue;
       }
+      // Pauses and rates: one small read per poll turn (ops.ts). Paused entirely: claim nothing, give
+      // back what was claimed and not started; the loop goes on turning (liveness).
+      await this.readOps(Math.min(settings.pollIntervalMs, OPS_READ_MAX_MS));
+      const ops = this.ops;
+      const paused = ops.pausedBy !== null;
+      if (paused || ops.excludeSenderDomains.length > 0) this.releasePaused(ops);
       const room = capacity - this.queue.length - this.active.size;
       let claimed = 0;
       let limit = 0;
+      let pacedWaitMs = 0;
       // Claim when the local queue runs low, not one row at a time.
-      if (room > 0 && this.queue.length < settings.concurrency) {
+      if (!paused && room > 0 && this.queue.length < settings.concurrency) {
         limit = Math.min(settings.batchSize, room);
+        const buckets = ops.buckets;
+        let taken = 0;
         try {
-          const rows = await core.store!.claim(settings.owner, limit, settings.leaseMs);
+          if (buckets.length > 0) {
+            // A shared rate limit: take tokens first, claim at most what was granted, give back the rest.
+            const grant = await core.store!.takeTokens(buckets, limit);
+            taken = grant.granted;
+            if (grant.granted < limit) core.opsMetrics?.pacedTurns.inc();
+            if (grant.granted === 0) pacedWaitMs = Math.max(1, grant.waitMs);
+            limit = grant.granted;
+          }
+          const rows = limit > 0 ? await core.store!.claim(settings.owner, limit, settings.leaseMs, ops.excludeSenderDomains.length > 0 ? { excludeSenderDomains: ops.excludeSenderDomains } : undefined) : [];
+          if (taken > rows.length) {
+            const unused = taken - rows.length;
+            taken = 0;
+            await core.store!.returnTokens(buckets, unused);
+          }
           outages.databaseUp();
           dbBackoff = DB_BACKOFF_START_MS;
           failures = 0;
@@ -155,6 +189,7 @@ export class ClaimLoop {
             this.pump();
           }
         } catch (err) {
+          if (taken > 0) void core.store!.returnTokens(buckets, taken).catch(() => {});
           const what = core.store!.classifyError(err);
           if (what === "schema") {
             await outages.schemaGone(err);
@@ -168,6 +203,14 @@ export class ClaimLoop {
           continue;
         }
       }
+      if (pacedWaitMs > 0) {
+        // Out of tokens: wait until the bucket has one again, or a poll interval, or a kick.
+        const ms = Math.min(pacedWaitMs, settings.pollIntervalMs);
+        const t0 = performance.now();
+        await this.waitForKick(ms);
+        core.opsMetrics?.pacedSeconds.inc((performance.now() - t0) / 1000);
+        continue;
+      }
       if (kind === "once" && claimed === 0 && this.queue.length === 0 && this.active.size === 0) {
         await writer.flush();
         if (writer.pending === 0) return;
@@ -178,6 +221,73 @@ export class ClaimLoop {
       }
       if (claimed > 0 && claimed === limit) continue; // more may be due
       await this.waitForKick(kind === "once" ? 50 : settings.pollIntervalMs);
+    }
+  }
+
+  /**
+   * Read the pauses and rates when the last read is older than `maxAgeMs`; log a pause seen to
+   * begin or end, and keep `mail_outbox_paused{scope}`. A failed read keeps the last state (the
+   * claim then meets the outage itself); tables missing (an outbox not migrated yet) mean no
+   * pauses and no pacing, with one warning.
+   */
+  private async readOps(maxAgeMs: number): Promise<void> {
+    const now = performance.now();
+    if (now - this.opsReadAt < maxAgeMs) return;
+    const { core } = this;
+    this.opsReadAt = now;
+    let next: RelayOpsView;
+    try {
+      const [pauses, rates] = await Promise.all([core.store!.listPauses(), core.store!.listRates()]);
+      next = relayOpsView(core.settings.transportKey, pauses, rates);
+      if (this.opsUnreadable) core.log.info("the pause and rate tables can be read again");
+      this.opsUnreadable = false;
+    } catch (err) {
+      if (core.store!.classifyError(err) !== "schema") return;
+      if (!this.opsUnreadable) {
+        core.log.warn({ error: errorText(err) }, "the pause and rate tables are missing (run `mail-outbox migrate`); the relay runs without pauses and pacing");
+      }
+      this.opsUnreadable = true;
+      next = NO_OPS;
+    }
+    const before = new Map(this.ops.honoured.map((p) => [p.scope, p]));
+    const after = new Map(next.honoured.map((p) => [p.scope, p]));
+    for (const [scope, p] of after) {
+      if (before.has(scope)) continue;
+      core.log.info(
+        { scope, pausedBy: p.pausedBy, pausedAt: p.pausedAt.toISOString(), reason: p.reason },
+        scope.startsWith("sender:") ? `paused for sender domain ${scope.slice(7)}: its mail is not claimed until resumed` : `paused (${scope}): claiming nothing until resumed`,
+      );
+      core.opsMetrics?.paused.set({ scope }, 1);
+    }
+    for (const scope of before.keys()) {
+      if (after.has(scope)) continue;
+      core.log.info({ scope }, `pause lifted (${scope}): claiming again`);
+      core.opsMetrics?.paused.remove({ scope });
+    }
+    this.ops = next;
+  }
+
+  /** Give back claimed mail not yet started that a pause now covers (not counted as an attempt). */
+  private releasePaused(ops: RelayOpsView): void {
+    if (this.queue.length === 0) return;
+    if (ops.pausedBy !== null) {
+      this.releaseQueued();
+      void this.core.writer.flush();
+      return;
+    }
+    const domains = new Set(ops.excludeSenderDomains);
+    const keep: ClaimedMail[] = [];
+    const { core } = this;
+    for (const m of this.queue) {
+      const domain = m.envelopeFrom.slice(m.envelopeFrom.lastIndexOf("@") + 1).toLowerCase();
+      if (domains.has(domain)) {
+        core.writer.add({ kind: "release", id: m.id }, m.messageId);
+        core.total.released++;
+      } else keep.push(m);
+    }
+    if (keep.length !== this.queue.length) {
+      this.queue = keep;
+      void core.writer.flush();
     }
   }
 
@@ -211,6 +321,8 @@ export class ClaimLoop {
     const startedAt = new Date();
     const attemptId = newId();
     const t0 = performance.now();
+    // OpenTelemetry: a span linked to the enqueue's trace (null when tracing is off); see tracing.ts.
+    const span = startHandoffSpan(mail, this.transporter);
     let outcome: HandoffDecision;
     let failure: unknown = undefined;
     try {
@@ -223,6 +335,7 @@ export class ClaimLoop {
       outcome = decideFailed(mail, { id: mail.id, attemptId, attempt: mail.attempts, startedAt, durationMs: performance.now() - t0 }, err, backoff);
       failure = err;
     }
+    span?.end(outcome, failure);
     this.report(mail, outcome, failure);
     core.writer.write(outcome, mail.messageId);
   }

@@ -35,7 +35,7 @@ import { OptionsError, RelayStateError } from "./errors.js";
 import { createTransporter, transportCapabilities, type TransportSpec } from "./transport.js";
 import { defaultLogger, silentLogger, type Logger } from "./logger.js";
 import type { LeaseExpiryPolicy, Listener, RescuedMail, SchemaProblem, Store } from "./store.js";
-import { relayMetrics, type RelayMetrics } from "./metrics.js";
+import { opsMetrics, relayMetrics, type OpsMetrics, type RelayMetrics } from "./metrics.js";
 import { errorText, sleep, type RelayCore, type RelaySettings } from "./relay-core.js";
 import { ClaimLoop } from "./relay-loop.js";
 import { OutcomeWriter } from "./outcome-writer.js";
@@ -44,6 +44,8 @@ import { Outages, schemaNotReady } from "./outages.js";
 import { parseDsnOptions, type DsnOptions } from "./fate/token.js";
 import { DEFAULT_VERIFY_WINDOW_MS, type VerifiedEvent } from "./fate/verify.js";
 import { RelayProbe, type RelayHealth } from "./relay-health.js";
+import { relayTransportKey } from "./ops.js";
+import { RelayOps, opsSettings, type RetentionOptions } from "./relay-ops.js";
 
 export type { RelayHealth } from "./relay-health.js";
 
@@ -116,6 +118,23 @@ export interface RelayOptions {
   readonly logger?: Logger | false;
   /** A prom-client registry to register the relay's metrics in. @default none */
   readonly metricsRegistry?: Registry;
+  /**
+   * How often the outbox gauges (mail per status, due mail and the age of the oldest, uncertain,
+   * held, dead: relay-ops.ts) are refreshed. One relay at a time counts them (the holder of the
+   * lease "gauges") and publishes them in the database; every relay exports the published numbers
+   * in `metricsRegistry`, with `mail_outbox_gauges_age_seconds`. 0: this relay neither counts nor
+   * exports them. @default 15_000
+   */
+  readonly gaugeIntervalMs?: number;
+  /**
+   * Opt-in retention: delete sent, cancelled and dead mail (with its attempt log) once it is older
+   * than the given age since its last change, in small batches by one relay at a time (the holder
+   * of the lease "retention"); counted in `mail_outbox_purged_total{status}`. Pending, sending and
+   * held mail is never purged. `mail-outbox purge --retention` applies the same rules once.
+   * @default none (nothing is purged)
+   * @example { sent: "30d", cancelled: "30d", dead: "90d" }
+   */
+  readonly retention?: RetentionOptions | false;
   /** Aborting it stops the relay gracefully, as `stop()` does. */
   readonly signal?: AbortSignal;
   /** Deadline for in-flight hand-offs when stopped by the signal or by `await using`. @default 10_000 */
@@ -281,6 +300,7 @@ function relaySettings(options: RelayOptions): RelaySettings {
     localSubmission,
     postqueue,
     dsn,
+    transportKey: relayTransportKey(options.transport),
   };
 }
 
@@ -308,6 +328,7 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
   readonly settings: RelaySettings;
   readonly log: Logger;
   readonly metrics: RelayMetrics | null;
+  readonly opsMetrics: OpsMetrics | null;
   readonly total: RelayCounts = { claimed: 0, sent: 0, retried: 0, dead: 0, released: 0, rescued: 0 };
   readonly loop: ClaimLoop;
   readonly writer: OutcomeWriter;
@@ -326,6 +347,8 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
   private loopDone: Promise<void> = Promise.resolve();
   private timers: NodeJS.Timeout[] = [];
   private readonly probe: RelayProbe;
+  /** Gauges and retention (relay-ops.ts), on their own timers while the relay runs. */
+  readonly ops: RelayOps;
 
   constructor(options: RelayOptions) {
     super();
@@ -334,10 +357,12 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
     this.id = this.settings.id;
     this.log = options.logger === false ? silentLogger() : (options.logger ?? defaultLogger()).child({ relay: this.id });
     this.metrics = options.metricsRegistry ? relayMetrics(options.metricsRegistry) : null;
+    this.opsMetrics = options.metricsRegistry ? opsMetrics(options.metricsRegistry) : null;
     this.loop = new ClaimLoop(this);
     this.writer = new OutcomeWriter(this);
     this.leases = new Leases(this);
     this.outages = new Outages(this);
+    this.ops = new RelayOps(this, opsSettings(options), options.metricsRegistry ?? null);
     this.probe = new RelayProbe({ core: this, loop: this.loop, outages: this.outages, mode: () => this.mode, transporter: () => this.transporter });
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
     if (options.signal) {
@@ -472,6 +497,7 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
     const s = this.settings;
     this.log.info({ database: this.store?.displayUrl, concurrency: s.concurrency, batchSize: s.batchSize, leaseMs: s.leaseMs }, "relay started");
     this.loopDone = this.loop.run("forever");
+    this.ops.start();
   }
 
   async runOnce(): Promise<RelayCounts> {
@@ -503,6 +529,7 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
     const wasRunning = this.mode === "running";
     this.mode = "stopping";
     this.stopController.abort();
+    const opsStopped = this.ops.stop(); // no new turns; the leases are given up before the store closes
     this.loop.kick();
     const deadline = performance.now() + deadlineMs;
     await this.loopDone.catch(() => {});
@@ -529,6 +556,7 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     this.writer.dispose();
+    await opsStopped;
     await this.closeResources();
     this.mode = "stopped";
     const counts = this.counts();

@@ -39,6 +39,7 @@ const COLUMNS: Readonly<Record<(typeof OUTBOX_TABLE_NAMES)[number], Readonly<Rec
     created_at: ["time", false],
     updated_at: ["time", false],
     sent_at: ["time", true],
+    trace_context: ["text", true],
   },
   mail_outbox_attempt: {
     id: ["id", false],
@@ -84,12 +85,36 @@ const COLUMNS: Readonly<Record<(typeof OUTBOX_TABLE_NAMES)[number], Readonly<Rec
     caught_up_at: ["time", true],
     updated_at: ["time", false],
   },
+  mail_outbox_pause: {
+    scope: ["text", false],
+    paused_at: ["time", false],
+    paused_by: ["text", false],
+    reason: ["text", true],
+  },
+  mail_outbox_rate: {
+    bucket: ["text", false],
+    rate: ["float", false],
+    burst: ["int", false],
+    tokens: ["float", false],
+    refilled_at: ["time", false],
+    updated_at: ["time", false],
+  },
+  mail_outbox_lock: {
+    name: ["text", false],
+    owner: ["text", false],
+    expires_at: ["time", false],
+    data: ["json", true],
+    updated_at: ["time", false],
+  },
 };
 
 /**
  * The delivery-fate tables: the relay and `enqueue()` work without them (only `ingest`,
  * `follow-log`, suppression and the `verify` policy need them), so a problem with them does not
  * stop the relay, and a database migrated before they existed keeps relaying until it is migrated.
+ * The operations tables (mail_outbox_pause, _rate, _lock) and mail_outbox.trace_context are not
+ * among them: a relay that cannot read the pauses and the shared rate limits must not send, so
+ * their absence blocks the relay like the core tables' (the fix: `mail-outbox migrate`).
  */
 const FATE_TABLES: ReadonlySet<string> = new Set(["mail_outbox_delivery", "mail_outbox_suppression", "mail_outbox_log_cursor"]);
 
@@ -191,6 +216,8 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
     }
     const have = new Map(live.columns.filter((c) => c.table === table).map((c) => [c.column, c]));
     for (const [column, [kind, nullable]] of Object.entries(cols)) {
+      // A column a later migration adds to an existing table is not part of an earlier baseline.
+      if (!due(cat.addedColumns.get(`${table}.${column}`))) continue;
       const type = ctx.store.columnTypes[kind];
       const c = have.get(column);
       if (c === undefined) {
@@ -325,11 +352,15 @@ export function repairPlan(cat: Catalog, live: LiveShape): { what: string; sql: 
     }
   }
   for (const [table, cols] of Object.entries(COLUMNS)) {
-    if (!live.tables.has(table)) continue;
+    if (!tables.has(table)) continue;
+    // A table recreated above has the columns of its CREATE TABLE; a later migration's columns are added to it here.
+    const recreated = !live.tables.has(table);
     const have = new Set(live.columns.filter((c) => c.table === table).map((c) => c.column));
     for (const column of Object.keys(cols)) {
-      const definition = cat.columns.get(`${table}.${column}`);
-      if (!have.has(column) && addableColumn(definition)) plan.push({ what: `column ${table}.${column}`, sql: `ALTER TABLE "${table}" ADD COLUMN ${definition}` });
+      const key = `${table}.${column}`;
+      const definition = cat.columns.get(key);
+      const missing = recreated ? cat.addedColumns.has(key) : !have.has(column);
+      if (missing && addableColumn(definition)) plan.push({ what: `column ${table}.${column}`, sql: `ALTER TABLE "${table}" ADD COLUMN ${definition}` });
     }
   }
   for (const [name, { table }] of Object.entries(INDEXES)) {

@@ -33,7 +33,7 @@ import type net from "node:net";
 import type { SMTPPoolOptions, SMTPPoolSendCallback, SMTPPoolSentMessageInfo } from "nodemailer/lib/smtp-pool";
 import type { MailMessage, NodemailerError, VerifyCallback } from "nodemailer";
 import { HandoffTimeoutError, SendmailExitError, TransportConfigError } from "./errors.js";
-import { checkSendmailPath, DEFAULT_SENDMAIL_PATH, sendmailProblem } from "./sendmail.js";
+import { checkSendmailPath, DEFAULT_SENDMAIL_PATH, killProcessGroup, sendmailProblem, trackChild } from "./sendmail.js";
 import { WireSmtpPool } from "./wire.js";
 
 export interface SendmailBsTransportOptions {
@@ -58,18 +58,7 @@ const STDERR_LIMIT = 8 * 1024;
 /** After we close stdin (QUIT sent), how long the program may take to exit before it is killed. */
 const EXIT_GRACE_MS = 2000;
 
-function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
-  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-  try {
-    process.kill(-child.pid, signal);
-  } catch {
-    try {
-      child.kill(signal);
-    } catch {
-      /* already gone */
-    }
-  }
-}
+const killGroup = killProcessGroup;
 
 /**
  * A Duplex over a child's stdout (read side) and stdin (write side), shaped enough like a
@@ -94,6 +83,8 @@ export class ChildProcessSocket extends Duplex {
     this.program = program;
     // detached: own process group, so a timeout kills whatever the program forked too.
     const child = spawn(program, args, { stdio: ["pipe", "pipe", "pipe"], detached: true });
+    // Killed with its group when this process exits, should it still run then (sendmail.ts).
+    trackChild(child);
     this.child = child;
     this.remoteAddress = `${program} ${args.join(" ")}`;
     this.remotePort = child.pid ?? 0;
@@ -195,6 +186,8 @@ export class ChildProcessSocket extends Duplex {
 export class SendmailBsPool extends WireSmtpPool {
   readonly program: string;
   readonly timeoutMs: number;
+  /** The sessions (child processes) of this pool not yet ended, for `close()`. */
+  private readonly sessions = new Set<ChildProcessSocket>();
 
   constructor(options: SendmailBsTransportOptions = {}) {
     const program = checkSendmailPath(options.path ?? DEFAULT_SENDMAIL_PATH, "sendmail-bs:");
@@ -235,7 +228,26 @@ export class SendmailBsPool extends WireSmtpPool {
       return;
     }
     const socket = new ChildProcessSocket(this.program, ["-bs"]);
+    this.sessions.add(socket);
+    socket.child.once("exit", () => this.sessions.delete(socket));
+    socket.once("close", () => this.sessions.delete(socket));
     setImmediate(() => callback(null, { connection: socket as unknown as net.Socket }));
+  }
+
+  /**
+   * Close the pool: idle sessions get QUIT (nodemailer's close; a program that has not exited 2 s
+   * later is killed), and sessions still carrying a message are ended at once, their program's
+   * process group killed (SIGTERM, SIGKILL after a second). The relay closes its transport when it
+   * stops, after its stop deadline: such a hand-off is not recorded, and its lease makes the mail
+   * an uncertain hand-off (see the relay's `leaseExpiryPolicy`).
+   */
+  override close(): void {
+    super.close();
+    for (const socket of this.sessions) {
+      if (!socket.writableEnded && !socket.destroyed) {
+        socket.destroy(new SendmailExitError(`${this.program} -bs was stopped: the transport was closed with this session still running`, null, "SIGTERM", socket.stderr));
+      }
+    }
   }
 
   /** nodemailer's timeout errors say "Timeout"; say which program and what to check instead. */

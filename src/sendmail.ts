@@ -18,6 +18,11 @@
  * Postfix's sendmail writes into the maildrop directory, so it succeeds even while the Postfix
  * daemon is stopped; the mail is delivered once the daemon starts.
  *
+ * Child processes: each program runs in a process group of its own and is killed with its group
+ * (SIGTERM, then SIGKILL) on timeout, when the transport is closed (the relay closes it when it
+ * stops), and with SIGKILL when this process exits (`trackChild`): no `sendmail` outlives the relay
+ * unless the relay itself is killed with SIGKILL.
+ *
  * Delivery status notifications (RFC 3461): given nodemailer's `dsn` option (see
  * `rawSendMailOptions` in src/transport.ts), the program also gets `-N <notify> -R hdrs|full
  * -V <envid>`, the flags Postfix's and Sendmail's `sendmail` take for NOTIFY, RET and ENVID (no
@@ -25,7 +30,7 @@
  * `-N` means "do not deliver"), so they are left out when the program is Exim (its real path names
  * exim, as Debian's /usr/sbin/sendmail -> exim4 does).
  */
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { accessSync, constants as fsConstants, realpathSync, statSync } from "node:fs";
 import path from "node:path";
 import type { Transport, SentMessageInfo, MailMessage } from "nodemailer";
@@ -47,6 +52,59 @@ const STDERR_LIMIT = 8 * 1024;
 const KILL_GRACE_MS = 1000;
 
 type Callback = (err: Error | null, info?: SentMessageInfo) => void;
+
+/**
+ * Every `sendmail` / `sendmail -bs` child still running, in every transport of this process. Each
+ * runs in a process group of its own (`detached`, so a Ctrl-C meant for the relay does not cut a
+ * hand-off short); so that none outlives the process, the first one tracked installs an `exit`
+ * handler that sends SIGKILL to each group still there. It runs on `process.exit()` and on a
+ * normal end, which is how the CLI leaves after SIGTERM/SIGINT (also as PID 1); nothing runs on
+ * SIGKILL, so a relay killed that way can leave a child behind until the child's own end.
+ */
+const liveChildren = new Set<ChildProcess>();
+let exitHookInstalled = false;
+
+function killAllOnExit(): void {
+  for (const child of liveChildren) killProcessGroup(child, "SIGKILL");
+  liveChildren.clear();
+}
+
+/**
+ * Keep `child` (spawned `detached`) in the set of children killed when this process exits, until
+ * it exits itself; also in `owned`, the set of the transport that started it (for its `close()`).
+ */
+export function trackChild(child: ChildProcess, owned?: Set<ChildProcess>): void {
+  if (child.pid === undefined) return; // spawn failed: nothing runs
+  liveChildren.add(child);
+  owned?.add(child);
+  child.once("exit", () => {
+    liveChildren.delete(child);
+    owned?.delete(child);
+  });
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.on("exit", killAllOnExit);
+  }
+}
+
+/** Signal the child's whole process group (the program may have forked), else the child itself. */
+export function killProcessGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    try {
+      child.kill(signal);
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+/** How many sendmail children of this process are running now (for tests and diagnostics). */
+export function runningSendmailChildren(): number {
+  return liveChildren.size;
+}
 
 /** An envelope error nodemailer-style: code `EENVELOPE`, no reply code (so it classifies as permanent). */
 function envelopeError(message: string): Error {
@@ -122,7 +180,7 @@ async function rawBytes(mail: MailMessage): Promise<Buffer> {
  */
 export function createSendmailTransport(
   options: SendmailTransportOptions = {},
-): Transport & { readonly program: string; verify(callback?: (err: Error | null, ok?: true) => void): Promise<true> } {
+): Transport & { readonly program: string; verify(callback?: (err: Error | null, ok?: true) => void): Promise<true>; close(): void } {
   const program = checkSendmailPath(options.path ?? DEFAULT_SENDMAIL_PATH);
   const timeoutMs = options.timeoutMs ?? 60_000;
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
@@ -136,6 +194,9 @@ export function createSendmailTransport(
   }
   let running = 0;
   const waiting: Array<() => void> = [];
+  /** This transport's children still running, killed by `close()`. */
+  const children = new Set<ChildProcess>();
+  let closed = false;
   const acquire = (start: () => void) => {
     if (running < maxProcesses) {
       running += 1;
@@ -176,6 +237,8 @@ export function createSendmailTransport(
   }
 
   function run(raw: Buffer, from: string, to: string[], messageId: string, dsn: DsnRequest | null, callback: Callback): void {
+    // Closed while this mail waited for its turn: it was never handed over.
+    if (closed) return callback(new SendmailExitError(`Not handed over: the sendmail transport (${program}) was closed before this mail's turn came.`, null, null, ""));
     let done = false;
     let stderr = "";
     let timedOut = false;
@@ -190,14 +253,8 @@ export function createSendmailTransport(
     // Sendmail's sendmail take it; Exim's ignores it), as BODY=8BITMIME does over SMTP.
     const args = ["-i", ...(hasEightBit(raw) ? ["-B", "8BITMIME"] : []), ...(dsn ? sendmailDsnArgs(dsn) : []), "-f", from === "" ? "<>" : from, "--", ...to];
     const child = spawn(program, args, { stdio: ["pipe", "ignore", "pipe"], detached: true });
-    const kill = (signal: NodeJS.Signals) => {
-      if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-      try {
-        process.kill(-child.pid, signal); // the whole process group: the program may have forked
-      } catch {
-        child.kill(signal);
-      }
-    };
+    trackChild(child, children);
+    const kill = (signal: NodeJS.Signals) => killProcessGroup(child, signal);
     const timer = setTimeout(() => {
       timedOut = true;
       kill("SIGTERM");
@@ -245,7 +302,14 @@ export function createSendmailTransport(
         });
         return;
       }
-      const how = signal !== null ? `was killed by ${signal}` : code === 127 ? "exited with code 127 (command not found)" : `exited with code ${code}`;
+      const how =
+        closed && signal !== null
+          ? `was killed by ${signal} when the transport was closed (the relay stopped with this hand-off still running)`
+          : signal !== null
+            ? `was killed by ${signal}`
+            : code === 127
+              ? "exited with code 127 (command not found)"
+              : `exited with code ${code}`;
       finish(new SendmailExitError(`${program} ${how}; the mail was not handed over${detail}`, code, signal, stderr));
     });
   }
@@ -255,6 +319,19 @@ export function createSendmailTransport(
     version: "1",
     program,
     send,
+    /**
+     * Kill the programs still running (SIGTERM to each process group, SIGKILL after a second); mails
+     * waiting for a turn, and later ones, fail without being handed over. The relay closes its transport when it stops, after its
+     * stop deadline: a hand-off still running then is not recorded, and its lease makes the mail an
+     * uncertain hand-off (see the relay's `leaseExpiryPolicy`).
+     */
+    close(): void {
+      closed = true;
+      for (const child of children) {
+        killProcessGroup(child, "SIGTERM");
+        setTimeout(() => killProcessGroup(child, "SIGKILL"), KILL_GRACE_MS).unref();
+      }
+    },
     /** Resolves when the program exists and is executable; does not run it. Callback or promise, like nodemailer's. */
     verify(callback?: (err: Error | null, ok?: true) => void): Promise<true> {
       const problem = sendmailProblem(program);

@@ -116,6 +116,28 @@ describe("adding the outbox models to a schema", () => {
     assert.ok(existsSync(path.join(dir, "prisma", "generated", "models", "OutboxDelivery.ts")));
   });
 
+  test("a schema holding the delivery-fate version's five models gets the operations models and OutboxEmail.traceContext, and the real `prisma generate` accepts it", async (t) => {
+    const dir = await app(t, "sqlite");
+    const schemaFile = path.join(dir, "prisma", "schema.prisma");
+    const models = await readFile(path.join(ROOT, "prisma", "sqlite", "outbox.prisma"), "utf8");
+    // What `init` wrote before the operations models existed.
+    const earlier = models.slice(0, models.indexOf("/// A pause of the relays")).replace(/^\s*traceContext\s.*\n/m, "");
+    assert.doesNotMatch(earlier, /OutboxPause|traceContext/);
+    await writeFile(schemaFile, `${await readFile(schemaFile, "utf8")}\n${earlier}`);
+    const r = await initSchema({ schemaPath: schemaFile });
+    assert.equal(r.changed, true);
+    assert.match(r.message, /the models OutboxPause, OutboxRate, OutboxLock and the field OutboxEmail\.traceContext/);
+    const text = await readFile(schemaFile, "utf8");
+    for (const m of ["OutboxEmail", "OutboxEmailAttempt", "OutboxDelivery", "OutboxSuppression", "OutboxLogCursor", "OutboxPause", "OutboxRate", "OutboxLock"]) {
+      assert.equal(text.match(new RegExp(`^model ${m} \\{`, "gm"))?.length, 1, `one model ${m}`);
+    }
+    assert.equal(text.match(/^\s*traceContext\s+String\?\s+@map\("trace_context"\)$/gm)?.length, 1);
+    assert.equal((await initSchema({ schemaPath: schemaFile })).changed, false, "once");
+    const generated = await prismaGenerate(dir);
+    assert.equal(generated.code, 0, generated.out);
+    assert.ok(existsSync(path.join(dir, "prisma", "generated", "models", "OutboxLock.ts")));
+  });
+
   test("the PostgreSQL schema of DATABASE_URL (?schema=) qualifies the table names in the printed prisma.config.ts", async (t) => {
     const dir = await app(t, "postgresql");
     const expected = `external: [${OUTBOX_TABLES.map((n) => JSON.stringify(`billing.${n}`)).join(", ")}]`;

@@ -13,6 +13,9 @@ import { checkSchema, inspectSchema, loadMigrations, migrate, MIGRATIONS_TABLE, 
 import { needPostgres, PG_ADMIN_URL } from "./support/services.js";
 import { dropSchema, postgresUrl, uniqueSchemaName } from "./support/db.js";
 
+/** The operations tables (pauses, rate limits, leases): required by the relay. */
+const OPS_TABLES = ["mail_outbox_pause", "mail_outbox_rate", "mail_outbox_lock"] as const;
+
 type Dialect = "sqlite" | "postgresql";
 
 /** A URL to a database (SQLite file / PostgreSQL schema) that does not exist yet; removed after the test. */
@@ -63,6 +66,26 @@ async function insertMail(db: Db): Promise<void> {
   const cols = "id, message_id, envelope_from, envelope_to, raw, size, max_attempts, send_at, next_attempt_at";
   if (db.dialect === "sqlite") db.db.prepare(`INSERT INTO mail_outbox (${cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(...values);
   else await db.pool.query(`INSERT INTO mail_outbox (${cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, values);
+}
+
+/**
+ * An outbox as the previous version's migrate left it: every shipped migration before the one
+ * whose version ends in `suffix` run and recorded, nothing of that one, and one mail in it.
+ */
+async function previousVersion(t: TestContext, dialect: Dialect, suffix: string): Promise<{ db: Db; migrations: Migration[]; next: Migration; previous: Migration[] }> {
+  const migrations = await loadMigrations(dialect);
+  const next = migrations.find((m) => m.version.endsWith(suffix));
+  assert.ok(next, `a ${suffix.slice(1)} migration is shipped`);
+  const previous = migrations.filter((m) => m.version < next.version);
+  const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+  if (dialect === "postgresql") await exec(db, `CREATE SCHEMA ${(db as { schema: string }).schema}`);
+  await exec(db, `CREATE TABLE ${MIGRATIONS_TABLE} (version TEXT PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT '', kind TEXT NOT NULL DEFAULT 'applied')`);
+  for (const m of previous) {
+    await exec(db, m.sql);
+    await exec(db, `INSERT INTO ${MIGRATIONS_TABLE} (version) VALUES ('${m.version}')`);
+  }
+  await insertMail(db);
+  return { db, migrations, next, previous };
 }
 
 for (const dialect of ["sqlite", "postgresql"] as const) {
@@ -195,19 +218,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
 
     it("an outbox migrated by an earlier version (before the delivery-fate tables) is brought up by migrate: the new tables appear, its mail is kept", async (t) => {
       if (dialect === "postgresql" && !(await needPostgres(t))) return;
-      const migrations = await loadMigrations(dialect);
-      const fate = migrations.find((m) => m.version.endsWith("_delivery_fate"));
-      assert.ok(fate, "a delivery_fate migration is shipped");
-      const previous = migrations.filter((m) => m.version < fate.version);
-      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
-      // The previous version's migrate: its migrations run and recorded, nothing of the new one.
-      if (dialect === "postgresql") await exec(db, `CREATE SCHEMA ${(db as { schema: string }).schema}`);
-      await exec(db, `CREATE TABLE ${MIGRATIONS_TABLE} (version TEXT PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT '', kind TEXT NOT NULL DEFAULT 'applied')`);
-      for (const m of previous) {
-        await exec(db, m.sql);
-        await exec(db, `INSERT INTO ${MIGRATIONS_TABLE} (version) VALUES ('${m.version}')`);
-      }
-      await insertMail(db);
+      const { db, migrations, next: fate, previous } = await previousVersion(t, dialect, "_delivery_fate");
       const before = await inspectSchema(db);
       assert.ok(before.some((p) => p.kind === "migration" && p.message.includes(fate.version)), "doctor says the new migration is due");
       for (const table of ["mail_outbox_delivery", "mail_outbox_suppression", "mail_outbox_log_cursor"]) {
@@ -215,12 +226,49 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
         assert.ok(p, `${table} reported missing`);
         assert.equal(p.blocksRelay, false, "the relay keeps working until the upgrade is migrated");
       }
-      assert.equal(before.filter((p) => p.blocksRelay).length, 0, before.map((p) => p.message).join("\n"));
+      // What blocks the relay is only what came later than the delivery-fate tables: the operations state.
+      assert.deepEqual(
+        before.filter((p) => p.blocksRelay).map((p) => p.message).sort(),
+        [...OPS_TABLES.map((t) => `table ${t} is missing`), `column mail_outbox.trace_context is missing (expected ${db.columnTypes.text})`].sort(),
+      );
       const result = await migrate(db);
-      assert.deepEqual(result.applied, [fate.version]);
+      assert.deepEqual(result.applied, migrations.filter((m) => m.version >= fate.version).map((m) => m.version));
       assert.deepEqual(result.alreadyApplied, previous.map((m) => m.version));
       for (const table of ["mail_outbox_delivery", "mail_outbox_suppression", "mail_outbox_log_cursor"]) assert.equal(await tableExists(db, table), true, table);
       assert.equal(await count(db, `SELECT count(*) AS n FROM mail_outbox`), 1);
+      assert.deepEqual(await checkSchema(db), []);
+    });
+
+    it("an outbox migrated before the operations tables stops the relay (a relay that cannot see a pause must not send) until migrate adds them; its mail is kept", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const { db, next: ops } = await previousVersion(t, dialect, "_operations");
+      const before = await inspectSchema(db);
+      for (const table of OPS_TABLES) {
+        const p = before.find((x) => x.kind === "table" && x.table === table);
+        assert.ok(p, `${table} reported missing`);
+        assert.equal(p.blocksRelay, true, `${table}: the relay must not send without it`);
+        assert.equal(p.repairable, true);
+        assert.match(p.fix, /mail-outbox migrate/);
+      }
+      const column = before.find((x) => x.kind === "column" && x.message.includes("trace_context"));
+      assert.ok(column, "mail_outbox.trace_context reported missing");
+      assert.deepEqual([column.blocksRelay, column.repairable], [true, true]);
+      const result = await migrate(db);
+      assert.deepEqual(result.applied, [ops.version]);
+      for (const table of OPS_TABLES) assert.equal(await tableExists(db, table), true, table);
+      assert.equal(await count(db, `SELECT count(*) AS n FROM mail_outbox`), 1);
+      assert.deepEqual(await checkSchema(db), []);
+    });
+
+    it("a lost operations table is recreated by migrate", async (t) => {
+      if (dialect === "postgresql" && !(await needPostgres(t))) return;
+      const db = await open(t, emptyDatabaseUrl(t, dialect).url);
+      await migrate(db);
+      await exec(db, `DROP TABLE mail_outbox_pause`);
+      const problems = await inspectSchema(db);
+      assert.deepEqual(problems.map((p) => [p.kind, p.table, p.repairable, p.blocksRelay]), [["table", "mail_outbox_pause", true, true]]);
+      const repaired = (await migrate(db)).repaired;
+      assert.ok(repaired.some((r) => r.startsWith("table mail_outbox_pause")), repaired.join("\n"));
       assert.deepEqual(await checkSchema(db), []);
     });
 

@@ -14,7 +14,7 @@ const noJitter: Backoff = { baseMs: 5000, maxMs: 3_600_000, jitter: 0 };
 const middle = () => 0.5;
 
 function mail(attempts: number, maxAttempts = 5, to = ["ann@example.com", "bob@example.com"]): ClaimedMail {
-  return { id: "m1", messageId: "<m1@example.com>", envelopeFrom: "app@example.com", envelopeTo: to, raw: Buffer.from("x"), priority: 0, attempts, maxAttempts, uncertainHandoffs: 0 };
+  return { id: "m1", messageId: "<m1@example.com>", envelopeFrom: "app@example.com", envelopeTo: to, raw: Buffer.from("x"), priority: 0, attempts, maxAttempts, uncertainHandoffs: 0, traceContext: null };
 }
 
 /** A reply to one recipient as nodemailer's `info.rejectedErrors` carries it. */

@@ -302,8 +302,8 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
         const relay = createRelay({ databaseUrl: url, transport: "smtp://127.0.0.1:25", ...quiet });
         await assert.rejects(run(relay), (err: unknown) => {
           assert.ok(err instanceof SchemaNotReadyError, String(err));
-          assert.deepEqual([...err.missingTables].sort(), ["mail_outbox", "mail_outbox_attempt"]);
-          assert.match(err.message, /^The relay did not start: the outbox tables in .* are not ready \(table mail_outbox is missing; table mail_outbox_attempt is missing\)/);
+          assert.deepEqual([...err.missingTables].sort(), ["mail_outbox", "mail_outbox_attempt", "mail_outbox_lock", "mail_outbox_pause", "mail_outbox_rate"]);
+          assert.match(err.message, /^The relay did not start: the outbox tables in .* are not ready \(table mail_outbox is missing; table mail_outbox_attempt is missing; table mail_outbox_pause is missing; table mail_outbox_rate is missing; table mail_outbox_lock is missing\)/);
           assert.match(err.message, /`mail-outbox migrate`/);
           assert.match(err.message, /`prisma migrate deploy`/);
           assert.doesNotMatch(err.message, /\n/, "one line");
@@ -346,7 +346,11 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       assert.equal(code, 1, err.join(""));
       const lines = err.join("").trim().split("\n");
       assert.equal(lines.length, 1, err.join(""));
-      assert.match(lines[0]!, /^mail-outbox: The relay did not start: .*table mail_outbox is missing.*`mail-outbox migrate`/);
+      // Logs are JSON here (stderr is not a terminal): the error is one fatal JSON line, no plain text after it.
+      const line = JSON.parse(lines[0]!) as { level: number; exitCode: number; msg: string };
+      assert.equal(line.level, 60);
+      assert.equal(line.exitCode, 1);
+      assert.match(line.msg, /^The relay did not start: .*table mail_outbox is missing.*`mail-outbox migrate`/);
     });
   });
 

@@ -4,9 +4,9 @@
  * when a named mail could not be changed (wrong state, not found).
  */
 import { Option, type Command } from "commander";
-import { cancelMails, purgeMails, replayMails } from "../admin.js";
+import { cancelMails, purgeByRetention, purgeMails, replayMails } from "../admin.js";
 import { parseDuration, parseSince } from "../duration.js";
-import { UnsafeOperationError } from "../errors.js";
+import { OptionsError, UnsafeOperationError } from "../errors.js";
 import { parseCount, parseStatusList } from "./args.js";
 import type { Cli } from "./context.js";
 import { formatCancel, formatPurge, formatReplay } from "./format.js";
@@ -72,8 +72,18 @@ export function addChangeCommands(program: Command, cli: Cli): void {
     .option("--yes", "confirm --all")
     .option("--dry-run", "print how many would be deleted, change nothing")
     .addOption(new Option("--batch-size <n>", "rows per delete statement").default("5000", "5000"))
+    .option("--retention <rules>", "instead of --status/--older-than: the relay's retention rules once, e.g. sent=30d,cancelled=30d,dead=90d")
     .action(async (opts: Record<string, string | boolean | undefined>, cmd: Command) => {
       const dryRun = opts.dryRun === true;
+      if (opts.retention !== undefined) {
+        const other = (["status", "olderThan", "all"] as const).filter((k) => opts[k] !== undefined);
+        if (other.length > 0) throw new OptionsError(`--retention gives the statuses and ages itself: leave out ${other.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(", ")}.`);
+        const batchSize = parseCount(String(opts.batchSize), "--batch-size");
+        const result = await cli.withDb(cmd, (db) => purgeByRetention(db, { retention: String(opts.retention), dryRun, batchSize }));
+        if (cli.json(cmd)) cli.printJson(result);
+        else cli.out(result.results.map((r) => formatPurge(r, { dryRun })).join(""));
+        return;
+      }
       if (opts.all === true && opts.yes !== true && !dryRun) {
         throw new UnsafeOperationError("--all deletes mails regardless of status or age: add --yes to confirm (count them first with --dry-run).");
       }

@@ -35,6 +35,15 @@ export interface CliIO {
 export const EXIT_USAGE = 2;
 /** Exit status when `relay` is told to stop a second time and leaves at once. */
 export const EXIT_FORCED = 130;
+/** Exit status of a command that failed: for `relay`, a fatal error (database unreachable at start, outbox tables missing). */
+export const EXIT_FAILURE = 1;
+/** Exit status when `relay` or `follow-log` is told by SIGTERM to stop a second time (128 + 15; a second SIGINT gives EXIT_FORCED, 128 + 2). */
+export const EXIT_FORCED_SIGTERM = 143;
+
+/** The exit status of a stop forced by a second `signal`: 128 + its number, as a shell reports a process killed by it. */
+export function forcedExitCode(signal: "SIGINT" | "SIGTERM"): number {
+  return signal === "SIGTERM" ? EXIT_FORCED_SIGTERM : EXIT_FORCED;
+}
 
 /** The options every command inherits from the program. */
 export interface GlobalOpts {

@@ -2,7 +2,8 @@
  * `mail-outbox follow-log [path|-]`: the log follower sidecar. Reads Postfix's log (a file, with
  * its rotation; or `-` for stdin, fed by `journalctl -f`), records each outbox recipient's fate
  * with `followLog()` (../fate/follow-log.ts) until SIGTERM/SIGINT (a second signal exits at once
- * with EXIT_FORCED), or to the end of the log with `--once`. Logs to stderr as JSON lines (pino),
+ * with 130 after SIGINT, 143 after SIGTERM), or to the end of the log with `--once`. An error that ends it is one
+ * JSON log line when the log is JSON (`fatalAsLogLine`, ./relay.ts). Logs to stderr as JSON lines (pino),
  * optionally serves Prometheus metrics and /healthz (../http-server.ts), and prints its counts on stdout when it stops.
  */
 import { execFileSync } from "node:child_process";
@@ -14,9 +15,9 @@ import { createLogger } from "../logger.js";
 import { OptionsError } from "../errors.js";
 import { followLog, type FollowLogCounts, type FollowLogOptions, type LogFollower } from "../fate/follow-log.js";
 import { positiveDuration } from "./args.js";
-import { EXIT_FORCED, requireExistingDatabase, type Cli } from "./context.js";
+import { forcedExitCode, requireExistingDatabase, type Cli } from "./context.js";
 import { healthReport, serveOperations } from "../http-server.js";
-import { parsePort } from "./relay.js";
+import { fatalAsLogLine, parsePort, type CommandRun } from "./relay.js";
 
 export function addFollowLogCommand(program: Command, cli: Cli): void {
   program
@@ -31,7 +32,7 @@ export function addFollowLogCommand(program: Command, cli: Cli): void {
     .option("--poll <duration>", "how often to look for new lines at the end of the file (default: 250ms)")
     .option("--metrics-port <port>", "serve /metrics (Prometheus) and /healthz (liveness) on <port>, 0 for any free one (default: off)")
     .addOption(new Option("--metrics-host <host>", "address for --metrics-port; 0.0.0.0 in a container, so probes and scrapers reach it").default("127.0.0.1", "127.0.0.1"))
-    .action(async (pathArg: string | undefined, opts: Record<string, string | boolean | undefined>, cmd: Command) => {
+    .action(fatalAsLogLine(cli, async (pathArg: string | undefined, opts: Record<string, string | boolean | undefined>, cmd: Command, _run: CommandRun) => {
       const url = cli.databaseUrl(cmd);
       requireExistingDatabase(url);
       const logPath = pathArg ?? defaultLogPath();
@@ -44,14 +45,16 @@ export function addFollowLogCommand(program: Command, cli: Cli): void {
       const logger = createLogger({ env: cli.env, write: (line) => cli.err(line), isTTY: cli.stderrIsTTY });
       // Fail fast with a clear message when the database is not there at start; once running, the follower rides out outages.
       await pingDatabase(url as string);
-      // Liveness: the follower has not stopped (it rides out database outages and rotations itself).
+      // Liveness: the follower's loop turned recently (it rides out database outages and rotations itself,
+      // turning at least once a second while it waits); not once it has stopped or when a turn hangs.
       let state: "starting" | "running" | "stopped" = "starting";
+      let live: LogFollower | null = null;
       const metrics =
         metricsPort !== null
           ? await serveOperations({
               port: metricsPort,
               host: String(opts.metricsHost),
-              health: async () => healthReport({ follower: { ok: state !== "stopped", detail: state } }),
+              health: async () => healthReport({ follower: live !== null && state !== "stopped" ? live.liveness() : { ok: state !== "stopped", detail: state } }),
             })
           : null;
       // SQLite: a short busy timeout, so a held write lock goes through the follower's async back-off.
@@ -78,6 +81,7 @@ export function addFollowLogCommand(program: Command, cli: Cli): void {
         throw e;
       }
       state = "running";
+      live = follower;
       void follower.stopped.then(
         () => (state = "stopped"),
         () => (state = "stopped"),
@@ -89,8 +93,9 @@ export function addFollowLogCommand(program: Command, cli: Cli): void {
           logger.info({ signal }, "stopping: recording the lines read so far (send the signal again to exit at once)");
           void follower.stop();
         } else {
-          logger.warn({ signal, exitCode: EXIT_FORCED }, "exiting at once; the next run resumes at the last recorded position");
-          cli.exitNow(EXIT_FORCED);
+          const exitCode = forcedExitCode(signal);
+          logger.warn({ signal, exitCode }, "exiting at once; the next run resumes at the last recorded position");
+          cli.exitNow(exitCode);
         }
       };
       const onSigint = () => onSignal("SIGINT");
@@ -108,7 +113,7 @@ export function addFollowLogCommand(program: Command, cli: Cli): void {
       }
       if (cli.json(cmd)) cli.printJson(counts);
       else cli.out(`${opts.once === true ? "" : "stopped: "}${formatFollowCounts(counts)}\n`);
-    });
+    }));
 }
 
 /** `lines 120, recorded 14, already recorded 0, other mail 30, rotations 0`. */

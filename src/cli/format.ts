@@ -17,6 +17,7 @@ import type {
   UnsuppressResult,
 } from "../admin.js";
 import type { DoctorReport } from "../doctor.js";
+import type { PauseRecord, PauseResult, RateRecord, ResumeResult } from "../ops.js";
 import type { RelayCounts } from "../relay.js";
 import { STATUSES } from "../states.js";
 import { FATES, type Fate } from "../store.js";
@@ -346,4 +347,43 @@ function oneLine(s: string): string {
 
 function clip(s: string, max: number): string {
   return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
+}
+
+/** `pause`: what was paused, or that it was already. */
+export function formatPause(r: PauseResult): string {
+  const p = r.pause;
+  const who = p ? ` by ${p.pausedBy} since ${iso(p.pausedAt)}${p.reason ? ` (${p.reason})` : ""}` : "";
+  const what =
+    r.scope === "all"
+      ? "every relay stops claiming within one poll interval; hand-offs in flight finish"
+      : r.scope.startsWith("sender:")
+        ? `no relay claims mail from ${r.scope.slice(7)} (within one poll interval)`
+        : `the relays of ${r.scope.slice(10)} stop claiming within one poll interval; hand-offs in flight finish`;
+  return r.paused ? `paused ${r.scope}: ${what}\n` : `${r.scope} was paused already${who}\n`;
+}
+
+/** `resume`: the scopes lifted, and those that were not paused. */
+export function formatResume(r: ResumeResult): string {
+  const lines: string[] = [];
+  if (r.resumed.length > 0) lines.push(`resumed ${r.resumed.join(", ")}`);
+  for (const s of r.notPaused) lines.push(`${s} was not paused`);
+  if (lines.length === 0) lines.push("nothing was paused");
+  return `${lines.join("\n")}\n`;
+}
+
+/** The pauses in force (`pause` without change, `status`). */
+export function formatPauses(list: readonly PauseRecord[]): string {
+  if (list.length === 0) return "no pauses\n";
+  return `${list.map((p) => `paused ${p.scope}  by ${p.pausedBy} since ${iso(p.pausedAt)}${p.reason ? `  (${p.reason})` : ""}`).join("\n")}\n`;
+}
+
+/** `pace ls` and `status`: the shared rate limits. */
+export function formatPaces(list: readonly RateRecord[]): string {
+  if (list.length === 0) return "no rate limits\n";
+  return `${list.map((r) => `pace ${r.bucket}  ${formatRate(r.rate)}, burst ${r.burst}`).join("\n")}\n`;
+}
+
+/** `50/s`, `0.5/s` (one every 2 s). */
+export function formatRate(rate: number): string {
+  return rate >= 1 ? `${Number(rate.toFixed(3))}/s` : `${Number(rate.toFixed(6))}/s (one every ${formatMs(1000 / rate)})`;
 }

@@ -10,16 +10,25 @@ import { STATUSES } from "../states.js";
 import { FATES, type Fate } from "../store.js";
 import { parseCount, parseStatusList } from "./args.js";
 import type { Cli } from "./context.js";
-import { formatList, formatShow, formatStatus } from "./format.js";
+import { formatList, formatPaces, formatPauses, formatShow, formatStatus } from "./format.js";
+import { listPaces, listPauses } from "../ops.js";
 
 export function addInspectCommands(program: Command, cli: Cli): void {
   program
     .command("status")
     .description("counts per status, uncertain hand-offs, queue lag, next attempt, expired leases; recipients per fate after the hand-off")
     .action(async (_opts: unknown, cmd: Command) => {
-      const report = await cli.withDb(cmd, (db) => getStatus(db));
-      if (cli.json(cmd)) cli.printJson(report);
-      else cli.out(formatStatus(report));
+      const { report, pauses, paces } = await cli.withDb(cmd, async (db) => {
+        const report = await getStatus(db);
+        // Pauses and rate limits (ops.ts); an outbox not migrated to them yet has none.
+        const [pauses, paces] = await Promise.all([listPauses(db).catch(() => null), listPaces(db).catch(() => null)]);
+        return { report, pauses, paces };
+      });
+      if (cli.json(cmd)) cli.printJson({ ...report, pauses, paces });
+      else {
+        const ops = (pauses !== null && pauses.length > 0 ? formatPauses(pauses) : "") + (paces !== null && paces.length > 0 ? formatPaces(paces) : "");
+        cli.out(formatStatus(report) + (ops === "" ? "" : `\n${ops}`));
+      }
     });
 
   program

@@ -13,7 +13,10 @@
  * `--all` or a replay of sent mail without `--yes`). Errors go to stderr as `mail-outbox: <message>`,
  * without stack unless MAIL_OUTBOX_DEBUG=1. Passwords in URLs are never printed; a SQLite URL is
  * printed as given (`file:./dev.db`). `relay` logs to stderr as JSON lines only (pino), its signal
- * notices included, and prints its final counts on stdout. Every command's `--help` lists the
+ * notices included, and prints its final counts on stdout. `relay` and `follow-log` stop gracefully on
+ * SIGTERM/SIGINT (exit 0) and at once on a second one: 130 (SIGINT) or 143 (SIGTERM); an error
+ * that ends them is one JSON log line (level 60, `err`, `exitCode`) instead of the `mail-outbox:`
+ * line when their log is JSON (./relay.ts `fatalAsLogLine`). Every command's `--help` lists the
  * global options.
  */
 import { readFileSync, realpathSync } from "node:fs";
@@ -29,8 +32,11 @@ import { addInspectCommands } from "./inspect.js";
 import { addRelayCommand } from "./relay.js";
 import { addSetupCommands } from "./setup.js";
 import { addSuppressCommands } from "./suppress.js";
+import { addUiCommand } from "./ui.js";
+import { addOpsCommands } from "./ops.js";
 
 export { EXIT_FORCED, EXIT_USAGE, type CliIO, type SignalSource, type Writable } from "./context.js";
+export { EXIT_FAILURE, EXIT_FORCED_SIGTERM } from "./context.js";
 
 /**
  * Run the CLI with `argv` (the arguments after the program name) and return the exit status.
@@ -68,7 +74,9 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
   addInspectCommands(program, cli);
   addChangeCommands(program, cli);
   addSuppressCommands(program, cli);
+  addOpsCommands(program, cli);
   addSetupCommands(program, cli);
+  addUiCommand(program, cli);
 
   try {
     const run = program.parseAsync([...argv], { from: "user" }).then(() => exitCode);

@@ -17,6 +17,7 @@
  * the cursor, outages, events and metrics.
  */
 import { EventEmitter } from "node:events";
+import { performance } from "node:perf_hooks";
 import type { Readable } from "node:stream";
 import { Counter, type Registry } from "prom-client";
 import { DatabaseUnavailableError, OptionsError, SchemaError } from "../errors.js";
@@ -102,6 +103,16 @@ export interface LogFollower {
   /** Settles when the follower has stopped; rejects when it could not run (file missing in `once` mode, ...). */
   readonly stopped: Promise<FollowLogCounts>;
   counts(): FollowLogCounts;
+  /**
+   * Liveness, for `/healthz` (`mail-outbox follow-log --metrics-port`): ok while the follower's loop
+   * has turned within {@link LogFollower.liveBoundMs} (it turns at least once a second at the end
+   * of a quiet log, and at each retry through a database outage), not ok once it has stopped or
+   * when a turn hangs (a read or a database call that never returns). `now` is
+   * `performance.now()` unless given (tests).
+   */
+  liveness(now?: number): { readonly ok: boolean; readonly detail: string };
+  /** The liveness bound: max(3 x max(pollIntervalMs, 5 s), 30 s). */
+  readonly liveBoundMs: number;
   on<K extends keyof FollowLogEvents>(event: K, listener: (...args: FollowLogEvents[K]) => void): this;
   once<K extends keyof FollowLogEvents>(event: K, listener: (...args: FollowLogEvents[K]) => void): this;
   off<K extends keyof FollowLogEvents>(event: K, listener: (...args: FollowLogEvents[K]) => void): this;
@@ -213,6 +224,8 @@ class FollowLogImpl extends EventEmitter implements LogFollower {
   private savedAtEnd = false;
   private outageSince: number | null = null;
   private stopping = false;
+  /** performance.now() at the last turn of the loop (0: not yet); -1 once stopped. */
+  private lastTurn = 0;
 
   constructor(private readonly opts: FollowLogOptions) {
     super();
@@ -255,6 +268,24 @@ class FollowLogImpl extends EventEmitter implements LogFollower {
     return { ...this.total };
   }
 
+  get liveBoundMs(): number {
+    // The longest wait between two turns is the poll interval, or the 5 s cap of the database back-off.
+    return Math.max(3 * Math.max(this.settings.pollIntervalMs, 5000), 30_000);
+  }
+
+  liveness(now: number = performance.now()): { readonly ok: boolean; readonly detail: string } {
+    if (this.lastTurn < 0) return { ok: false, detail: "the follower stopped" };
+    if (this.lastTurn === 0) return { ok: true, detail: "starting" };
+    const ageMs = Math.round(now - this.lastTurn);
+    return ageMs <= this.liveBoundMs
+      ? { ok: true, detail: `the follower's loop turned ${Math.max(0, ageMs)} ms ago` }
+      : { ok: false, detail: `the follower's loop last turned ${ageMs} ms ago (bound ${this.liveBoundMs} ms): it is stuck` };
+  }
+
+  private turned(): void {
+    if (this.lastTurn >= 0) this.lastTurn = performance.now();
+  }
+
   override on<K extends keyof FollowLogEvents>(event: K, listener: (...args: FollowLogEvents[K]) => void): this {
     return super.on(event, listener as (...args: unknown[]) => void);
   }
@@ -291,6 +322,7 @@ class FollowLogImpl extends EventEmitter implements LogFollower {
     // Let the caller attach listeners before anything happens.
     await new Promise<void>((resolve) => setImmediate(resolve));
     let source: LineSource | null = null;
+    this.turned();
     try {
       const cursor = await this.withDatabase(() => this.store.readLogCursor(this.name));
       if (cursor === undefined) return this.finish();
@@ -306,6 +338,7 @@ class FollowLogImpl extends EventEmitter implements LogFollower {
       this.log.error({ error: errorText(err) }, "follow-log stopped on an error");
       throw err;
     } finally {
+      this.lastTurn = -1;
       await source?.close();
     }
   }
@@ -322,6 +355,7 @@ class FollowLogImpl extends EventEmitter implements LogFollower {
         warned = true;
       }
       await sleep(Math.max(1000, this.settings.pollIntervalMs), this.stopSignal);
+      this.turned();
       if (this.stopping) return null;
     }
     return file;
@@ -332,6 +366,7 @@ class FollowLogImpl extends EventEmitter implements LogFollower {
     // A stream has no position to come back to: what it has handed over is recorded before stopping.
     while (!this.stopping || (source instanceof LogStream && source.queued > 0)) {
       const batch = await source.next(this.settings.batchLines);
+      this.turned();
       if (batch === null) return; // the stream ended
       const idle = batch.lines.length === 0;
       // At the end, `caught_up_at` is saved at once when the last batch did not reach it, then once a second.
@@ -433,6 +468,7 @@ class FollowLogImpl extends EventEmitter implements LogFollower {
       } catch (err) {
         if (!this.databaseError(err)) throw err;
         await sleep(delay, this.stopSignal);
+        this.turned();
         if (this.stopping) return undefined;
         delay = Math.min(delay * 2, 5000);
       }

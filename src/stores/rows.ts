@@ -3,6 +3,7 @@
  * (`MailRecord`, `AttemptRecord`, `ClaimedMail`), and how an outcome reads in the attempt log.
  * Each store turns its own column values (JSON, times) into plain values first.
  */
+import { OptionsError } from "../errors.js";
 import type { OutboxStatus } from "../states.js";
 import { handoffOutcome } from "../outcome.js";
 import type {
@@ -44,6 +45,7 @@ export interface ClaimRow {
   attempts: number;
   max_attempts: number;
   uncertain_handoffs: number;
+  trace_context: string | null;
 }
 
 /** Claimed rows as the relay takes them, highest priority first. */
@@ -60,6 +62,7 @@ export function toClaimedMails(rows: readonly ClaimRow[]): ClaimedMail[] {
         attempts: r.attempts,
         maxAttempts: r.max_attempts,
         uncertainHandoffs: r.uncertain_handoffs,
+        traceContext: r.trace_context ?? null,
       }),
     )
     .sort((a, b) => b.priority - a.priority);
@@ -315,4 +318,47 @@ export function suppressionKeys(addresses: readonly string[]): string[] {
 /** Ids that are UUIDs (lower-cased): others cannot name a row, and PostgreSQL refuses to cast them. */
 export function uuidsOnly(ids: readonly string[]): string[] {
   return [...new Set(ids.filter((id) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id)).map((id) => id.toLowerCase()))];
+}
+
+/** The sender domains a claim leaves out (`ClaimOptions.excludeSenderDomains`): lower case, without blanks and repeats. */
+export function senderDomains(list: readonly string[] | undefined): string[] {
+  if (list === undefined || list.length === 0) return [];
+  return [...new Set(list.map((d) => d.trim().toLowerCase()).filter((d) => d !== ""))];
+}
+
+/** A rate bucket after a take: its refill rate (tokens per second) and the tokens it holds. */
+export interface BucketState {
+  readonly rate: number;
+  readonly tokens: number;
+}
+
+/** The longest `takeTokens` asks a caller to wait (a bucket with rate 0 never refills). */
+export const MAX_TOKEN_WAIT_MS = 60_000;
+
+/**
+ * What `takeTokens` answers once `granted` was taken from every bucket: when less than `want`, how
+ * long until the tightest bucket holds one token again (at most {@link MAX_TOKEN_WAIT_MS}).
+ */
+export function grantFrom(granted: number, want: number, after: readonly BucketState[]): { granted: number; waitMs: number } {
+  if (granted >= want) return { granted, waitMs: 0 };
+  let waitMs = 0;
+  for (const b of after) {
+    if (b.tokens >= 1) continue;
+    const ms = b.rate > 0 ? Math.ceil(((1 - b.tokens) / b.rate) * 1000) : MAX_TOKEN_WAIT_MS;
+    waitMs = Math.max(waitMs, Math.min(ms, MAX_TOKEN_WAIT_MS));
+  }
+  // A bucket can hold one token and still grant less than `want`: ask again soon, not at once.
+  return { granted, waitMs: Math.max(waitMs, 1) };
+}
+
+/** Check the arguments of `setRate` before they reach a database (the caller validates options first; this guards the table). */
+export function checkRate(bucket: string, rate: number, burst: number): void {
+  if (bucket === "") throw new OptionsError("Expected a rate bucket name such as `transport:smtp://mta:25` or `sender:example.com`.");
+  if (!Number.isFinite(rate) || rate < 0) throw new OptionsError(`Expected the rate of ${bucket} to be a non-negative number of mails per second, got ${rate}.`);
+  if (!Number.isInteger(burst) || burst < 1 || burst > 2_147_483_647) throw new OptionsError(`Expected the burst of ${bucket} to be a positive whole number of mails, got ${burst}.`);
+}
+
+/** A token count or a lease time from the caller, as a whole non-negative number. */
+export function wholeCount(n: number): number {
+  return Number.isFinite(n) && n > 0 ? Math.floor(n) : 0;
 }

@@ -6,20 +6,13 @@
  */
 import pg from "pg";
 import type { LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "../../store.js";
-import { LEASE_EXPIRED_MESSAGE, attemptColumns, toClaimedMails, type ClaimRow } from "../rows.js";
+import { LEASE_EXPIRED_MESSAGE, attemptColumns, senderDomains, toClaimedMails, type ClaimRow } from "../rows.js";
 
 /** The hot-path methods of the PostgreSQL store. */
 export type RelayStatements = Pick<RelayStore, "claim" | "complete" | "renew" | "rescue">;
 
-/** Claim due rows. SKIP LOCKED lets several relays claim side by side without waiting on each other. */
-export const CLAIM = `
-WITH due AS (
-  SELECT id FROM mail_outbox
-  WHERE status = 'pending' AND next_attempt_at <= now()
-  ORDER BY priority DESC, next_attempt_at, id
-  LIMIT $2
-  FOR UPDATE SKIP LOCKED
-)
+/** The claim's UPDATE once the due rows are chosen (and locked) in `due`. */
+const CLAIM_UPDATE = `
 UPDATE mail_outbox m
 SET status = 'sending',
     lease_owner = $1,
@@ -29,7 +22,32 @@ SET status = 'sending',
 FROM due
 WHERE m.id = due.id
 RETURNING m.id::text, m.message_id, m.envelope_from, m.envelope_to::text, m.raw, m.priority,
-          m.attempts, m.max_attempts, m.uncertain_handoffs`;
+          m.attempts, m.max_attempts, m.uncertain_handoffs, m.trace_context`;
+
+/** Claim due rows. SKIP LOCKED lets several relays claim side by side without waiting on each other. */
+export const CLAIM = `
+WITH due AS (
+  SELECT id FROM mail_outbox
+  WHERE status = 'pending' AND next_attempt_at <= now()
+  ORDER BY priority DESC, next_attempt_at, id
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+)${CLAIM_UPDATE}`;
+
+/**
+ * CLAIM leaving out the mail of paused sender domains ($4, lower case): the envelope sender ends
+ * in "@" and one of them (the domain is what follows the last "@"), compared case-insensitively.
+ * A statement of its own, so the claim without pauses keeps its plan.
+ */
+export const CLAIM_EXCLUDING = `
+WITH due AS (
+  SELECT id FROM mail_outbox
+  WHERE status = 'pending' AND next_attempt_at <= now()
+    AND NOT EXISTS (SELECT 1 FROM unnest($4::text[]) AS d(domain) WHERE lower(right(envelope_from, length(d.domain) + 1)) = '@' || d.domain)
+  ORDER BY priority DESC, next_attempt_at, id
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+)${CLAIM_UPDATE}`;
 
 /**
  * The claim's rows come back in binary: the message bytes as they are, instead of hex text twice
@@ -172,9 +190,14 @@ SELECT id, message_id, status, previous_owner FROM upd`;
 
 export function postgresRelayStatements(pool: pg.Pool): RelayStatements {
   return {
-    async claim(owner, limit, leaseMs) {
+    async claim(owner, limit, leaseMs, options) {
+      const exclude = senderDomains(options?.excludeSenderDomains);
       // `binary` is a QueryConfig option of pg that its type definitions leave out.
-      const config = { name: "mail_outbox_claim", text: CLAIM, values: [owner, limit, leaseMs], binary: true, types: CLAIM_TYPES } as pg.QueryConfig;
+      const config = (
+        exclude.length === 0
+          ? { name: "mail_outbox_claim", text: CLAIM, values: [owner, limit, leaseMs], binary: true, types: CLAIM_TYPES }
+          : { name: "mail_outbox_claim_excluding", text: CLAIM_EXCLUDING, values: [owner, limit, leaseMs, exclude], binary: true, types: CLAIM_TYPES }
+      ) as pg.QueryConfig;
       const { rows } = await pool.query<ClaimRow>(config);
       await rereadLossyRaw(pool, rows);
       return toClaimedMails(rows);

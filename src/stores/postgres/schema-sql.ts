@@ -15,6 +15,7 @@ export const COLUMN_TYPES: Readonly<Record<ColumnKind, string>> = {
   text: "text",
   int: "integer",
   bigint: "bigint",
+  float: "double precision",
   json: "jsonb",
   bytes: "bytea",
   time: "timestamp with time zone",

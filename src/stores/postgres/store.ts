@@ -4,6 +4,7 @@
  * of its own, and what PostgreSQL's error codes mean.
  */
 import pg from "pg";
+import { DatabaseConfigError } from "../../errors.js";
 import { inspectSchema } from "../../schema.js";
 import { TRANSITIONS } from "../../states.js";
 import type {
@@ -20,8 +21,11 @@ import type {
   SuppressionInput,
   VerifyResolution,
 } from "../../store.js";
+import type { JsonValue } from "../../types.js";
 import {
   bounceSuppressions,
+  checkRate,
+  wholeCount,
   normalizedSuppressions,
   suppressionKeys,
   toAttemptRecord,
@@ -33,6 +37,9 @@ import {
 } from "../rows.js";
 import * as sql from "./admin-sql.js";
 import * as fate from "./fate-sql.js";
+import * as ops from "./ops-sql.js";
+import * as ui from "./ui-sql.js";
+import type { MailPageQuery } from "../../store.js";
 import { postgresRelayStatements, type RelayStatements } from "./relay-sql.js";
 import { COLUMN_TYPES, quoteIdent, readRecorded, readShape, schemaTransaction } from "./schema-sql.js";
 
@@ -76,6 +83,108 @@ export interface PostgresStoreOptions {
   readonly poolSize?: number;
   /** `application_name`, shown in `pg_stat_activity`. @default "mail-outbox" */
   readonly applicationName?: string;
+  /**
+   * Behind PgBouncer (`?pgbouncer=true`, as Prisma spells it): no named prepared statements, no
+   * `search_path` in the startup packet (PgBouncer refuses it), the schema set per transaction
+   * with `SET LOCAL`, and LISTEN only on `listenConnectionString`. @default false
+   */
+  readonly pgbouncer?: boolean;
+  /** A direct connection (not through PgBouncer) for LISTEN; null: the pool's. @default null */
+  readonly listenConnectionString?: string | null;
+}
+
+const PGBOUNCER_HINT =
+  "This looks like PgBouncer: add pgbouncer=true to the database URL (postgresql://...?pgbouncer=true), and give LISTEN a direct connection with MAIL_OUTBOX_LISTEN_URL or it polls.";
+
+/** The error PgBouncer (or its pooling) causes on a store not opened for it, said with what to do. */
+function pgbouncerError(err: unknown): DatabaseConfigError | null {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  const message = typeof e?.message === "string" ? e.message : "";
+  // 26000: prepared statement does not exist, 42P05: already exists (statements of another client
+  // on a pooled server connection); 08P01 "unsupported startup parameter": PgBouncer's refusal.
+  if (e?.code === "26000" || e?.code === "42P05" || /unsupported startup parameter/.test(message)) {
+    return new DatabaseConfigError(`${message}. ${PGBOUNCER_HINT}`, { cause: err });
+  }
+  return null;
+}
+
+type QueryArgs = [config: unknown, values?: unknown, callback?: unknown];
+
+/**
+ * The pool's client class. Behind PgBouncer: every query unnamed (node-postgres then sends an
+ * unnamed Parse each time, which any server connection takes), and for a schema other than public
+ * `SET LOCAL search_path` at each BEGIN, a statement outside a transaction wrapped in one.
+ * Otherwise it only turns PgBouncer's errors into a clear {@link DatabaseConfigError}.
+ */
+function clientClass(pgbouncer: boolean, schema: string): typeof pg.Client {
+  const setPath = pgbouncer && schema !== "public" ? `SET LOCAL search_path TO ${quoteIdent(schema)}` : null;
+  const superQuery = pg.Client.prototype.query as (...args: unknown[]) => unknown;
+  const superConnect = pg.Client.prototype.connect as (...args: unknown[]) => unknown;
+  class OutboxClient extends pg.Client {
+    private inTransaction = false;
+
+    // @ts-expect-error one implementation for pg's overloads
+    override connect(callback?: (err: Error | undefined) => void): unknown {
+      const run = (superConnect.call(this) as Promise<void>).catch((err: unknown) => {
+        throw (pgbouncer ? null : pgbouncerError(err)) ?? err;
+      });
+      if (typeof callback !== "function") return run;
+      run.then(() => callback(undefined), (err: Error) => callback(err));
+      return undefined;
+    }
+
+    // @ts-expect-error one implementation for pg's overloads
+    override query(...args: QueryArgs): unknown {
+      let [config, values, callback] = args;
+      // Submittables (cursors, streams) go as they are.
+      if (config !== null && typeof config === "object" && typeof (config as { submit?: unknown }).submit === "function") {
+        return superQuery.apply(this, args);
+      }
+      if (typeof values === "function") {
+        callback = values;
+        values = undefined;
+      }
+      const cfg: Record<string, unknown> = typeof config === "string" ? { text: config } : { ...(config as object) };
+      if (values !== undefined) cfg.values = values;
+      if (pgbouncer) delete cfg.name;
+      const run = this.run(cfg).catch((err: unknown) => {
+        throw (pgbouncer ? null : pgbouncerError(err)) ?? err;
+      });
+      if (typeof callback !== "function") return run;
+      run.then((r) => (callback as (e: unknown, r?: unknown) => void)(null, r), (err: unknown) => (callback as (e: unknown) => void)(err));
+      return undefined;
+    }
+
+    private async run(cfg: Record<string, unknown>): Promise<unknown> {
+      const q = (c: unknown) => superQuery.call(this, c) as Promise<pg.QueryResult | pg.QueryResult[]>;
+      if (setPath === null) return q(cfg);
+      const text = typeof cfg.text === "string" ? cfg.text.trimStart() : "";
+      if (/^(BEGIN|START TRANSACTION)\b/i.test(text)) {
+        // One round trip: BEGIN and SET LOCAL as one simple query.
+        const r = cfg.values === undefined ? await q(`${text}; ${setPath}`) : await q(cfg);
+        this.inTransaction = true;
+        if (!Array.isArray(r)) await q(setPath);
+        return Array.isArray(r) ? r[0] : r;
+      }
+      if (/^(COMMIT|ROLLBACK|END|ABORT)\b/i.test(text)) {
+        this.inTransaction = false;
+        return q(cfg);
+      }
+      if (this.inTransaction) return q(cfg);
+      // One statement on its own: its own transaction, so the schema holds on whichever server
+      // connection PgBouncer gives it.
+      await q(`BEGIN; ${setPath}`);
+      try {
+        const r = await q(cfg);
+        await q("COMMIT");
+        return r;
+      } catch (err) {
+        await q("ROLLBACK").catch(() => {});
+        throw err;
+      }
+    }
+  }
+  return OutboxClient as unknown as typeof pg.Client;
 }
 
 export class PostgresStore implements Store {
@@ -92,17 +201,25 @@ export class PostgresStore implements Store {
   readonly complete: RelayStatements["complete"];
   readonly renew: RelayStatements["renew"];
   readonly rescue: RelayStatements["rescue"];
+  /** Opened for PgBouncer (`?pgbouncer=true`): unnamed statements, no LISTEN without a direct URL. */
+  readonly pgbouncer: boolean;
+  /** The direct connection LISTEN uses, when not the pool's. */
+  readonly listenConnectionString: string | null;
 
   constructor(options: PostgresStoreOptions) {
     this.schema = options.schema;
     this.displayUrl = options.displayUrl;
     this.where = `schema ${options.schema} of ${options.displayUrl}`;
+    this.pgbouncer = options.pgbouncer ?? false;
+    this.listenConnectionString = options.listenConnectionString ?? null;
     this.pool = new pg.Pool({
       connectionString: options.connectionString,
       max: options.poolSize ?? 4,
       application_name: options.applicationName ?? "mail-outbox",
-      options: `-c search_path=${quoteIdent(options.schema)}`,
+      // PgBouncer refuses `options` in the startup packet: there the schema is set per transaction.
+      ...(this.pgbouncer ? {} : { options: `-c search_path=${quoteIdent(options.schema)}` }),
       connectionTimeoutMillis: 10_000,
+      Client: clientClass(this.pgbouncer, options.schema),
     });
     // An idle client whose backend was terminated emits 'error' on the pool; without a listener
     // that would crash the process. The next query gets a fresh connection.
@@ -121,9 +238,15 @@ export class PostgresStore implements Store {
   // ---- relay ----
 
   async listen(onWake: () => void, onLost: (err: unknown) => void): Promise<Listener | null> {
+    // Behind PgBouncer a LISTEN would sit on a server connection other clients' transactions
+    // use: only on a direct connection; without one the relay polls.
+    if (this.pgbouncer && this.listenConnectionString === null) return null;
     const options = this.pool.options as pg.ClientConfig;
     const name = `${options.application_name ?? "mail-outbox"} listen`.slice(0, 63);
-    const client = new pg.Client({ ...options, application_name: name });
+    const client =
+      this.listenConnectionString === null
+        ? new pg.Client({ ...options, application_name: name })
+        : new pg.Client({ connectionString: this.listenConnectionString, application_name: name, connectionTimeoutMillis: 10_000 });
     // onLost only for a connection that was listening and not closed by us, and only once.
     let state: "connecting" | "listening" | "done" = "connecting";
     const lose = (err: unknown) => {
@@ -162,6 +285,7 @@ export class PostgresStore implements Store {
   classifyError(err: unknown): DatabaseErrorKind {
     const e = err as { code?: unknown; message?: unknown } | null;
     const code = typeof e?.code === "string" ? e.code : "";
+    if (err instanceof DatabaseConfigError) return "refused"; // e.g. PgBouncer without ?pgbouncer=true
     if (code === "42P01" || code === "42703" || code === "3F000") return "schema"; // undefined table, column, schema
     if (code === "23505") return "conflict";
     if (code === "28P01" || code === "28000" || code === "3D000") return "refused"; // password, authorization, no such database
@@ -348,6 +472,62 @@ export class PostgresStore implements Store {
     return resolution.kind === "received" ? fate.verifiedReceived(this.pool, id, actor, resolution) : fate.verifiedAbsent(this.pool, id, actor, resolution);
   }
 
+  // ---- operations state ----
+
+  listPauses() {
+    return ops.listPauses(this.pool);
+  }
+
+  addPause(scope: string, by: string, reason: string | null) {
+    return ops.addPause(this.pool, scope, by, reason);
+  }
+
+  removePause(scope: string) {
+    return ops.removePause(this.pool, scope);
+  }
+
+  listRates() {
+    return ops.listRates(this.pool);
+  }
+
+  async setRate(bucket: string, rate: number, burst: number): Promise<void> {
+    checkRate(bucket, rate, burst);
+    await ops.setRate(this.pool, bucket, rate, burst);
+  }
+
+  removeRate(bucket: string) {
+    return ops.removeRate(this.pool, bucket);
+  }
+
+  async takeTokens(buckets: readonly string[], want: number): Promise<{ granted: number; waitMs: number }> {
+    const n = wholeCount(want);
+    const names = [...new Set(buckets)];
+    if (n === 0 || names.length === 0) return { granted: n, waitMs: 0 };
+    return inTransaction(this.pool, (client) => ops.takeTokens(client, names, n));
+  }
+
+  async returnTokens(buckets: readonly string[], n: number): Promise<void> {
+    const count = wholeCount(n);
+    if (count === 0 || buckets.length === 0) return;
+    await ops.returnTokens(this.pool, [...new Set(buckets)], count);
+  }
+
+  tryLock(name: string, owner: string, ttlMs: number, data?: JsonValue) {
+    return ops.tryLock(this.pool, name, owner, ttlMs, data);
+  }
+
+  unlock(name: string, owner: string) {
+    return ops.unlock(this.pool, name, owner);
+  }
+
+  readLock(name: string) {
+    return ops.readLock(this.pool, name);
+  }
+
+  gauges() {
+    return ops.gauges(this.pool);
+  }
+
   // ---- schema ----
 
   async readSchema() {
@@ -361,5 +541,15 @@ export class PostgresStore implements Store {
 
   dropNotNullFix(table: string, column: string): string {
     return `ALTER TABLE "${table}" ALTER COLUMN "${column}" DROP NOT NULL`;
+  }
+
+  // ---- dashboard (src/ui/) ----
+
+  async listMailPage(query: MailPageQuery) {
+    return (await ui.listMailPage(this.pool, query)).map(toMailRecord);
+  }
+
+  attemptBuckets(since: Date, bucketMs: number) {
+    return ui.attemptBuckets(this.pool, since, bucketMs);
   }
 }

@@ -6,23 +6,34 @@
 import type Database from "better-sqlite3";
 import { randomUUID } from "node:crypto";
 import type { LeaseExpiryPolicy, Outcome, RelayStore, RescuedMail } from "../../store.js";
-import { LEASE_EXPIRED_MESSAGE, attemptColumns, toClaimedMails, type ClaimRow } from "../rows.js";
+import { LEASE_EXPIRED_MESSAGE, attemptColumns, senderDomains, toClaimedMails, type ClaimRow } from "../rows.js";
 import { toSqliteTime } from "./time.js";
 
 /** The hot-path methods of the SQLite store. */
 export type RelayStatements = Pick<RelayStore, "claim" | "complete" | "renew" | "rescue">;
 
-export const CLAIM = `
+const claimStatement = (exclude: string) => `
 UPDATE mail_outbox
 SET status = 'sending', lease_owner = @owner, lease_expires_at = @leaseExpiresAt,
     attempts = attempts + 1, updated_at = @now
 WHERE id IN (
   SELECT id FROM mail_outbox
-  WHERE status = 'pending' AND next_attempt_at <= @now
+  WHERE status = 'pending' AND next_attempt_at <= @now${exclude}
   ORDER BY priority DESC, next_attempt_at, id
   LIMIT @limit
 )
-RETURNING id, message_id, envelope_from, envelope_to, raw, priority, attempts, max_attempts, uncertain_handoffs`;
+RETURNING id, message_id, envelope_from, envelope_to, raw, priority, attempts, max_attempts, uncertain_handoffs, trace_context`;
+
+export const CLAIM = claimStatement("");
+
+/**
+ * CLAIM leaving out the mail of paused sender domains (@exclude: a JSON array of lower-case
+ * domains): the envelope sender ends in "@" and one of them (the domain is what follows the last
+ * "@"), compared case-insensitively (ASCII; international domains are compared as punycode).
+ * A statement of its own, so the claim without pauses keeps its plan.
+ */
+export const CLAIM_EXCLUDING = claimStatement(`
+    AND NOT EXISTS (SELECT 1 FROM json_each(@exclude) AS d WHERE lower(substr(envelope_from, -length(d.value) - 1)) = '@' || d.value)`);
 
 /** Append the JSON array @list to a JSON array column (NULL counts as empty). */
 const append = (column: string, list: string) =>
@@ -90,6 +101,7 @@ WHERE id = @id AND status = 'sending' AND lease_expires_at < @now`;
 
 export function sqliteRelayStatements(db: Database.Database): RelayStatements {
   const claim = db.prepare<{ owner: string; leaseExpiresAt: string; now: string; limit: number }, ClaimRow>(CLAIM);
+  let claimExcluding: Database.Statement<{ owner: string; leaseExpiresAt: string; now: string; limit: number; exclude: string }, ClaimRow> | undefined;
   const accepted = db.prepare(COMPLETE_ACCEPTED);
   const partial = db.prepare(COMPLETE_PARTIAL);
   const retry = db.prepare(COMPLETE_RETRY);
@@ -173,9 +185,17 @@ export function sqliteRelayStatements(db: Database.Database): RelayStatements {
   });
 
   return {
-    async claim(owner, limit, leaseMs) {
+    async claim(owner, limit, leaseMs, options) {
       const now = new Date();
-      const rows = claim.all({ owner, limit, now: toSqliteTime(now), leaseExpiresAt: toSqliteTime(new Date(now.getTime() + leaseMs)) });
+      const params = { owner, limit, now: toSqliteTime(now), leaseExpiresAt: toSqliteTime(new Date(now.getTime() + leaseMs)) };
+      const exclude = senderDomains(options?.excludeSenderDomains);
+      const rows =
+        exclude.length === 0
+          ? claim.all(params)
+          : (claimExcluding ??= db.prepare<{ owner: string; leaseExpiresAt: string; now: string; limit: number; exclude: string }, ClaimRow>(CLAIM_EXCLUDING)).all({
+              ...params,
+              exclude: JSON.stringify(exclude),
+            });
       return toClaimedMails(rows);
     },
     async complete(owner, relayName, outcomes) {

@@ -17,6 +17,7 @@ export const COLUMN_TYPES: Readonly<Record<ColumnKind, string>> = {
   text: "TEXT",
   int: "INTEGER",
   bigint: "BIGINT",
+  float: "REAL",
   json: "JSONB",
   bytes: "BLOB",
   time: "DATETIME",

@@ -9,6 +9,7 @@ import { inspectSchema } from "../../schema.js";
 import { TRANSITIONS } from "../../states.js";
 import { randomUUID } from "node:crypto";
 import type {
+  ClaimOptions,
   CountByFate,
   DatabaseErrorKind,
   DeliveryEventInput,
@@ -23,8 +24,11 @@ import type {
   VerifyCandidate,
   VerifyResolution,
 } from "../../store.js";
+import type { JsonValue } from "../../types.js";
 import {
   bounceSuppressions,
+  checkRate,
+  wholeCount,
   normalizedSuppressions,
   parseJson,
   suppressionKeys,
@@ -37,6 +41,9 @@ import {
 } from "../rows.js";
 import * as sql from "./admin-sql.js";
 import * as fate from "./fate-sql.js";
+import * as ops from "./ops-sql.js";
+import * as ui from "./ui-sql.js";
+import type { MailPageQuery } from "../../store.js";
 import { fromSqliteTime } from "./time.js";
 import { sqliteRelayStatements, type RelayStatements } from "./relay-sql.js";
 import { COLUMN_TYPES, readRecorded, readShape, schemaTransaction } from "./schema-sql.js";
@@ -92,8 +99,8 @@ export class SqliteStore implements Store {
     return (this.relay ??= sqliteRelayStatements(this.db));
   }
 
-  claim(owner: string, limit: number, leaseMs: number) {
-    return this.statements().claim(owner, limit, leaseMs);
+  claim(owner: string, limit: number, leaseMs: number, options?: ClaimOptions) {
+    return this.statements().claim(owner, limit, leaseMs, options);
   }
 
   complete(...args: Parameters<Store["complete"]>) {
@@ -347,6 +354,63 @@ export class SqliteStore implements Store {
       .immediate();
   }
 
+  // ---- operations state ----
+
+  async listPauses() {
+    return ops.listPauses(this.db);
+  }
+
+  async addPause(scope: string, by: string, reason: string | null) {
+    return ops.addPause(this.db, scope, by, reason, new Date());
+  }
+
+  async removePause(scope: string) {
+    return ops.removePause(this.db, scope);
+  }
+
+  async listRates() {
+    return ops.listRates(this.db);
+  }
+
+  async setRate(bucket: string, rate: number, burst: number): Promise<void> {
+    checkRate(bucket, rate, burst);
+    this.db.transaction(() => ops.setRate(this.db, bucket, rate, burst, new Date())).immediate();
+  }
+
+  async removeRate(bucket: string) {
+    return ops.removeRate(this.db, bucket);
+  }
+
+  async takeTokens(buckets: readonly string[], want: number): Promise<{ granted: number; waitMs: number }> {
+    const n = wholeCount(want);
+    const names = [...new Set(buckets)];
+    if (n === 0 || names.length === 0) return { granted: n, waitMs: 0 };
+    // IMMEDIATE: the write lock before the buckets are read, so another process cannot take the same tokens.
+    return this.db.transaction(() => ops.takeTokens(this.db, names, n, new Date())).immediate();
+  }
+
+  async returnTokens(buckets: readonly string[], n: number): Promise<void> {
+    const count = wholeCount(n);
+    if (count === 0 || buckets.length === 0) return;
+    ops.returnTokens(this.db, [...new Set(buckets)], count);
+  }
+
+  async tryLock(name: string, owner: string, ttlMs: number, data?: JsonValue) {
+    return ops.tryLock(this.db, name, owner, ttlMs, data, new Date());
+  }
+
+  async unlock(name: string, owner: string) {
+    ops.unlock(this.db, name, owner, new Date());
+  }
+
+  async readLock(name: string) {
+    return ops.readLock(this.db, name);
+  }
+
+  async gauges() {
+    return ops.gauges(this.db, new Date());
+  }
+
   // ---- schema ----
 
   async readSchema() {
@@ -359,5 +423,15 @@ export class SqliteStore implements Store {
 
   dropNotNullFix(_table: string, _column: string, models: string): string {
     return `drop its NOT NULL constraint (see ${models})`;
+  }
+
+  // ---- dashboard (src/ui/) ----
+
+  async listMailPage(query: MailPageQuery) {
+    return ui.listMailPage(this.db, query).map((r) => toMailRecord(sql.plainMailRow(r)));
+  }
+
+  async attemptBuckets(since: Date, bucketMs: number) {
+    return ui.attemptBuckets(this.db, since, bucketMs);
   }
 }
