@@ -6,13 +6,17 @@
  *   node --import tsx bench/run.ts [--quick] [--only drain,latency,...] [--sink smtp-sink|smtp-server]
  *                                  [--profile] [--no-write] [--out BENCHMARKS.md] [--fates-mails N]
  *
+ * Standalone benchmarks, named alone with `--only` (they print their own figures): scaleout
+ * (relays against an MTA with 10-50 ms per transaction), enqueue-compare (enqueue against
+ * graphile-worker's add_job and pg-boss's send), ops-gauges, ops-pacing, ops-retention, ui-list.
+ *
  * Phases: ceiling, drain, latency, enqueue, scale, memory; and, only with `--only fates`, the
  * delivery fates through the real Postfix (bench/fates.ts; `--fates-mails N`, default 1,000). Each figure is the median of several
  * runs; within a round the contenders take turns (the order rotates every round) so that drift
  * of the machine hits them alike. Every PostgreSQL contender gets a fresh schema per run, dropped
  * afterwards.
  */
-import { execFileSync, fork } from "node:child_process";
+import { execFileSync, fork, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -662,7 +666,7 @@ function parseArgs(argv: readonly string[]) {
   };
   const quick = has("--quick");
   const only = value("--only")?.split(",").filter(Boolean) as Phase[] | undefined;
-  for (const p of only ?? []) if (!PHASES.includes(p) && !OPT_IN_PHASES.includes(p)) throw new Error(`unknown phase ${p}; phases: ${[...PHASES, ...OPT_IN_PHASES].join(", ")}`);
+  for (const p of only ?? []) if (!PHASES.includes(p) && !OPT_IN_PHASES.includes(p)) throw new Error(`unknown phase ${p}; phases: ${[...PHASES, ...OPT_IN_PHASES].join(", ")}; scripts of their own (named alone): ${STANDALONE.join(", ")}`);
   const fatesMails = value("--fates-mails");
   if (fatesMails !== undefined && !(Number.isInteger(Number(fatesMails)) && Number(fatesMails) > 0)) throw new Error(`--fates-mails: expected a positive integer, got ${fatesMails}`);
   const contenders = value("--contenders")?.split(",").filter(Boolean) as ContenderName[] | undefined;
@@ -683,8 +687,33 @@ function parseArgs(argv: readonly string[]) {
   };
 }
 
+/**
+ * Benchmarks that run as scripts of their own and print their figures (their sections of
+ * BENCHMARKS.md are pasted from that output): `npm run bench -- --only scaleout` runs
+ * bench/scaleout.ts, passing the other arguments on (e.g. `--quick`).
+ */
+export const STANDALONE = ["scaleout", "enqueue-compare", "ops-gauges", "ops-pacing", "ops-retention", "ui-list"] as const;
+
+function runStandalone(names: readonly string[], rest: readonly string[]): void {
+  for (const name of names) {
+    console.log(`[bench] ${name}: node --import tsx bench/${name}.ts ${rest.join(" ")}`);
+    const r = spawnSync(process.execPath, ["--import", "tsx", path.join(root, "bench", `${name}.ts`), ...rest], { stdio: "inherit" });
+    if (r.status !== 0) {
+      process.exitCode = r.status ?? 1;
+      return;
+    }
+  }
+}
+
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  const onlyAt = argv.indexOf("--only");
+  const named = onlyAt >= 0 ? (argv[onlyAt + 1] ?? "").split(",").filter(Boolean) : [];
+  if (named.length > 0 && named.every((n) => (STANDALONE as readonly string[]).includes(n))) {
+    runStandalone(named, [...argv.slice(0, onlyAt), ...argv.slice(onlyAt + 2)]);
+    return;
+  }
+  const args = parseArgs(argv);
   const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`;
   const counts = args.quick ? QUICK : FULL;
   const results = await runBench({

@@ -185,6 +185,8 @@ export interface ScaleOutRun {
   /** What relays x concurrency could carry if only the sink's delay counted. */
   readonly idealPerSecond: number;
   readonly relayCpuMsPer1000: number;
+  /** CPU of this process (the sink, smtp-server in Node, and the bookkeeping) while the relays drained, per 1,000 mails. */
+  readonly sinkCpuMsPer1000: number;
   /** PostgreSQL backend CPU µs per mail (0 when /proc did not show the backends). */
   readonly pgCpuUsPerMail: number;
   readonly backends: number;
@@ -206,7 +208,8 @@ async function runOnce(t: MailTemplate, sink: TestSmtp, delayMs: number, relays:
     let recorded = 0;
     let allDone!: () => void;
     const done = new Promise<void>((resolve) => (allDone = resolve));
-    const smtpUrl = `smtp://127.0.0.1:${sink.port}?pipelining=false&maxConnections=${concurrency}`;
+    // --pipelined: the library's pipelining client (the default for a loopback host), one connection per hand-off in flight.
+    const smtpUrl = `smtp://127.0.0.1:${sink.port}?pipelining=${PIPELINED}&maxConnections=${concurrency}`;
     const children = Array.from({ length: relays }, (_, i) =>
       startChild({ url: store.url, smtpUrl, relayId: `scaleout-${tag}-${i + 1}`, concurrency }, (n) => {
         recorded += n;
@@ -214,6 +217,7 @@ async function runOnce(t: MailTemplate, sink: TestSmtp, delayMs: number, relays:
       }),
     );
     await Promise.all(children.map((c) => c.ready));
+    const sinkCpu0 = process.cpuUsage();
     let last = recorded;
     let lastAt = Date.now();
     const watchdog = new Promise<never>((_, reject) => {
@@ -229,6 +233,7 @@ async function runOnce(t: MailTemplate, sink: TestSmtp, delayMs: number, relays:
       void done.then(() => clearInterval(iv));
     });
     await Promise.race([done, watchdog]);
+    const sinkCpu = process.cpuUsage(sinkCpu0);
     const pgCpu = await backendCpuMs(prefix);
     for (const c of children) c.stop();
     const results = await Promise.all(children.map((c) => c.result));
@@ -247,6 +252,7 @@ async function runOnce(t: MailTemplate, sink: TestSmtp, delayMs: number, relays:
       perSecond: (mails / (lastRecorded - firstClaim)) * 1000,
       idealPerSecond: (relays * concurrency * 1000) / delayMs,
       relayCpuMsPer1000: (cpu / mails) * 1000,
+      sinkCpuMsPer1000: (sinkCpu.user + sinkCpu.system) / mails,
       pgCpuUsPerMail: (pgCpu.ms * 1000) / mails,
       backends: pgCpu.backends,
       claimUsPerMail: (sum("mail_outbox_claim", 1) * 1000) / mails,
@@ -272,6 +278,8 @@ function parsePlan(spec: string): { delayMs: number; relays: number; concurrency
   });
 }
 
+const PIPELINED = process.argv.includes("--pipelined");
+
 const DEFAULT_PLAN = "25:1x10,1x40,1x80,2x10,2x40,4x10,4x40;10:1x10,1x40,4x40;50:1x10,1x40,4x40";
 const QUICK_PLAN = "25:1x10,2x10;10:1x40";
 
@@ -285,12 +293,12 @@ function median(xs: number[]): number {
 
 export function scaleOutTable(runs: readonly ScaleOutRun[]): string {
   const lines = [
-    "| MTA delay | relays × concurrency | hand-offs in flight | mails/s | delay-only bound | relay CPU ms / 1,000 mails | PostgreSQL backend CPU µs / mail | claim + completion wall µs / mail (relay side) | statements (claim / completion) | all delivered once |",
-    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    "| MTA delay | relays × concurrency | hand-offs in flight | mails/s | delay-only bound | relay CPU ms / 1,000 mails | sink CPU ms / 1,000 mails | PostgreSQL backend CPU µs / mail | claim + completion wall µs / mail (relay side) | statements (claim / completion) | all delivered once |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
   ];
   for (const r of runs) {
     lines.push(
-      `| ${r.delayMs} ms | ${r.relays} × ${r.concurrency} | ${r.inFlight} | ${fmt(r.perSecond)} | ${fmt(r.idealPerSecond)} | ${fmt(r.relayCpuMsPer1000)} | ${fmt(r.pgCpuUsPerMail)} | ${fmt(r.claimUsPerMail)} + ${fmt(r.completeUsPerMail)} | ${r.claims} / ${r.completions} | ${r.delivered ? "yes" : `NO (${r.duplicatesAtSink} twice)`} |`,
+      `| ${r.delayMs} ms | ${r.relays} × ${r.concurrency} | ${r.inFlight} | ${fmt(r.perSecond)} | ${fmt(r.idealPerSecond)} | ${fmt(r.relayCpuMsPer1000)} | ${fmt(r.sinkCpuMsPer1000)} | ${fmt(r.pgCpuUsPerMail)} | ${fmt(r.claimUsPerMail)} + ${fmt(r.completeUsPerMail)} | ${r.claims} / ${r.completions} | ${r.delivered ? "yes" : `NO (${r.duplicatesAtSink} twice)`} |`,
     );
   }
   return lines.join("\n");
@@ -328,6 +336,7 @@ async function main(argv: string[]): Promise<void> {
   console.log(
     `PostgreSQL per mail (claim + completion and the rest the relay asks for), median over runs: ${fmt(pgUs)} µs of backend CPU -> one database carries about 1e6 / ${fmt(pgUs)} = ${fmt(1e6 / pgUs)} mails/s per core (${fmt((1e6 / pgUs) * cores)} on this machine's ${cores} cores) before WAL and fsync.`,
   );
+  console.log(`Transport: smtp://127.0.0.1:PORT?pipelining=${PIPELINED}&maxConnections=C (${PIPELINED ? "the library's pipelining client" : "nodemailer's pool, what a remote MTA gets"}), relay concurrency C.`);
   console.log(`${mails} mails per run, ${runs.length} runs, ${fmt((Date.now() - started) / 1000)} s in all; ${os.cpus()[0]?.model ?? "?"} x ${cores}, Node ${process.version}`);
   console.log(`SCALEOUT ${JSON.stringify({ mails, cores, pgCpuUsPerMailMedian: pgUs, runs })}`);
   if (runs.some((r) => !r.delivered)) process.exitCode = 1;

@@ -13,6 +13,7 @@ import { DatabaseConfigError } from "./errors.js";
 import { redactUrl } from "./redact.js";
 import type { Store } from "./store.js";
 import { PostgresStore } from "./stores/postgres/store.js";
+import { parseMultiHostUrl, redactHostsUrl, withHosts } from "./stores/postgres/hosts.js";
 import { SqliteStore } from "./stores/sqlite/store.js";
 
 export type { Store } from "./store.js";
@@ -78,8 +79,11 @@ export function parseDatabaseUrl(url: string | undefined, cwd = process.cwd()): 
   }
   if (/^postgres(ql)?:\/\//.test(url)) {
     let parsed: URL;
+    // Several hosts (`h1:5432,h2:5432`, libpq's failover form) are no valid WHATWG URL: parse the
+    // first, put the list back after (src/stores/postgres/hosts.ts).
+    const multi = parseMultiHostUrl(url);
     try {
-      parsed = new URL(url);
+      parsed = new URL(multi?.url ?? url);
     } catch (cause) {
       throw new DatabaseConfigError(`The PostgreSQL URL ${redactUrl(url)} is not a valid URL.`, { cause });
     }
@@ -95,7 +99,7 @@ export function parseDatabaseUrl(url: string | undefined, cwd = process.cwd()): 
     // `schema` and `pgbouncer` are Prisma's parameters, not libpq's: strip them before handing the URL to pg.
     parsed.searchParams.delete("schema");
     parsed.searchParams.delete("pgbouncer");
-    return { dialect: "postgresql", connectionString: parsed.toString(), schema, pgbouncer: bouncer === "true" };
+    return { dialect: "postgresql", connectionString: multi ? withHosts(parsed.toString(), multi) : parsed.toString(), schema, pgbouncer: bouncer === "true" };
   }
   throw new DatabaseConfigError(
     `Unsupported database URL ${JSON.stringify(redactUrl(url))}: use file:... for SQLite or postgresql://... for PostgreSQL.`,
@@ -122,7 +126,7 @@ export function databaseSchema(url: string | undefined): string | null {
 /** Open the store for the database at `url`: a connection (SQLite) or a pool (PostgreSQL). */
 export async function openDatabase(url: string | undefined, options: OpenDatabaseOptions = {}): Promise<Db> {
   const location = parseDatabaseUrl(url);
-  const displayUrl = redactUrl(url ?? "");
+  const displayUrl = redactHostsUrl(url ?? "");
   if (location.dialect === "sqlite") {
     return new SqliteStore({ filename: location.filename, displayUrl, ...(options.busyTimeoutMs !== undefined ? { busyTimeoutMs: options.busyTimeoutMs } : {}) });
   }

@@ -96,6 +96,27 @@ export class DuplicateIdempotencyKeyError extends MailOutboxError {
 }
 
 /**
+ * `enqueue(composed)` of a `ComposedOutboxMail` that is already in the outbox: a composed mail is one
+ * mail with one id and Message-ID, so it can be written once. Retrying a transaction that rolled back
+ * is fine (the row is not there); for a second copy of the mail, compose it again. Nothing was written.
+ */
+export class ComposedMailAlreadyEnqueuedError extends MailOutboxError {
+  override name = "ComposedMailAlreadyEnqueuedError";
+  readonly id: string;
+  readonly messageId: string;
+  constructor(id: string, messageId: string, options?: { cause?: unknown; concurrent?: boolean }) {
+    super(
+      options?.concurrent === true
+        ? `This composed mail (id ${id}, Message-ID ${messageId}) was written by a concurrent transaction, or its idempotency key is taken; nothing was written here. A composed mail can be enqueued once: compose the mail again for another copy.`
+        : `This composed mail (id ${id}, Message-ID ${messageId}) is already in the outbox; nothing was written. A composed mail can be enqueued once (retrying after a rollback is fine): compose the mail again for another copy.`,
+      options,
+    );
+    this.id = id;
+    this.messageId = messageId;
+  }
+}
+
+/**
  * `enqueue()` under the suppression policy `"refuse"`: recipients of the mail are on the
  * suppression list (they hard-bounced before, or an operator put them there). Nothing was written;
  * thrown inside the transaction, so catching it or letting it roll the transaction back is the

@@ -6,7 +6,7 @@
  */
 import { Prisma } from "@prisma/client/extension";
 import { composeMail, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_MESSAGE_BYTES, validateComposeDefaults } from "./compose.js";
-import { DuplicateIdempotencyKeyError, InvalidMailError, OptionsError, SuppressedRecipientError } from "./errors.js";
+import { ComposedMailAlreadyEnqueuedError, DuplicateIdempotencyKeyError, InvalidMailError, OptionsError, SuppressedRecipientError } from "./errors.js";
 import { allSuppressedMessage, checkSuppressionPolicy, findSuppressedWithPrisma, splitRecipients, type RecipientSplit, type SuppressionPolicy } from "./fate/suppression.js";
 import { traceContextFor } from "./tracing.js";
 import type { AddressInput, ComposeDefaults, ComposedMail, MailInput } from "./types.js";
@@ -150,12 +150,27 @@ export function isTransactionClient(client: unknown): boolean {
   return typeof client === "object" && client !== null && typeof (client as { $connect?: unknown }).$connect !== "function";
 }
 
+// Whether a delegate belongs to an interactive transaction is read through Prisma's proxies
+// (`delegate.$parent`, ~50 µs per enqueue): asked only once a delegate has recorded this many ids,
+// so a transaction's few enqueues never pay it and a client's own long-lived delegate (outside any
+// transaction, where nothing reads the records) holds a bounded list before it is dropped.
+const RECORD_CHECK_AT = 64;
+const verifiedTransaction = new WeakSet<object>();
+const notTransaction = new WeakSet<object>();
+
 function recordEnqueued(delegate: OutboxDelegate, ids: readonly string[]): void {
-  if (!isTransactionClient(delegate.$parent)) return;
+  if (notTransaction.has(delegate)) return;
   const registry = enqueuedRegistry();
-  const list = registry.get(delegate);
+  let list = registry.get(delegate);
   if (list) list.push(...ids);
-  else registry.set(delegate, [...ids]);
+  else registry.set(delegate, (list = [...ids]));
+  if (list.length >= RECORD_CHECK_AT && !verifiedTransaction.has(delegate)) {
+    if (isTransactionClient(delegate.$parent)) verifiedTransaction.add(delegate);
+    else {
+      registry.delete(delegate);
+      notTransaction.add(delegate);
+    }
+  }
 }
 
 /**
@@ -165,6 +180,125 @@ function recordEnqueued(delegate: OutboxDelegate, ids: readonly string[]): void 
  */
 export function enqueuedInTransaction(delegate: object): readonly string[] | undefined {
   return enqueuedRegistry().get(delegate);
+}
+
+/** Options of `compose()` / `composeOutboxMail()` besides the extension's. */
+export interface ComposeOutboxMailOptions {
+  /** The compose time: the `Date` header, and `sendAt` when the mail has none. @default new Date() */
+  readonly now?: Date;
+}
+
+/** What a genuine `ComposedOutboxMail` holds; kept out of the value's reach (module-private). */
+interface ComposedState {
+  readonly mail: ComposedMail;
+  readonly composedAt: Date;
+  /** How many enqueues of it have started (a later one first checks the row is not there yet). */
+  uses: number;
+}
+const composedStates = new WeakMap<object, ComposedState>();
+
+/**
+ * A mail composed before the transaction: the exact RFC 5322 bytes, envelope, Message-ID, subject,
+ * metadata and size that `tx.outboxEmail.enqueue(composed)` writes, with nothing left to compose in
+ * the transaction. Made only by `prisma.outboxEmail.compose(mail)` or `composeOutboxMail(mail, options)`
+ * (the constructor is not for applications); immutable, and recognised by `enqueue` by identity, never
+ * by its shape. It is one mail: it can be enqueued once (a retry after a rollback is fine); a second
+ * enqueue once it is committed throws `ComposedMailAlreadyEnqueuedError`.
+ */
+export class ComposedOutboxMail {
+  /** The row id it will have (UUIDv7, time-ordered by compose time). */
+  readonly id: string;
+  /** The RFC 5322 Message-ID, with angle brackets. */
+  readonly messageId: string;
+  readonly envelopeFrom: string;
+  /** Every recipient (to, cc, bcc), before the suppression list is read (that happens at enqueue). */
+  readonly envelopeTo: readonly string[];
+  readonly subject: string;
+  /** Bytes of the composed message. */
+  readonly size: number;
+  readonly idempotencyKey: string | null;
+
+  /** @internal Use `prisma.outboxEmail.compose(mail)` or `composeOutboxMail(mail, options)`. */
+  constructor(token: symbol, mail: ComposedMail, composedAt: Date) {
+    if (token !== CONSTRUCT) throw new TypeError("prisma-mail-outbox: make a ComposedOutboxMail with prisma.outboxEmail.compose(mail) or composeOutboxMail(mail, options).");
+    this.id = mail.id;
+    this.messageId = mail.messageId;
+    this.envelopeFrom = mail.envelopeFrom;
+    this.envelopeTo = Object.freeze([...mail.envelopeTo]);
+    this.subject = mail.subject;
+    this.size = mail.size;
+    this.idempotencyKey = mail.idempotencyKey;
+    composedStates.set(this, { mail, composedAt: new Date(composedAt.getTime()), uses: 0 });
+    Object.freeze(this);
+  }
+
+  /** The compose time (the message's `Date` header). A copy. */
+  get composedAt(): Date {
+    return new Date(composedStates.get(this)!.composedAt.getTime());
+  }
+
+  /** When the relay may hand it over: the mail's `sendAt`, else the compose time. A copy. */
+  get sendAt(): Date {
+    return new Date(composedStates.get(this)!.mail.sendAt.getTime());
+  }
+
+  /** A copy of the composed RFC 5322 message (what the relay hands to the MTA). */
+  get raw(): Buffer {
+    return Buffer.from(composedStates.get(this)!.mail.raw);
+  }
+}
+const CONSTRUCT = Symbol("ComposedOutboxMail");
+
+/** The state of a genuine composed mail; undefined for anything else (plain input included). */
+function composedStateOf(value: unknown): ComposedState | undefined {
+  return typeof value === "object" && value !== null ? composedStates.get(value) : undefined;
+}
+
+async function composeWith(defaults: ComposeDefaults, mail: unknown, options: ComposeOutboxMailOptions | undefined): Promise<ComposedOutboxMail> {
+  const now = options?.now !== undefined ? new Date(options.now instanceof Date ? options.now.getTime() : NaN) : new Date();
+  const composed = await composeMail(mail, defaults, now);
+  // The Buffer is private to the state; freeze what can be frozen so the value cannot drift.
+  const frozen: ComposedMail = Object.freeze({ ...composed, envelopeTo: Object.freeze([...composed.envelopeTo]), sendAt: new Date(composed.sendAt.getTime()) });
+  return new ComposedOutboxMail(CONSTRUCT, frozen, now);
+}
+
+/**
+ * Composes a mail outside any transaction, with the options of `mailOutbox(options)` (`defaultFrom`,
+ * `maxAttempts`, `maxMessageBytes`, `maxHeaderBytes`, `messageIdDomain`), for
+ * `tx.outboxEmail.enqueue(composed)` later: the same checks and errors as `enqueue` (`InvalidMailError`
+ * listing every problem, `MailTooLargeError`, `HeaderTooLargeError`), thrown here, before any
+ * transaction. `prisma.outboxEmail.compose(mail)` does the same with the extension's own options.
+ *
+ * @example
+ * ```ts
+ * const composed = await composeOutboxMail({ to: email, subject: "Welcome", text }, { defaultFrom: "shop@example.com" });
+ * await prisma.$transaction(async (tx) => {
+ *   await tx.user.create({ data: { email } });
+ *   await tx.outboxEmail.enqueue(composed); // only the INSERT
+ * });
+ * ```
+ */
+export function composeOutboxMail(mail: MailInput, options: MailOutboxOptions & ComposeOutboxMailOptions = {}): Promise<ComposedOutboxMail> {
+  try {
+    return composeWith(resolveDefaults(options), mail, options);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/**
+ * Before a composed mail's insert: the first enqueue of it costs nothing; a later one (the same value
+ * again, or after a rollback) first looks the id up, so a committed copy is reported clearly instead of
+ * as a unique violation (which on PostgreSQL would also abort the caller's transaction).
+ */
+async function checkComposedNotEnqueued(delegate: OutboxDelegate, states: readonly ComposedState[]): Promise<void> {
+  const again = states.filter((st) => st.uses > 0);
+  for (const st of states) st.uses++;
+  if (again.length === 0) return;
+  const found = again.length === 1
+    ? await delegate.findFirst({ where: { id: again[0]!.mail.id }, select: { id: true, messageId: true } })
+    : (await delegate.findMany({ where: { id: { in: again.map((st) => st.mail.id) } }, select: { id: true, messageId: true, idempotencyKey: true } }))[0] ?? null;
+  if (found) throw new ComposedMailAlreadyEnqueuedError(found.id, found.messageId);
 }
 
 function resolveDefaults(options: MailOutboxOptions): ComposeDefaults {
@@ -257,6 +391,31 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
       model: {
         outboxEmail: {
           /**
+           * Compose a mail now, outside any transaction, with this extension's options, for
+           * `tx.outboxEmail.enqueue(composed)` later (hot paths: the transaction then only inserts, so it
+           * holds its locks for less time). Bad input throws here, with the errors `enqueue` gives.
+           * The message's `Date` header is the compose time (`options.now`, default now), and so is
+           * `sendAt` when the mail has none. Everything decided at enqueue time stays there: the
+           * suppression list (read in the enqueuing transaction, under the enqueuing extension's
+           * policy), the idempotency-key check, the trace context (the span active at `enqueue()`), and
+           * the row's `createdAt`. Options that shape the message (`defaultFrom`, `maxAttempts`, the size
+           * limits, `messageIdDomain`) are those of the extension that composed it, even when another
+           * extension's client enqueues it. A composed mail is one mail: enqueue it once.
+           *
+           * @example
+           * ```ts
+           * const composed = await prisma.outboxEmail.compose({ to: email, subject: "Welcome", text });
+           * await prisma.$transaction(async (tx) => {
+           *   await tx.user.create({ data: { email } });
+           *   await tx.outboxEmail.enqueue(composed);
+           * });
+           * ```
+           */
+          compose<T>(this: T, mail: MailInput, options?: ComposeOutboxMailOptions): Promise<ComposedOutboxMail> {
+            return composeWith(defaults, mail, options);
+          },
+
+          /**
            * Put one mail in the outbox, in the transaction this delegate belongs to.
            *
            * - On `tx.outboxEmail` inside `prisma.$transaction(async (tx) => ...)`: the mail is written in that
@@ -288,6 +447,12 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
            * (or passed to `$transaction([...])`). The complete RFC 5322 message is composed then, so the
            * relay forwards these exact bytes and a replay sends exactly what was committed.
            *
+           * Hot paths: pass a `ComposedOutboxMail` (from `prisma.outboxEmail.compose(mail)` or
+           * `composeOutboxMail(mail, options)`, made before the transaction) and nothing is composed here:
+           * its bytes are inserted as they are; the idempotency key, suppression, trace context, result and
+           * batch behaviour are those of `enqueue(mail)`. Enqueue it once: a second enqueue once it is
+           * committed throws `ComposedMailAlreadyEnqueuedError` (a retry after a rollback is fine).
+           *
            * @example
            * ```ts
            * await prisma.$transaction(async (tx) => {
@@ -301,13 +466,16 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
            * ]);
            * ```
            */
-          enqueue<T>(this: T, mail: MailInput): EnqueuePromise<EnqueueResult> {
+          enqueue<T>(this: T, mail: MailInput | ComposedOutboxMail): EnqueuePromise<EnqueueResult> {
             const delegate = Prisma.getExtensionContext(this) as unknown as OutboxDelegate;
             // The caller's active span (OpenTelemetry), read now, in the caller's context.
             const traceContext = traceContextFor(delegate);
+            // Composed before (compose()/composeOutboxMail()): only the insert is left to do.
+            const state = composedStateOf(mail);
             return prismaPromise(async (batch) => {
               const now = new Date();
-              const composed = await composeMail(mail, defaults, now);
+              const composed = state !== undefined ? state.mail : await composeMail(mail, defaults, now);
+              if (state !== undefined) await checkComposedNotEnqueued(delegate, [state]);
               if (composed.idempotencyKey !== null) {
                 // Look first: on PostgreSQL a failed INSERT would abort the caller's transaction. In a batch
                 // this read runs before the batch's transaction, on the client's own connection.
@@ -319,6 +487,9 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
               try {
                 await execute(delegate.create({ data: toRow(composed, now, split, traceContext), select: { id: true } }), batch);
               } catch (err) {
+                if (state !== undefined && state.uses > 1 && isOwnUniqueViolation(err, delegate, batch)) {
+                  throw new ComposedMailAlreadyEnqueuedError(composed.id, composed.messageId, { cause: err, concurrent: true });
+                }
                 if (composed.idempotencyKey !== null && isOwnUniqueViolation(err, delegate, batch)) {
                   throw new DuplicateIdempotencyKeyError(composed.idempotencyKey, null, null, { cause: err });
                 }
@@ -337,7 +508,7 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
            * mail's recipients: under "refuse" a suppressed recipient in any mail refuses the whole call
            * (`SuppressedRecipientError` naming all of them); under "skip" each result lists its own.
            */
-          enqueueMany<T>(this: T, mails: readonly MailInput[]): EnqueuePromise<EnqueueResult[]> {
+          enqueueMany<T>(this: T, mails: readonly (MailInput | ComposedOutboxMail)[]): EnqueuePromise<EnqueueResult[]> {
             const delegate = Prisma.getExtensionContext(this) as unknown as OutboxDelegate;
             const traceContext = traceContextFor(delegate);
             return prismaPromise(async (batch) => {
@@ -350,7 +521,18 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
               const now = new Date();
               const problems: string[] = [];
               const composed: ComposedMail[] = [];
+              const states: ComposedState[] = [];
+              const seen = new Map<ComposedState, number>();
               for (let i = 0; i < mails.length; i++) {
+                const state = composedStateOf(mails[i]);
+                if (state !== undefined) {
+                  const first = seen.get(state);
+                  if (first !== undefined) problems.push(`mails[${i}]: the same composed mail as mails[${first}] (a composed mail is one mail; compose it again for another copy)`);
+                  else seen.set(state, i);
+                  states.push(state);
+                  composed.push(state.mail);
+                  continue;
+                }
                 try {
                   composed.push(await composeMail(mails[i], defaults, now));
                 } catch (err) {
@@ -366,6 +548,7 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
                 else keys.set(m.idempotencyKey, i);
               });
               if (problems.length > 0) throw new InvalidMailError(problems);
+              if (states.length > 0) await checkComposedNotEnqueued(delegate, states);
               if (keys.size > 0) {
                 const existing = await delegate.findMany({
                   where: { idempotencyKey: { in: [...keys.keys()] } },
@@ -379,6 +562,10 @@ export function mailOutbox(options: MailOutboxOptions = {}) {
               try {
                 await execute(delegate.createMany({ data: composed.map((m, i) => toRow(m, now, splits[i] ?? null, traceContext)) }), batch);
               } catch (err) {
+                const again = states.find((st) => st.uses > 1);
+                if (again !== undefined && isOwnUniqueViolation(err, delegate, batch)) {
+                  throw new ComposedMailAlreadyEnqueuedError(again.mail.id, again.mail.messageId, { cause: err, concurrent: true });
+                }
                 if (keys.size > 0 && isOwnUniqueViolation(err, delegate, batch)) {
                   throw new DuplicateIdempotencyKeyError([...keys.keys()].join(", "), null, null, { cause: err });
                 }

@@ -15,6 +15,7 @@
 
 // The Prisma extension and what a mail is made of.
 export { mailOutbox, type MailOutboxOptions, type EnqueueResult, type EnqueuePromise } from "./extension.js";
+export { composeOutboxMail, ComposedOutboxMail, type ComposeOutboxMailOptions } from "./extension.js";
 export type { MailInput, AttachmentInput, AddressInput, JsonValue } from "./types.js";
 export { DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_MESSAGE_BYTES } from "./compose.js";
 
@@ -138,6 +139,9 @@ export { watchFates, type WatchFatesOptions, type FateEvent, type FateCursor } f
 export { SUPPRESSION_POLICIES, type SuppressionPolicy } from "./fate/suppression.js";
 export { decideVerify, DEFAULT_VERIFY_WINDOW_MS, VERIFY_MARGIN_MS, type VerifiedEvent, type VerifyDecision, type VerifyFacts } from "./fate/verify.js";
 
+// PostgreSQL failover: no host of a multi-host URL matched target_session_attrs (a DatabaseUnavailableError).
+export { NoUsableHostError } from "./stores/postgres/hosts.js";
+
 // The state machine of a mail.
 export { STATUSES, TRANSITIONS, type OutboxStatus, type Transition } from "./states.js";
 
@@ -148,6 +152,7 @@ export {
   MailTooLargeError,
   HeaderTooLargeError,
   DuplicateIdempotencyKeyError,
+  ComposedMailAlreadyEnqueuedError,
   OptionsError,
   TransportConfigError,
   DatabaseConfigError,

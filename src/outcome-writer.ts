@@ -162,6 +162,8 @@ function text(value: string | null): string | null {
  * `dead` is logged at warn, the others at info. Replies and errors pass through `redactSecrets`.
  */
 export function logOutcome(log: Logger, o: Outcome, messageId: string | null): void {
+  // Hot path: one call per mail. Build no line (redaction, spreads) that the level would drop.
+  if (!log.isLevelEnabled(o.kind === "permanent" ? "warn" : "info")) return;
   if (o.kind === "release") {
     log.info({ outcome: "released", status: "pending", id: o.id, messageId }, "mail released unsent; it is claimed again");
     return;

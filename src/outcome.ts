@@ -80,7 +80,19 @@ export function decideHandedOff(
       return { ...attempt, kind: "partial", response: result.response, queueId: result.queueId, accepted: result.accepted, rejected: refused, deferred, delayMs, error };
     }
   }
-  return { ...attempt, kind: "accepted", response: result.response, queueId: result.queueId, accepted: result.accepted, rejected: result.rejected };
+  // One literal with every field named (no spread): built once per mail on the relay's hot path.
+  return {
+    id: attempt.id,
+    attemptId: attempt.attemptId,
+    attempt: attempt.attempt,
+    startedAt: attempt.startedAt,
+    durationMs: attempt.durationMs,
+    kind: "accepted",
+    response: result.response,
+    queueId: result.queueId,
+    accepted: result.accepted,
+    rejected: result.rejected,
+  };
 }
 
 /**

@@ -366,19 +366,11 @@ export class ClaimLoop {
     }
   }
 
-  private async sendWithTimeout(mail: ClaimedMail): Promise<SentMessageInfoLike> {
+  private sendWithTimeout(mail: ClaimedMail): Promise<SentMessageInfoLike> {
     const { core } = this;
     const transporter = this.transporter!;
     const sendRaw = this.sendRaw;
     const timeoutMs = core.settings.handoffTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      // Through setImmediate: after a blocked event loop, a reply already waiting in the socket wins over the timer.
-      timer = setTimeout(
-        () => setImmediate(() => reject(new HandoffTimeoutError(`The hand-off did not finish within ${timeoutMs} ms (handoffTimeoutMs).`))),
-        timeoutMs,
-      );
-    });
     // The envelope as handed over: the DSN request (ENVID, NOTIFY, RET) and, under VERP, the
     // return path with the mail's token. The row keeps its own envelope_from.
     const envelope = handoffEnvelope(mail, core.settings.dsn);
@@ -389,23 +381,38 @@ export class ClaimLoop {
     // A refused connection (a local MTA restarting) is retried within the attempt, with p-retry;
     // the common case, a hand-off that works, does not pay for the retry machinery.
     const retries = core.settings.connectRetries;
-    const send = once().catch((error: unknown) => {
-      if (retries === 0 || !core.running || !isConnectionRefused(error)) throw error;
-      // Waits 100 ms, then 200, 400... up to 1 s between tries, `connectRetries` more tries in all.
-      return sleep(100).then(() =>
-        pRetry(once, {
-          retries: retries - 1,
-          minTimeout: 200,
-          maxTimeout: 1000,
-          factor: 2,
-          shouldRetry: ({ error: e }) => core.running && isConnectionRefused(e),
-        }),
+    const first = once();
+    // One promise per hand-off settled by whichever comes first, the send or the timeout (the hot
+    // path allocates no race and no second promise for the timer).
+    return new Promise<SentMessageInfoLike>((resolve, reject) => {
+      // Through setImmediate: after a blocked event loop, a reply already waiting in the socket wins over the timer.
+      const timer = setTimeout(
+        () => setImmediate(() => reject(new HandoffTimeoutError(`The hand-off did not finish within ${timeoutMs} ms (handoffTimeoutMs).`))),
+        timeoutMs,
       );
+      const ok = (info: SentMessageInfoLike): void => {
+        clearTimeout(timer);
+        resolve(info);
+      };
+      const fail = (error: unknown): void => {
+        clearTimeout(timer);
+        reject(error);
+      };
+      first.then(ok, (error: unknown) => {
+        if (retries === 0 || !core.running || !isConnectionRefused(error)) return fail(error);
+        // Waits 100 ms, then 200, 400... up to 1 s between tries, `connectRetries` more tries in all.
+        sleep(100)
+          .then(() =>
+            pRetry(once, {
+              retries: retries - 1,
+              minTimeout: 200,
+              maxTimeout: 1000,
+              factor: 2,
+              shouldRetry: ({ error: e }) => core.running && isConnectionRefused(e),
+            }),
+          )
+          .then(ok, fail);
+      });
     });
-    try {
-      return await Promise.race([send, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
   }
 }

@@ -114,6 +114,11 @@ export interface RelayOptions {
   readonly dsn?: Partial<DsnOptions> | false;
   /** PostgreSQL: wake on `NOTIFY mail_outbox` as soon as an enqueueing transaction commits. @default true */
   readonly listen?: boolean;
+  /**
+   * PostgreSQL behind PgBouncer (`?pgbouncer=true`): a direct URL for LISTEN; without one the relay
+   * polls. @default process.env.MAIL_OUTBOX_LISTEN_URL
+   */
+  readonly listenUrl?: string | null;
   /** A pino logger, or `false` for none. @default JSON lines on stderr */
   readonly logger?: Logger | false;
   /** A prom-client registry to register the relay's metrics in. @default none */
@@ -423,7 +428,7 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
     } else {
       // SQLite: a short busy timeout. better-sqlite3 waits for the write lock synchronously, freezing the
       // whole relay (sockets, lease renewal); SQLITE_BUSY instead goes through the relay's async back-off.
-      store = await openDatabase(this.opts.databaseUrl, { applicationName: `mail-outbox relay ${this.id}`.slice(0, 63), busyTimeoutMs: 100 });
+      store = await openDatabase(this.opts.databaseUrl, { applicationName: `mail-outbox relay ${this.id}`.slice(0, 63), busyTimeoutMs: 100, ...(this.opts.listenUrl !== undefined ? { listenUrl: this.opts.listenUrl } : {}) });
       this.ownsStore = true;
     }
     this.store = store;

@@ -19,6 +19,7 @@ const BUILD: Readonly<Record<string, { make: (cause: unknown) => Error; advice?:
   SuppressedRecipientError: { make: (cause) => new errors.SuppressedRecipientError(["bob@example.net"], { cause }), advice: /mail-outbox suppress remove <address>.*"skip"/ },
   UnreadableReportError: { make: (cause) => new errors.UnreadableReportError("not a multipart/report", { cause }) },
   ForgedReportError: { make: (cause) => new errors.ForgedReportError("the token does not verify", { cause }), advice: /Nothing was recorded/ },
+  ComposedMailAlreadyEnqueuedError: { make: (cause) => new errors.ComposedMailAlreadyEnqueuedError("m1", "<m1@example.com>", { cause }), advice: /compose the mail again/ },
 };
 
 test("every error class has its own name, keeps its cause, and is a MailOutboxError", () => {

@@ -216,6 +216,26 @@ function storeConformance(name: string, open: StoreFactory): void {
       assert.ok(m.leaseExpiresAt !== null && m.leaseExpiresAt.getTime() > Date.now() + 30_000, "leased for about a minute");
     });
 
+    it("a claim reads every integer column back as stored, also values with a byte of 0x80 or more (negative priorities, 128 attempts and up): PostgreSQL's binary results once mangled them through UTF-8", async (t) => {
+      const db = await open(t);
+      if (!db) return;
+      const cases = [
+        { priority: -1, attempts: 254, maxAttempts: 1000, uncertainHandoffs: 200 },
+        { priority: 1000, attempts: 127, maxAttempts: 200, uncertainHandoffs: 128 },
+        { priority: -1000, attempts: 998, maxAttempts: 999, uncertainHandoffs: 0 },
+        { priority: 200, attempts: 0, maxAttempts: 128, uncertainHandoffs: 255 },
+      ];
+      const ids: string[] = [];
+      for (const c of cases) ids.push(await seed(db, c));
+      const claimed = await step(db, "claim", () => db.claim("relay-a", 10, 60_000));
+      const byId = new Map(claimed.map((c) => [c.id, c]));
+      cases.forEach((c, i) => {
+        const got = byId.get(ids[i]!);
+        assert.ok(got, `case ${i} claimed`);
+        assert.deepEqual([got.priority, got.attempts, got.maxAttempts, got.uncertainHandoffs], [c.priority, c.attempts + 1, c.maxAttempts, c.uncertainHandoffs], `case ${i}`);
+      });
+    });
+
     it("renew extends only the leases its owner still holds, also one that ran out but was not rescued", async (t) => {
       const db = await open(t);
       if (!db) return;

@@ -30,6 +30,7 @@ export function addRelayCommand(program: Command, cli: Cli): void {
     .option("--lease <duration>", "how long a claim holds a row (default: 30s)")
     .option("--poll <duration>", "how often to look for due mail when nothing wakes the relay (default: 1s)")
     .option("--relay-id <name>", "name of this relay in leases and attempt records (default: host/pid/random)")
+    .option("--listen-url <url>", "PostgreSQL behind PgBouncer (?pgbouncer=true): a direct URL for LISTEN, so the relay wakes at once; without one it polls (default: MAIL_OUTBOX_LISTEN_URL)")
     .addOption(new Option("--stop-timeout <duration>", "deadline for hand-offs in flight when stopping").default("10s", "10s"))
     .addOption(
       new Option(
@@ -65,6 +66,7 @@ export function addRelayCommand(program: Command, cli: Cli): void {
         ...(opts.lease !== undefined ? { leaseMs: positiveDuration(String(opts.lease), "--lease") } : {}),
         ...(opts.poll !== undefined ? { pollIntervalMs: positiveDuration(String(opts.poll), "--poll") } : {}),
         ...(opts.relayId !== undefined ? { relayId: String(opts.relayId) } : {}),
+        ...((opts.listenUrl ?? cli.env.MAIL_OUTBOX_LISTEN_URL) !== undefined ? { listenUrl: String(opts.listenUrl ?? cli.env.MAIL_OUTBOX_LISTEN_URL) } : {}),
         ...(opts.leaseExpiryPolicy !== undefined ? { leaseExpiryPolicy: opts.leaseExpiryPolicy as LeaseExpiryPolicy } : {}),
         ...(opts.verifyWindow !== undefined ? { verifyWindowMs: positiveDuration(String(opts.verifyWindow), "--verify-window") } : {}),
         ...(opts.gaugeInterval !== undefined ? { gaugeIntervalMs: String(opts.gaugeInterval).trim() === "0" ? 0 : parseDuration(String(opts.gaugeInterval), "--gauge-interval") } : {}),

@@ -21,8 +21,9 @@ SET status = 'sending',
     updated_at = now()
 FROM due
 WHERE m.id = due.id
-RETURNING m.id::text, m.message_id, m.envelope_from, m.envelope_to::text, m.raw, m.priority,
-          m.attempts, m.max_attempts, m.uncertain_handoffs, m.trace_context`;
+RETURNING m.id::text, m.message_id, m.envelope_from, m.envelope_to::text, m.raw, m.priority::text AS priority,
+          m.attempts::text AS attempts, m.max_attempts::text AS max_attempts,
+          m.uncertain_handoffs::text AS uncertain_handoffs, m.trace_context`;
 
 /** Claim due rows. SKIP LOCKED lets several relays claim side by side without waiting on each other. */
 export const CLAIM = `
@@ -52,7 +53,9 @@ WITH due AS (
 /**
  * The claim's rows come back in binary: the message bytes as they are, instead of hex text twice
  * their size that would then be decoded (most of what a claim allocates). Every other column is
- * text or int4, which pg decodes in binary itself; bytea is taken as the Buffer pg hands over.
+ * text, which pg decodes in binary itself; bytea is taken as the Buffer pg hands over. The integer
+ * columns come as text too (see `intsOf`): pg-protocol reads binary values through UTF-8, which
+ * mangles any int4 with a byte of 0x80 or more (-1 came back as -272646673, 200 as 239).
  */
 const CLAIM_TYPES = {
   getTypeParser(oid: number, format?: string): (value: never) => unknown {
@@ -72,6 +75,14 @@ const pgTypes = pg.types;
  */
 const REPLACEMENT_CHARACTER = Buffer.from([0xef, 0xbf, 0xbd]);
 export const RAW_OF = `SELECT id::text AS id, raw FROM mail_outbox WHERE id = ANY($1::uuid[])`;
+
+/** The claim's integer columns, returned as text (see CLAIM_TYPES), as numbers. */
+function intsOf(r: ClaimRow): void {
+  r.priority = Number(r.priority);
+  r.attempts = Number(r.attempts);
+  r.max_attempts = Number(r.max_attempts);
+  r.uncertain_handoffs = Number(r.uncertain_handoffs);
+}
 
 async function rereadLossyRaw(pool: pg.Pool, rows: ClaimRow[]): Promise<void> {
   const lossy = rows.filter((r) => r.raw.includes(REPLACEMENT_CHARACTER));
@@ -199,6 +210,7 @@ export function postgresRelayStatements(pool: pg.Pool): RelayStatements {
           : { name: "mail_outbox_claim_excluding", text: CLAIM_EXCLUDING, values: [owner, limit, leaseMs, exclude], binary: true, types: CLAIM_TYPES }
       ) as pg.QueryConfig;
       const { rows } = await pool.query<ClaimRow>(config);
+      for (const r of rows) intsOf(r);
       await rereadLossyRaw(pool, rows);
       return toClaimedMails(rows);
     },
@@ -218,7 +230,8 @@ export function postgresRelayStatements(pool: pg.Pool): RelayStatements {
             sent.map((o) => o.attemptId),
             sent.map((o) => o.attempt),
             relayName,
-            sent.map((o) => o.startedAt),
+            // ISO 8601 text (the same instant): pg's own Date formatting, in local time, costs more per row.
+            sent.map((o) => o.startedAt.toISOString()),
             sent.map((o) => Math.round(o.durationMs)),
           ],
         });
@@ -226,7 +239,7 @@ export function postgresRelayStatements(pool: pg.Pool): RelayStatements {
       }
       const ids: string[] = [], kinds: string[] = [], delays: (number | null)[] = [], responses: (string | null)[] = [];
       const queueIds: (string | null)[] = [], accepted: (string | null)[] = [], rejected: (string | null)[] = [], errors: (string | null)[] = [];
-      const aIds: string[] = [], aEmail: string[] = [], aNo: number[] = [], aRelay: string[] = [], aStart: Date[] = [], aDur: number[] = [];
+      const aIds: string[] = [], aEmail: string[] = [], aNo: number[] = [], aRelay: string[] = [], aStart: string[] = [], aDur: number[] = [];
       const aOutcome: string[] = [], aResp: (string | null)[] = [], aCode: (number | null)[] = [], aErrCode: (string | null)[] = [];
       const aErr: (string | null)[] = [], aQueue: (string | null)[] = [], remaining: (string | null)[] = [];
       for (const o of outcomes) {
@@ -246,7 +259,7 @@ export function postgresRelayStatements(pool: pg.Pool): RelayStatements {
         aEmail.push(o.id);
         aNo.push(o.attempt);
         aRelay.push(relayName);
-        aStart.push(o.startedAt);
+        aStart.push(o.startedAt.toISOString());
         aDur.push(Math.round(o.durationMs));
         aOutcome.push(a.outcome);
         aResp.push(o.response);

@@ -41,6 +41,7 @@ import * as ops from "./ops-sql.js";
 import * as ui from "./ui-sql.js";
 import type { MailPageQuery } from "../../store.js";
 import { postgresRelayStatements, type RelayStatements } from "./relay-sql.js";
+import { failoverFor, listenClient, type Failover } from "./hosts.js";
 import { COLUMN_TYPES, quoteIdent, readRecorded, readShape, schemaTransaction } from "./schema-sql.js";
 
 /**
@@ -125,11 +126,45 @@ function clientClass(pgbouncer: boolean, schema: string): typeof pg.Client {
 
     // @ts-expect-error one implementation for pg's overloads
     override connect(callback?: (err: Error | undefined) => void): unknown {
-      const run = (superConnect.call(this) as Promise<void>).catch((err: unknown) => {
-        throw (pgbouncer ? null : pgbouncerError(err)) ?? err;
+      // pg-pool listens for a client's errors only once connect() has called back; the check
+      // below runs before that. A backend terminated meanwhile (a restart, pg_terminate_backend)
+      // would emit an unhandled 'error' and end the process: hold it here and fail the connect.
+      let early: Error | null = null;
+      const hold = (err: Error) => {
+        early ??= err;
+      };
+      this.on("error", hold);
+      const checked = (superConnect.call(this) as Promise<void>).then(
+        async () => {
+          if (pgbouncer) return;
+          // A pooler told to ignore `options` (PgBouncer's ignore_startup_parameters) drops the
+          // schema silently: say so now, not with statements on the wrong tables later.
+          const r = (await superQuery.call(this, "SHOW search_path")) as pg.QueryResult<{ search_path: string }>;
+          const got = String(r.rows[0]?.search_path ?? "").replace(/"/g, "");
+          if (got !== schema) {
+            await this.end().catch(() => {});
+            throw new DatabaseConfigError(`The server's search_path is ${JSON.stringify(got)}, not the schema ${JSON.stringify(schema)} the connection asked for: a pooler dropped the startup parameter. ${PGBOUNCER_HINT}`);
+          }
+        },
+        (err: unknown) => {
+          throw (pgbouncer ? null : pgbouncerError(err)) ?? err;
+        },
+      );
+      const run = checked.then(() => {
+        if (early !== null) throw early;
       });
-      if (typeof callback !== "function") return run;
-      run.then(() => callback(undefined), (err: Error) => callback(err));
+      if (typeof callback !== "function") return run.finally(() => this.removeListener("error", hold));
+      // The listener goes only after the callback, in which the pool puts its own.
+      run.then(
+        () => {
+          callback(undefined);
+          this.removeListener("error", hold);
+        },
+        (err: Error) => {
+          callback(err);
+          this.removeListener("error", hold);
+        },
+      );
       return undefined;
     }
 
@@ -205,6 +240,8 @@ export class PostgresStore implements Store {
   readonly pgbouncer: boolean;
   /** The direct connection LISTEN uses, when not the pool's. */
   readonly listenConnectionString: string | null;
+  /** Several hosts in the URL (`h1,h2/db?target_session_attrs=read-write`): which one connections go to (./hosts.ts). */
+  readonly failover: Failover | null;
 
   constructor(options: PostgresStoreOptions) {
     this.schema = options.schema;
@@ -212,14 +249,15 @@ export class PostgresStore implements Store {
     this.where = `schema ${options.schema} of ${options.displayUrl}`;
     this.pgbouncer = options.pgbouncer ?? false;
     this.listenConnectionString = options.listenConnectionString ?? null;
+    this.failover = failoverFor(options.connectionString);
     this.pool = new pg.Pool({
-      connectionString: options.connectionString,
+      connectionString: this.failover?.connectionString ?? options.connectionString,
       max: options.poolSize ?? 4,
       application_name: options.applicationName ?? "mail-outbox",
       // PgBouncer refuses `options` in the startup packet: there the schema is set per transaction.
       ...(this.pgbouncer ? {} : { options: `-c search_path=${quoteIdent(options.schema)}` }),
       connectionTimeoutMillis: 10_000,
-      Client: clientClass(this.pgbouncer, options.schema),
+      Client: this.failover ? this.failover.wrap(clientClass(this.pgbouncer, options.schema)) : clientClass(this.pgbouncer, options.schema),
     });
     // An idle client whose backend was terminated emits 'error' on the pool; without a listener
     // that would crash the process. The next query gets a fresh connection.
@@ -245,8 +283,8 @@ export class PostgresStore implements Store {
     const name = `${options.application_name ?? "mail-outbox"} listen`.slice(0, 63);
     const client =
       this.listenConnectionString === null
-        ? new pg.Client({ ...options, application_name: name })
-        : new pg.Client({ connectionString: this.listenConnectionString, application_name: name, connectionTimeoutMillis: 10_000 });
+        ? new (this.failover ? this.failover.wrap(pg.Client) : pg.Client)({ ...options, application_name: name })
+        : listenClient(this.listenConnectionString, { application_name: name, connectionTimeoutMillis: 10_000 });
     // onLost only for a connection that was listening and not closed by us, and only once.
     let state: "connecting" | "listening" | "done" = "connecting";
     const lose = (err: unknown) => {
