@@ -16,6 +16,7 @@ import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { promisify } from "node:util";
 import pg from "pg";
+import { startProxy, type Proxy } from "./tcp-proxy.js";
 
 const run = promisify(execFile);
 
@@ -217,45 +218,12 @@ export async function startReplicaPair(): Promise<ReplicaPair> {
 }
 
 /**
- * A TCP proxy whose target can be changed: the application's one stable database endpoint (what a
- * platform's writer endpoint, a VIP or HAProxy with a primary check gives it). `retarget` drops
- * every open connection and sends new ones to the new port.
+ * The application's one stable database endpoint (what a platform's writer endpoint, a VIP or
+ * HAProxy with a primary check gives it): a TCP proxy whose `retarget` drops every open
+ * connection and sends new ones to the new port.
  */
-export interface SwitchProxy {
-  readonly port: number;
-  retarget(port: number): void;
-  close(): Promise<void>;
-}
+export type SwitchProxy = Pick<Proxy, "port" | "retarget" | "close">;
 
-export async function startSwitchProxy(targetPort: number): Promise<SwitchProxy> {
-  const net = await import("node:net");
-  let target = targetPort;
-  const sockets = new Set<import("node:net").Socket>();
-  const server = net.createServer((client) => {
-    const upstream = net.connect({ host: "127.0.0.1", port: target });
-    sockets.add(client).add(upstream);
-    const drop = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on("error", drop).on("close", drop);
-    upstream.on("error", drop).on("close", drop);
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as import("node:net").AddressInfo).port;
-  return {
-    port,
-    retarget(p) {
-      target = p;
-      for (const s of sockets) s.destroy();
-      sockets.clear();
-    },
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
+export function startSwitchProxy(targetPort: number): Promise<SwitchProxy> {
+  return startProxy(new URL(`postgresql://127.0.0.1:${targetPort}`));
 }
