@@ -665,7 +665,7 @@ export interface OpsStore {
 // ---------------------------------------------------------------------------------------------
 // Dashboard (src/ui/): the list by pages, the attempt log in buckets.
 
-/** One page of the dashboard's mail list: `filter` (its ids and byIds unused) plus what only the dashboard filters by. */
+/** One page of the dashboard's mail list: `filter` (as `listMails` takes it) plus what only the dashboard filters by. */
 export interface MailPageQuery {
   readonly filter: MailFilter;
   /** The subject contains this text (any case); null: any. */

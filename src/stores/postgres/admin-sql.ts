@@ -21,7 +21,7 @@ export type PgMailRow = PlainMailRow & { raw?: Buffer | null };
  * Parameters: $1 byIds, $2 ids (uuid[]), $3 messageIds (text[]), $4 statuses, $5 recipient, $6 since, $7 until, $8 uncertainOnly,
  * $9 fate (a recipient whose current fate it is).
  */
-const FILTER = `(NOT $1::boolean OR id = ANY($2::uuid[]) OR message_id = ANY($3::text[]))
+export const FILTER = `(NOT $1::boolean OR id = ANY($2::uuid[]) OR message_id = ANY($3::text[]))
   AND ($4::text[] IS NULL OR status = ANY($4::text[]))
   AND ($5::text IS NULL OR EXISTS (
         SELECT 1 FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(envelope_to) = 'array' THEN envelope_to ELSE '[]'::jsonb END) AS r(addr)
@@ -32,7 +32,7 @@ const FILTER = `(NOT $1::boolean OR id = ANY($2::uuid[]) OR message_id = ANY($3:
   AND ($9::text IS NULL OR EXISTS (
         SELECT 1 FROM (${currentFates("AND email_id = mail_outbox.id")}) f WHERE f.event = $9::text))`;
 
-function filterParams(f: MailFilter): unknown[] {
+export function filterParams(f: MailFilter): unknown[] {
   return [f.byIds, f.ids, f.messageIds, f.statuses, f.recipient, f.since, f.until, f.uncertainOnly, f.fate];
 }
 

@@ -5,8 +5,7 @@
  */
 import type { AttemptBucket, MailPageQuery } from "../../store.js";
 import { MAIL_COLUMNS } from "../rows.js";
-import type { PgMailRow, Queryable } from "./admin-sql.js";
-import { currentFates } from "./fate-sql.js";
+import { FILTER, filterParams, type PgMailRow, type Queryable } from "./admin-sql.js";
 
 /**
  * One page, newest first, strictly after the cursor `before` (the last row of the previous page).
@@ -14,41 +13,19 @@ import { currentFates } from "./fate-sql.js";
  * (rows written in one transaction share created_at).
  */
 export async function listMailPage(q: Queryable, p: MailPageQuery): Promise<PgMailRow[]> {
-  const f = p.filter;
+  // The filter of list, replay and cancel ($1-$9), and what only the dashboard filters by.
   const r = await q.query<PgMailRow>(
     `SELECT ${MAIL_COLUMNS} FROM mail_outbox
-     WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
-       AND ($2::text IS NULL OR EXISTS (
-             SELECT 1 FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(envelope_to) = 'array' THEN envelope_to ELSE '[]'::jsonb END) AS r(addr)
-             WHERE lower(r.addr) = lower($2::text)))
-       AND ($3::timestamptz IS NULL OR created_at >= $3::timestamptz)
-       AND ($4::timestamptz IS NULL OR created_at < $4::timestamptz)
-       AND ($5::boolean IS NOT TRUE OR uncertain_handoffs > 0)
-       AND ($6::text IS NULL OR strpos(lower(subject), lower($6::text)) > 0)
-       AND ($7::text IS NULL OR metadata ->> $7::text = $8::text)
-       AND ($9::boolean IS NOT TRUE
+     WHERE ${FILTER}
+       AND ($10::text IS NULL OR strpos(lower(subject), lower($10::text)) > 0)
+       AND ($11::text IS NULL OR metadata ->> $11::text = $12::text)
+       AND ($13::boolean IS NOT TRUE
             OR (jsonb_typeof(rejected) = 'array' AND jsonb_array_length(rejected) > 0)
             OR (status <> 'sent' AND jsonb_typeof(accepted) = 'array' AND jsonb_array_length(accepted) > 0))
-       AND ($10::text IS NULL OR EXISTS (
-             SELECT 1 FROM (${currentFates("AND email_id = mail_outbox.id")}) f WHERE f.event = $10::text))
-       AND ($11::timestamptz IS NULL OR (created_at <= $11::timestamptz AND (created_at < $11::timestamptz OR id < $12::uuid)))
+       AND ($14::timestamptz IS NULL OR (created_at <= $14::timestamptz AND (created_at < $14::timestamptz OR id < $15::uuid)))
      ORDER BY created_at DESC, id DESC
-     LIMIT $13`,
-    [
-      f.statuses,
-      f.recipient,
-      f.since,
-      f.until,
-      f.uncertainOnly,
-      p.subject,
-      p.metadata?.key ?? null,
-      p.metadata?.value ?? null,
-      p.partialOnly,
-      f.fate,
-      p.before?.createdAt ?? null,
-      p.before?.id ?? null,
-      p.limit,
-    ],
+     LIMIT $16`,
+    [...filterParams(p.filter), p.subject, p.metadata?.key ?? null, p.metadata?.value ?? null, p.partialOnly, p.before?.createdAt ?? null, p.before?.id ?? null, p.limit],
   );
   return r.rows;
 }

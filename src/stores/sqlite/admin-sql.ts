@@ -54,7 +54,7 @@ export function plainMailRow(r: SqliteMailRow): PlainMailRow {
 }
 
 /** The filter shared by list, replay and cancel; named parameters, NULL means "no constraint". */
-const FILTER = `(@byIds = 0 OR id IN (SELECT value FROM json_each(@ids)) OR message_id IN (SELECT value FROM json_each(@messageIds)))
+export const FILTER = `(@byIds = 0 OR id IN (SELECT value FROM json_each(@ids)) OR message_id IN (SELECT value FROM json_each(@messageIds)))
   AND (@statuses IS NULL OR status IN (SELECT value FROM json_each(@statuses)))
   AND (@recipient IS NULL OR EXISTS (
         SELECT 1 FROM json_each(CASE WHEN json_valid(mail_outbox.envelope_to) THEN mail_outbox.envelope_to ELSE '[]' END) AS r
@@ -65,7 +65,7 @@ const FILTER = `(@byIds = 0 OR id IN (SELECT value FROM json_each(@ids)) OR mess
   AND (@fate IS NULL OR EXISTS (
         SELECT 1 FROM (${currentFates("AND email_id = mail_outbox.id")}) f WHERE f.event = @fate))`;
 
-function filterParams(f: MailFilter): Record<string, unknown> {
+export function filterParams(f: MailFilter): Record<string, unknown> {
   return {
     byIds: f.byIds ? 1 : 0,
     ids: JSON.stringify(f.ids),

@@ -6,25 +6,18 @@
 import type Database from "better-sqlite3";
 import type { AttemptBucket, MailPageQuery } from "../../store.js";
 import { MAIL_COLUMNS } from "../rows.js";
-import type { SqliteMailRow } from "./admin-sql.js";
-import { currentFates } from "./fate-sql.js";
+import { FILTER, filterParams, type SqliteMailRow } from "./admin-sql.js";
 import { toSqliteTime } from "./time.js";
 
 type Db = Database.Database;
 
 /** One page, newest first, strictly after the cursor `before` (the last row of the previous page). */
 export function listMailPage(db: Db, p: MailPageQuery): SqliteMailRow[] {
-  const f = p.filter;
+  // The filter of list, replay and cancel, and what only the dashboard filters by.
   return db
     .prepare(
       `SELECT ${MAIL_COLUMNS} FROM mail_outbox
-       WHERE (@statuses IS NULL OR status IN (SELECT value FROM json_each(@statuses)))
-         AND (@recipient IS NULL OR EXISTS (
-               SELECT 1 FROM json_each(CASE WHEN json_valid(mail_outbox.envelope_to) THEN mail_outbox.envelope_to ELSE '[]' END) AS r
-               WHERE lower(r.value) = lower(@recipient)))
-         AND (@since IS NULL OR created_at >= @since)
-         AND (@until IS NULL OR created_at < @until)
-         AND (@uncertainOnly = 0 OR uncertain_handoffs > 0)
+       WHERE ${FILTER}
          AND (@subject IS NULL OR instr(lower(subject), lower(@subject)) > 0)
          AND (@metaPath IS NULL OR (json_valid(metadata) AND
                CASE json_type(metadata, @metaPath) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
@@ -32,24 +25,17 @@ export function listMailPage(db: Db, p: MailPageQuery): SqliteMailRow[] {
          AND (@partialOnly = 0
               OR (json_valid(rejected) AND json_array_length(rejected) > 0)
               OR (status <> 'sent' AND json_valid(accepted) AND json_array_length(accepted) > 0))
-         AND (@fate IS NULL OR EXISTS (
-               SELECT 1 FROM (${currentFates("AND email_id = mail_outbox.id")}) f WHERE f.event = @fate))
          AND (@beforeAt IS NULL OR (created_at <= @beforeAt AND (created_at < @beforeAt OR id < @beforeId)))
        ORDER BY created_at DESC, id DESC
        LIMIT @limit`,
     )
     .all({
-      statuses: f.statuses === null ? null : JSON.stringify(f.statuses),
-      recipient: f.recipient,
-      since: f.since === null ? null : toSqliteTime(f.since),
-      until: f.until === null ? null : toSqliteTime(f.until),
-      uncertainOnly: f.uncertainOnly ? 1 : 0,
+      ...filterParams(p.filter),
       subject: p.subject,
       // The key is checked by the caller (letters, digits, _ . -); quoted so `.` stays part of it.
       metaPath: p.metadata === null ? null : `$."${p.metadata.key}"`,
       metaValue: p.metadata?.value ?? null,
       partialOnly: p.partialOnly ? 1 : 0,
-      fate: f.fate,
       beforeAt: p.before === null ? null : toSqliteTime(p.before.createdAt),
       beforeId: p.before?.id ?? null,
       limit: p.limit,
