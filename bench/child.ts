@@ -6,7 +6,7 @@
  * producer and a 250 time taken by the contender can be subtracted.
  */
 import { mailTemplate } from "./mail.js";
-import type { ContenderName } from "./stores.js";
+import type { ContenderName, RelayContender } from "./stores.js";
 import type { Hooks, Producer, Running } from "./contenders/types.js";
 import type { RelaySettings } from "./contenders/relay.js";
 import type { GraphileSettings } from "./contenders/graphile.js";
@@ -32,7 +32,7 @@ interface WorkerCommon {
 }
 
 export type WorkerConfig =
-  | (WorkerCommon & { readonly contender: "relay-pg" | "relay-sqlite"; readonly settings: RelaySettings })
+  | (WorkerCommon & { readonly contender: RelayContender; readonly settings: RelaySettings })
   | (WorkerCommon & { readonly contender: "graphile-worker"; readonly settings: GraphileSettings })
   | (WorkerCommon & { readonly contender: "pg-boss"; readonly settings: PgBossSettings });
 
@@ -111,7 +111,7 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   };
   const cpu0 = cpuMs();
   let running: Running;
-  if (cfg.contender === "relay-pg" || cfg.contender === "relay-sqlite") {
+  if (cfg.contender === "relay-pg" || cfg.contender === "relay-sqlite" || cfg.contender === "relay-mariadb") {
     const { startRelay } = await import("./contenders/relay.js");
     running = await startRelay(cfg.settings, hooks);
   } else if (cfg.contender === "graphile-worker") {
@@ -158,7 +158,7 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
 async function runProducer(cfg: ProducerConfig): Promise<void> {
   const t = await mailTemplate();
   let producer: Producer;
-  if (cfg.contender === "relay-pg" || cfg.contender === "relay-sqlite") {
+  if (cfg.contender === "relay-pg" || cfg.contender === "relay-sqlite" || cfg.contender === "relay-mariadb") {
     const { relayProducer } = await import("./contenders/relay.js");
     producer = await relayProducer(cfg.target, t, cfg.connections);
   } else if (cfg.contender === "graphile-worker") {

@@ -8,13 +8,14 @@
  * a table), and prints the plan of the gauges statement. The schema and the file are removed
  * afterwards.
  *
- *   node --import tsx bench/ops-gauges.ts [--rows 1000000] [--only postgresql|sqlite]
+ *   node --import tsx bench/ops-gauges.ts [--rows 1000000] [--only postgresql|sqlite|mariadb]
  */
 import { performance } from "node:perf_hooks";
 import { openDatabase, type Db } from "../src/db.js";
 import { GAUGES as PG_GAUGES, SENT_EXACT_BELOW, gauges as pgGauges } from "../src/stores/postgres/ops-sql.js";
 import { STATUSES } from "../src/states.js";
-import { freshPostgres, freshSqlite } from "../test/support/db.js";
+import { GAUGES as MYSQL_GAUGES } from "../src/stores/mysql/ops-sql.js";
+import { freshMysql, freshPostgres, freshSqlite } from "../test/support/db.js";
 
 const args = process.argv.slice(2);
 const arg = (name: string) => {
@@ -191,9 +192,44 @@ async function sqlite(): Promise<void> {
   }
 }
 
+/** MariaDB (MySQL's SQL): every count exact, `sent` included (src/stores/mysql/ops-sql.ts GAUGES). */
+async function mariadb(): Promise<void> {
+  const fx = await freshMysql();
+  const db = await openDatabase(fx.url, { poolSize: 1 });
+  try {
+    if (db.dialect !== "mysql") throw new Error("expected MySQL/MariaDB");
+    const t0 = performance.now();
+    await db.pool.query(
+      `INSERT INTO mail_outbox (id, message_id, status, priority, envelope_from, envelope_to, subject, raw, size,
+                                attempts, max_attempts, send_at, next_attempt_at, uncertain_handoffs, created_at, updated_at)
+       WITH RECURSIVE d(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM d WHERE i < 999)
+       SELECT UUID(), CONCAT('<', n.i, '@bench.example>'), ${STATUS_CASE("n.i")}, 0, 'app@example.test', '["ann@example.test"]',
+              'hi', X'4d6573736167652d49443a', 11, 1, 5, NOW(3) - INTERVAL 1 DAY,
+              ${DUE_CASE("n.i", "NOW(3) - INTERVAL 1 HOUR + INTERVAL (n.i % 1000) SECOND", "NOW(3) + INTERVAL 1 HOUR")},
+              ${UNCERTAIN_CASE("n.i")}, NOW(3) - INTERVAL 1 DAY, NOW(3)
+       FROM (SELECT a.i * 1000 + b.i AS i FROM d a, d b) n WHERE n.i < ?`,
+      [ROWS],
+    );
+    await db.pool.query("ANALYZE TABLE mail_outbox");
+    const [v] = (await db.pool.query("SELECT version() AS v")) as [{ v: string }];
+    out(`### MariaDB ${v.v}, ${ROWS.toLocaleString("en")} rows (loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    out("");
+    out(`- gauges(): ${fmt(await time(() => db.gauges()))}; ${check(db, await db.gauges())}`);
+    out(`- plain \`SELECT status, count(*) ... GROUP BY status\`: ${fmt(await time(() => db.pool.query(`SELECT status, count(*) FROM mail_outbox GROUP BY status`)))}`);
+    out(`- \`count(*) WHERE status = 'sent'\` alone: ${fmt(await time(() => db.pool.query(`SELECT count(*) FROM mail_outbox WHERE status = 'sent'`)))}`);
+    out(`- the gauges without \`sent\` (every other status by its range of mail_outbox_claim_idx): ${fmt(await time(() => db.pool.query(`SELECT status, count(*) FROM mail_outbox WHERE status IN ('pending', 'sending', 'dead', 'cancelled', 'held') GROUP BY status`)))}`);
+    const plan = (await db.pool.query(`EXPLAIN ${MYSQL_GAUGES}`)) as { table: string | null; type: string | null; key: string | null; rows: number | null; Extra: string | null }[];
+    out(`- plan: ${plan.map((p) => `${p.table} ${p.type} ${p.key ?? "-"} (${p.rows} rows${p.Extra ? `, ${p.Extra}` : ""})`).join("; ")}`);
+  } finally {
+    await db.close();
+    await fx.cleanup();
+  }
+}
 
 out(`## Gauge query cost (bench/ops-gauges.ts, ${new Date().toISOString().slice(0, 16)}Z, median of ${RUNS} after one warm-up)`);
 out("");
-if (ONLY !== "sqlite") await postgres();
+if (ONLY !== "sqlite" && ONLY !== "mariadb") await postgres();
 out("");
-if (ONLY !== "postgresql") await sqlite();
+if (ONLY !== "postgresql" && ONLY !== "mariadb") await sqlite();
+out("");
+if (ONLY === undefined || ONLY === "mariadb") await mariadb();

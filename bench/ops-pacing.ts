@@ -24,6 +24,7 @@ import { listPaces, setPace, transportKey } from "../src/ops.js";
 import { startTestSmtp } from "../testkit/smtp.js";
 import { mailTemplate } from "./mail.js";
 import { bulkLoad, freshStore, type ContenderName } from "./stores.js";
+import { sqliteOf, pgOf } from "../test/support/db.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CLI = fileURLToPath(new URL("../src/cli.ts", import.meta.url));
@@ -95,7 +96,7 @@ async function run(contender: ContenderName): Promise<Figures> {
     const rates = await listPaces(store.url);
     if (!rates.some((r) => r.bucket === bucket)) throw new Error(`the pace ${bucket} disappeared`);
     return {
-      database: contender === "relay-pg" ? "PostgreSQL" : "SQLite",
+      database: contender === "relay-pg" ? "PostgreSQL" : contender === "relay-mariadb" ? "MariaDB" : "SQLite",
       total: inWindow.length,
       allowed: BURST + RATE * SECONDS,
       measuredRate: (inWindow.length - BURST) / SECONDS,
@@ -117,7 +118,9 @@ async function attemptsPerRelay(url: string): Promise<number[]> {
   const db = await openDatabase(url);
   try {
     const sql = "SELECT relay, count(*) AS n FROM mail_outbox_attempt GROUP BY relay ORDER BY relay";
-    const rows = (db.dialect === "postgresql" ? (await db.pool.query(sql)).rows : db.db.prepare(sql).all()) as { relay: string; n: number | string }[];
+    const rows = (
+      db.dialect === "postgresql" ? (await pgOf(db).pool.query(sql)).rows : db.dialect === "mysql" ? await db.pool.query(sql) : sqliteOf(db).db.prepare(sql).all()
+    ) as { relay: string; n: number | string }[];
     return rows.map((r) => Number(r.n));
   } catch {
     return [];
@@ -148,7 +151,14 @@ function render(results: readonly Figures[]): string {
   return lines.join("\n");
 }
 
-const which: ContenderName[] = args.only === "sqlite" ? ["relay-sqlite"] : args.only === "pg" || args.only === "postgresql" ? ["relay-pg"] : ["relay-pg", "relay-sqlite"];
+const which: ContenderName[] =
+  args.only === "sqlite"
+    ? ["relay-sqlite"]
+    : args.only === "pg" || args.only === "postgresql"
+      ? ["relay-pg"]
+      : args.only === "mariadb" || args.only === "mysql"
+        ? ["relay-mariadb"]
+        : ["relay-pg", "relay-sqlite", "relay-mariadb"];
 const results: Figures[] = [];
 for (const c of which) {
   process.stderr.write(`pacing bench: ${c}, ${RELAYS} relays, ${RATE}/s burst ${BURST}, ${SECONDS} s...\n`);

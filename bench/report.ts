@@ -137,7 +137,7 @@ export function renderReport(r: BenchResults, command: string): string {
     lines.push("", `### 2. Drain throughput (${fmt(r.counts.drainMails)} mails already committed)`, "");
     lines.push("From the first claim to the last mail recorded as sent (relay: row `sent`; graphile-worker: job deleted; pg-boss: job `completed`). Median of the runs.", "");
     const relay = drainMedian(r.drain, "relay-pg");
-    const rows = (["relay-pg", "relay-sqlite", "graphile-worker", "pg-boss"] as const)
+    const rows = (["relay-pg", "relay-sqlite", "relay-mariadb", "graphile-worker", "pg-boss"] as const)
       .filter((c) => r.drain.some((d) => d.contender === c))
       .map((c) => {
         const rs = r.drain.filter((d) => d.contender === c);
@@ -163,7 +163,7 @@ export function renderReport(r: BenchResults, command: string): string {
     );
     const rows: string[][] = [];
     for (const load of r.counts.latency) {
-      for (const c of ["relay-pg", "relay-sqlite", "graphile-worker", "pg-boss"] as const) {
+      for (const c of ["relay-pg", "relay-sqlite", "relay-mariadb", "graphile-worker", "pg-boss"] as const) {
         const l = latencyMedians(r.latency, c, load.rate);
         if (l.n === 0) continue;
         rows.push([c, `${fmt(load.rate)}/s`, `${fmt(l.achieved)}/s`, `**${ms(l.p50)}**`, `**${ms(l.p99)}**`, ms(l.max), fmt(l.samples)]);

@@ -1,6 +1,6 @@
 /**
- * The benchmark: our relay against the tools users would pick instead (graphile-worker and
- * pg-boss with a nodemailer job), on this machine, in one run. `npm run bench` runs it in full
+ * The benchmark: our relay (on PostgreSQL, SQLite and MariaDB) against the tools users would pick
+ * instead (graphile-worker and pg-boss with a nodemailer job), on this machine, in one run. `npm run bench` runs it in full
  * and writes BENCHMARKS.md; `--quick` runs small counts (the CI variant in test/bench.test.ts).
  *
  *   node --import tsx bench/run.ts [--quick] [--only drain,latency,...] [--sink smtp-sink|smtp-server]
@@ -28,7 +28,7 @@ import { mailTemplate, type MailTemplate } from "./mail.js";
 import { startChild } from "./proc.js";
 import { countDump, postfixTool, runSmtpSource, startRecordingSink, startSmtpSink, type Sink } from "./sink.js";
 import { fmt, max, median, percentile, rotate } from "./stats.js";
-import { ADMIN_URL, CONTENDERS, bulkLoad, freshStore, outcome, withAdmin, type ContenderName, type Store } from "./stores.js";
+import { ADMIN_URL, CONTENDERS, bulkLoad, freshStore, isRelay, outcome, withAdmin, type ContenderName, type Store } from "./stores.js";
 import { formatSummary, summarize } from "./profile-summary.js";
 import { renderReport, writeReport } from "./report.js";
 import { fatesBench, renderFates, writeFatesSection, type FatesResult } from "./fates.js";
@@ -188,13 +188,14 @@ const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 10);
 
 /**
  * The settings each contender runs with. Our relay runs with its defaults (PostgreSQL wakes on
- * NOTIFY; SQLite has no NOTIFY, so it polls every 10 ms). graphile-worker and pg-boss run with
+ * NOTIFY; MariaDB has none, and the relay polls it adaptively; SQLite has none, so it polls every 10 ms). graphile-worker and pg-boss run with
  * the best settings found for them on this machine (see BENCHMARKS.md: tried and kept).
  */
 function workerConfig(contender: ContenderName, store: Store, smtpUrl: string, extra: { relayId?: string } = {}): Omit<WorkerConfig, "role" | "expected" | "collectSent" | "reportProgress"> {
   switch (contender) {
     case "relay-pg":
     case "relay-sqlite":
+    case "relay-mariadb":
       return {
         contender,
         settings: {
@@ -202,6 +203,8 @@ function workerConfig(contender: ContenderName, store: Store, smtpUrl: string, e
           // BENCH_RELAY_SMTP_QUERY=pipelining=false measures the relay on nodemailer's pool instead.
           smtpUrl: process.env.BENCH_RELAY_SMTP_QUERY ? `${smtpUrl}${smtpUrl.includes("?") ? "&" : "?"}${process.env.BENCH_RELAY_SMTP_QUERY}` : smtpUrl,
           relayId: extra.relayId ?? `bench-${randomUUID().slice(0, 8)}`,
+          // SQLite has no NOTIFY: it polls every 10 ms. MariaDB has none either, and runs with the
+          // default: the relay polls adaptively there (50 ms after a claim that found mail, doubling to this).
           pollIntervalMs: contender === "relay-sqlite" ? 10 : 1000,
           ...(JSON.parse(process.env.BENCH_RELAY ?? "{}") as object),
         },
@@ -223,6 +226,7 @@ function settingsTable(): Record<string, string> {
     transport: `relay: createTransporter("smtp://127.0.0.1:PORT?maxConnections=10"), which for a loopback MTA is the library's pipelining SMTP transport (10 connections, up to 4 transactions in flight on each); graphile-worker and pg-boss: nodemailer.createTransport({ pool: true, maxConnections: 10, maxMessages: 1000 }). Every contender opens at most 10 SMTP connections`,
     "relay-pg": `createRelay({ transport, pollIntervalMs: 1000 }): the defaults, which with this transport are concurrency 40 (its capacity, 10 x 4) and batchSize 200; LISTEN/NOTIFY wake-up`,
     "relay-sqlite": `createRelay({ transport, pollIntervalMs: 10 }) (SQLite has no NOTIFY), otherwise as relay-pg`,
+    "relay-mariadb": `createRelay({ transport, pollIntervalMs: 1000 }): the defaults, as relay-pg; MariaDB has no NOTIFY, so the relay polls adaptively (50 ms after a claim that found mail, doubling up to 1 s while none is due); the outbox in a database of its own on the MariaDB server`,
     "graphile-worker": `run({ concurrency: ${CONCURRENCY}, preset.worker: { localQueue: { size: ${GRAPHILE.localQueueSize} }, completeJobBatchDelay: ${GRAPHILE.completeJobBatchDelay} } }), NO_LOG_SUCCESS=1, one job per mail`,
     "pg-boss": `${PGBOSS.workers} x work(queue, { batchSize: ${PGBOSS.batchSize}, pollingIntervalSeconds: ${PGBOSS.pollingIntervalSeconds} }), the jobs of a batch sent in parallel, one job per mail`,
   };
@@ -350,7 +354,7 @@ async function latencyOnce(ctx: Ctx, contender: ContenderName, load: Counts["lat
     ctx.sink.clear();
     const worker = await startChild<WorkerResult>({ role: "worker", expected: load.mails, collectSent: true, reportProgress: false, ...workerConfig(contender, store, ctx.sink.url) } as WorkerConfig);
     await worker.ready;
-    const target = contender === "relay-pg" || contender === "relay-sqlite" ? store.url : store.schema;
+    const target = isRelay(contender) ? store.url : store.schema;
     // Enough connections that commits (each waits for its WAL flush) keep up with the schedule.
     const producer = await startChild<ProducerResult>({ role: "producer", contender, target, rate: load.rate, count: load.mails, connections: load.rate >= 1000 ? 16 : 4 });
     await producer.ready;
@@ -557,6 +561,27 @@ function pkgVersion(name: string): string {
   }
 }
 
+/** The MariaDB server's version and the settings that bear on commit cost, as for PostgreSQL. */
+async function mariadbInfo(): Promise<string> {
+  try {
+    const { MYSQL_ADMIN_URL } = await import("../test/support/services.js");
+    const { default: mariadb } = await import("mariadb");
+    const u = new URL(MYSQL_ADMIN_URL);
+    const c = await mariadb.createConnection({ host: u.hostname, port: Number(u.port || 3306), user: decodeURIComponent(u.username) || "root", connectTimeout: 2000 });
+    try {
+      const [v] = (await c.query("SELECT VERSION() AS v")) as { v: string }[];
+      const vars = (await c.query(
+        "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('innodb_buffer_pool_size', 'innodb_flush_log_at_trx_commit', 'sync_binlog', 'log_bin')",
+      )) as { Variable_name: string; Value: string }[];
+      return `${v!.v} at ${u.host} (${vars.map((x) => `${x.Variable_name}=${x.Value}`).join(", ")})`;
+    } finally {
+      await c.end();
+    }
+  } catch {
+    return "n/a";
+  }
+}
+
 async function machine(sink: Sink): Promise<Record<string, string>> {
   const cpus = os.cpus();
   const pgVersion = await withAdmin(async (c) => (await c.query<{ v: string }>("SELECT version() AS v")).rows[0]!.v.split(" on ")[0]!).catch(() => "n/a");
@@ -575,8 +600,9 @@ async function machine(sink: Sink): Promise<Record<string, string>> {
     Node: process.version,
     PostgreSQL: `${pgVersion} at ${new URL(ADMIN_URL).host} (${pgSettings})`,
     SQLite: `better-sqlite3 ${pkgVersion("better-sqlite3")}, WAL`,
+    MariaDB: await mariadbInfo(),
     sink: sink.kind === "smtp-sink" ? `Postfix smtp-sink ${cmd("postconf", ["-h", "mail_version"])} (${postfixTool("smtp-sink")})` : "smtp-server sink in the benchmark process",
-    packages: ["nodemailer", "pg", "graphile-worker", "pg-boss", "@prisma/client"].map((p) => `${p} ${pkgVersion(p)}`).join(", "),
+    packages: ["nodemailer", "pg", "mariadb", "graphile-worker", "pg-boss", "@prisma/client"].map((p) => `${p} ${pkgVersion(p)}`).join(", "),
   };
 }
 

@@ -1,12 +1,15 @@
 /**
- * A fresh database for each contender and run (a new PostgreSQL schema, or a new SQLite file),
+ * A fresh database for each contender and run (a new PostgreSQL schema, a new SQLite file, or a
+ * new database on the MariaDB server at TEST_MYSQL_URL),
  * the bulk loaders that fill it with mails already committed, and the checks that every mail
  * came out the other end.
  *
  * Every loader writes the same message (see ./mail.ts) with a fresh Message-ID per mail.
  * PostgreSQL loads are one statement each (generate_series), as a backlog would look after
  * an application had enqueued mail for a while: one row per mail, next_attempt_at one
- * millisecond apart.
+ * millisecond apart. MariaDB loads are batched INSERTs from here (the same rows), the way the
+ * driver's `batch()` sends them: MySQL has no generate_series, and a recursive CTE is capped at
+ * 1,000 rows on MySQL 8 unless a session setting says otherwise.
  */
 import { randomUUID } from "node:crypto";
 import { rm } from "node:fs/promises";
@@ -15,20 +18,26 @@ import path from "node:path";
 import pg from "pg";
 import { openDatabase, quoteIdent, toSqliteTime } from "../src/db.js";
 import { migrate } from "../src/migrate.js";
+import { mysqlAdmin, mysqlUrl } from "../test/support/db.js";
 import { MESSAGE_ID_DOMAIN, newMessageId, rawWith, type MailTemplate } from "./mail.js";
 
 export const ADMIN_URL = process.env.TEST_POSTGRES_URL ?? "postgresql://postgres@127.0.0.1:5432/test";
 
-export type ContenderName = "relay-pg" | "relay-sqlite" | "graphile-worker" | "pg-boss";
-export const CONTENDERS: readonly ContenderName[] = ["relay-pg", "relay-sqlite", "graphile-worker", "pg-boss"];
+export type ContenderName = "relay-pg" | "relay-sqlite" | "relay-mariadb" | "graphile-worker" | "pg-boss";
+export const CONTENDERS: readonly ContenderName[] = ["relay-pg", "relay-sqlite", "relay-mariadb", "graphile-worker", "pg-boss"];
+/** Our relay, on one of its stores. */
+export type RelayContender = "relay-pg" | "relay-sqlite" | "relay-mariadb";
+export function isRelay(c: ContenderName): c is RelayContender {
+  return c === "relay-pg" || c === "relay-sqlite" || c === "relay-mariadb";
+}
 /** The pg-boss queue and graphile-worker task every job goes to. */
 export const QUEUE = "send_mail";
 
 export interface Store {
   readonly contender: ContenderName;
-  /** `postgresql://...?schema=...` for the relay on PostgreSQL, the admin URL for the job queues, `file:...` for SQLite. */
+  /** `postgresql://...?schema=...` for the relay on PostgreSQL, the admin URL for the job queues, `file:...` for SQLite, `mysql://.../<database>` for MariaDB. */
   readonly url: string;
-  /** PostgreSQL schema (every PostgreSQL contender gets its own), or the SQLite file. */
+  /** PostgreSQL schema (every PostgreSQL contender gets its own), the SQLite file, or the MariaDB database. */
   readonly schema: string;
   cleanup(): Promise<void>;
 }
@@ -76,6 +85,23 @@ export async function freshStore(contender: ContenderName): Promise<Store> {
       },
     };
   }
+  if (contender === "relay-mariadb") {
+    const database = schemaName("relay");
+    const cleanup = () => mysqlAdmin([`DROP DATABASE IF EXISTS \`${database}\``]);
+    try {
+      await mysqlAdmin([`CREATE DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci`]);
+      const db = await openDatabase(mysqlUrl(database), { poolSize: 1 });
+      try {
+        await migrate(db);
+      } finally {
+        await db.close();
+      }
+    } catch (err) {
+      await cleanup().catch(() => {});
+      throw err;
+    }
+    return { contender, url: mysqlUrl(database), schema: database, cleanup };
+  }
   const schema = schemaName(contender === "relay-pg" ? "relay" : contender === "graphile-worker" ? "gw" : "pgboss");
   const cleanup = () => dropSchema(schema);
   try {
@@ -109,6 +135,13 @@ FROM (
   SELECT id, '<' || id || '@${MESSAGE_ID_DOMAIN}>' AS mid, now() - ($7::int - i) * interval '1 millisecond' AS t
   FROM (SELECT gen_random_uuid() AS id, i FROM generate_series(1, $7::int) i) g
 ) x`;
+
+const RELAY_LOAD_MYSQL = `
+INSERT INTO mail_outbox (id, message_id, status, priority, envelope_from, envelope_to, subject, raw, size, attempts,
+  max_attempts, send_at, next_attempt_at, created_at, updated_at)
+VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, 0, 25, ?, ?, ?, ?)`;
+/** Rows per `batch()` of the MariaDB load (about 2 KiB each). */
+const MYSQL_LOAD_CHUNK = 1000;
 
 const GRAPHILE_LOAD = (schema: string) => `
 SELECT count(*)::int AS n FROM ${quoteIdent(schema)}.add_jobs(array(
@@ -154,6 +187,26 @@ export async function bulkLoad(store: Store, t: MailTemplate, n: number): Promis
     } finally {
       await db.close();
     }
+  } else if (store.contender === "relay-mariadb") {
+    const db = await openDatabase(store.url, { poolSize: 1 });
+    if (db.dialect !== "mysql") throw new Error("expected MySQL/MariaDB");
+    try {
+      const base = Date.now() - n;
+      const to = JSON.stringify(t.envelopeTo);
+      for (let from = 0; from < n; from += MYSQL_LOAD_CHUNK) {
+        const rows = Array.from({ length: Math.min(MYSQL_LOAD_CHUNK, n - from) }, (_, k) => {
+          const id = randomUUID();
+          const mid = newMessageId(id);
+          const at = new Date(base + from + k);
+          return [id, mid, t.envelopeFrom, to, t.subject, rawWith(t, mid), t.size, at, at, at, at];
+        });
+        await db.pool.batch(RELAY_LOAD_MYSQL, rows);
+      }
+      // Fresh statistics, as InnoDB's background statistics would have them after a real backlog.
+      await db.pool.query("ANALYZE TABLE mail_outbox");
+    } finally {
+      await db.close();
+    }
   } else if (store.contender === "relay-pg") {
     await withAdmin((c) =>
       c.query(RELAY_LOAD(store.schema), [t.envelopeFrom, JSON.stringify(t.envelopeTo), t.subject, t.prefix, t.suffix, t.size, n]),
@@ -167,7 +220,7 @@ export async function bulkLoad(store: Store, t: MailTemplate, n: number): Promis
     await loadPgBoss(store.schema, t, n);
   }
   // Fresh statistics, as autovacuum would have them after a real backlog built up.
-  if (store.contender !== "relay-sqlite") {
+  if (store.contender !== "relay-sqlite" && store.contender !== "relay-mariadb") {
     const table = store.contender === "relay-pg" ? "mail_outbox" : store.contender === "graphile-worker" ? "_private_jobs" : "job";
     await withAdmin((c) => c.query(`VACUUM ANALYZE ${quoteIdent(store.schema)}.${table}`));
   }
@@ -194,6 +247,22 @@ export async function outcome(store: Store): Promise<Outcome> {
         .prepare(`SELECT count(*) AS n FROM (SELECT email_id FROM mail_outbox_attempt WHERE outcome = 'accepted' GROUP BY email_id HAVING count(*) > 1)`)
         .get() as { n: number };
       return { done: r.done ?? 0, left: r.left ?? 0, handedOverTwice: d.n };
+    } finally {
+      await db.close();
+    }
+  }
+  if (store.contender === "relay-mariadb") {
+    const db = await openDatabase(store.url, { poolSize: 1 });
+    if (db.dialect !== "mysql") throw new Error("expected MySQL/MariaDB");
+    try {
+      const [r] = (await db.pool.query(`SELECT coalesce(sum(status = 'sent'), 0) AS done, coalesce(sum(status <> 'sent'), 0) AS remaining FROM mail_outbox`)) as {
+        done: number | string;
+        remaining: number | string;
+      }[];
+      const [d] = (await db.pool.query(
+        `SELECT count(*) AS n FROM (SELECT email_id FROM mail_outbox_attempt WHERE outcome = 'accepted' GROUP BY email_id HAVING count(*) > 1) x`,
+      )) as { n: number | string }[];
+      return { done: Number(r!.done), left: Number(r!.remaining), handedOverTwice: Number(d!.n) };
     } finally {
       await db.close();
     }

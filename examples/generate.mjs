@@ -2,7 +2,7 @@
 /**
  * Prepares the Prisma client of one or more examples:
  *
- *   node examples/generate.mjs signup-sqlite postgres-sidecar   (no names: every example)
+ *   node examples/generate.mjs signup-sqlite postgres-sidecar signup-mariadb   (no names: every example)
  *
  * Each example keeps its own models in examples/<name>/prisma/schema.prisma. This script copies the
  * outbox models from prisma/<provider>/outbox.prisma next to it as prisma/mail_outbox.prisma (the
@@ -39,9 +39,9 @@ if (!env.PRISMA_SCHEMA_ENGINE_BINARY) env.PRISMA_SCHEMA_ENGINE_BINARY = process.
 for (const name of names.length > 0 ? names : all) {
   const schemaDir = path.join(examplesDir, name, "prisma");
   const appSchema = readFileSync(path.join(schemaDir, "schema.prisma"), "utf8");
-  const provider = /datasource\s+\w+\s*\{[^}]*provider\s*=\s*"(postgresql|sqlite)"/.exec(appSchema)?.[1];
+  const provider = /datasource\s+\w+\s*\{[^}]*provider\s*=\s*"(postgresql|sqlite|mysql)"/.exec(appSchema)?.[1];
   if (provider === undefined) {
-    console.error(`examples/${name}/prisma/schema.prisma: no datasource with provider "postgresql" or "sqlite"`);
+    console.error(`examples/${name}/prisma/schema.prisma: no datasource with provider "postgresql", "sqlite" or "mysql"`);
     process.exit(2);
   }
   const models = readFileSync(path.join(root, "prisma", provider, "outbox.prisma"), "utf8");

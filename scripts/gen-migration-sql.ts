@@ -6,6 +6,7 @@
  *   npm run gen:sql                      # write 0001_init.sql, or the next 000N_change.sql
  *   npm run gen:sql -- --name add_tags   # name the new migration
  *   npm run gen:sql -- --check           # exit 1 when the models and the SQL disagree
+ *   npm run gen:sql -- --mysql           # one provider only (--sqlite, --postgresql, --mysql)
  *
  * With no migration yet, the SQL is the engine's diff from an empty database to the models
  * (what `prisma migrate diff --from-empty --to-schema` prints). Afterwards the existing
@@ -13,6 +14,15 @@
  * the PostgreSQL database at TEST_POSTGRES_URL) and the engine diffs that live database against
  * the models, so a model change becomes one new migration file. Shipped files are never
  * rewritten: users' databases have already run them.
+ *
+ * MySQL/MariaDB is the exception: the wasm engine has no MySQL connector (and the native one is a
+ * download), so 0001_init.sql is rendered from the models by ./mysql-ddl.ts in the form Prisma
+ * prints, and `--check` compares the shipped file with that rendering (once a later MySQL
+ * migration exists: the tables the shipped migrations create on a scratch database in the server
+ * at TEST_MYSQL_URL with the models). The next MySQL migration after a model change is written by
+ * hand (`migrations/mysql/0002_<name>.sql`, one statement per line-ending `;`, in the forms
+ * `migrate` can resume: CREATE TABLE, CREATE INDEX, ALTER TABLE ... ADD COLUMN / ADD CONSTRAINT);
+ * `--check` and test/schema-drift.test.ts then tell whether it brings the tables to the models.
  *
  * The helpers are exported for test/schema-drift.test.ts.
  */
@@ -32,6 +42,7 @@ import {
 } from "@prisma/driver-adapter-utils";
 import { PrismaBetterSqlite3 } from "@prisma/adapter-better-sqlite3";
 import { PrismaPg } from "@prisma/adapter-pg";
+import { expectedMysqlShape, mysqlShapeDifferences, parseModels, readMysqlShape, renderMysqlDdl, type MysqlQuery } from "./mysql-ddl.js";
 
 export type Provider = "sqlite" | "postgresql";
 export const PROVIDERS: readonly Provider[] = ["sqlite", "postgresql"];
@@ -263,7 +274,7 @@ export async function diffLiveAgainstModels(target: LiveTarget, options: DiffOpt
 }
 
 /** Shipped migration files of a provider, in order. */
-export async function migrationFiles(provider: Provider): Promise<string[]> {
+export async function migrationFiles(provider: Provider | "mysql"): Promise<string[]> {
   const dir = path.join(REPO_ROOT, "migrations", provider);
   try {
     return (await readdir(dir)).filter((f) => /^\d{4}_[a-z0-9_]+\.sql$/.test(f)).sort();
@@ -306,6 +317,93 @@ export async function diffShippedAgainstModels(provider: Provider): Promise<Live
   }
 }
 
+// ---- MySQL/MariaDB (see the module comment) ----
+
+export const MYSQL_SCRATCH_URL = process.env.TEST_MYSQL_URL ?? "mysql://root@127.0.0.1:3306/test";
+
+/** The SQL that creates the outbox tables on an empty MySQL/MariaDB database, rendered from prisma/mysql/outbox.prisma. */
+export async function mysqlInitSql(): Promise<string> {
+  return renderMysqlDdl(parseModels(await readFile(path.join(REPO_ROOT, "prisma", "mysql", "outbox.prisma"), "utf8")));
+}
+
+/**
+ * Run the shipped MySQL migrations on a scratch database of the server at TEST_MYSQL_URL (`migrate`,
+ * as users do), compare its outbox tables with prisma/mysql/outbox.prisma, drop it. Returns the
+ * differences, one line each; empty when they match.
+ */
+export async function diffShippedMysqlAgainstModels(): Promise<string[]> {
+  const { default: mariadb } = await import("mariadb");
+  const { openDatabase } = await import("../src/db.js");
+  const { migrate } = await import("../src/migrate.js");
+  const { OUTBOX_TABLE_NAMES } = await import("../src/migrations.js");
+  const u = new URL(MYSQL_SCRATCH_URL);
+  const database = `mail_outbox_gen_${randomUUID().replace(/-/g, "").slice(0, 12)}`;
+  const admin = await mariadb.createConnection({ host: u.hostname, port: Number(u.port || 3306), user: decodeURIComponent(u.username) || "root", ...(u.password ? { password: decodeURIComponent(u.password) } : {}) });
+  try {
+    await admin.query(`CREATE DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci`);
+    try {
+      u.pathname = `/${database}`;
+      const db = await openDatabase(u.toString(), { poolSize: 1 });
+      await migrate(db).finally(() => db.close());
+      const query: MysqlQuery = (sql, params) => admin.query(sql, params);
+      const models = parseModels(await readFile(path.join(REPO_ROOT, "prisma", "mysql", "outbox.prisma"), "utf8"));
+      return mysqlShapeDifferences(expectedMysqlShape(models), await readMysqlShape(query, database, OUTBOX_TABLE_NAMES));
+    } finally {
+      await admin.query(`DROP DATABASE IF EXISTS \`${database}\``);
+    }
+  } finally {
+    await admin.end();
+  }
+}
+
+/** A migration's statements, comments and blank lines left out, for comparing two renderings. */
+function sqlStatements(sql: string): string {
+  return sql.replace(/^--.*\n/gm, "").replace(/\n{2,}/g, "\n").trim();
+}
+
+function mysqlHeader(name: string): string {
+  return (
+    `-- prisma-mail-outbox migration ${name} (mysql).\n` +
+    `-- Generated by \`npm run gen:sql\` (scripts/gen-migration-sql.ts, scripts/mysql-ddl.ts) from prisma/mysql/outbox.prisma,\n` +
+    `-- in the form \`prisma migrate diff\` prints for MySQL. Never edit a shipped migration; the next MySQL\n` +
+    `-- migration is written by hand (see scripts/gen-migration-sql.ts) and checked by test/schema-drift.test.ts.\n\n`
+  );
+}
+
+/** `gen:sql` for MySQL: write 0001_init.sql when there is none, else say whether the shipped SQL matches the models. */
+async function mysqlStep(check: boolean, name: string): Promise<boolean> {
+  const started = Date.now();
+  const existing = await migrationFiles("mysql");
+  const dir = path.join(REPO_ROOT, "migrations", "mysql");
+  if (existing.length === 0) {
+    if (check) {
+      console.log("mysql: would write migrations/mysql/0001_init.sql");
+      return false;
+    }
+    await mkdir(dir, { recursive: true });
+    await writeFile(path.join(dir, "0001_init.sql"), mysqlHeader("0001_init") + (await mysqlInitSql()).trimEnd() + "\n");
+    console.log(`mysql: wrote migrations/mysql/0001_init.sql (${Date.now() - started} ms)`);
+    return true;
+  }
+  let differences: string[];
+  if (existing.length === 1) {
+    const shipped = await readFile(path.join(dir, existing[0]!), "utf8");
+    differences = sqlStatements(shipped) === sqlStatements(await mysqlInitSql()) ? [] : ["migrations/mysql/0001_init.sql is not the rendering of the models (scripts/mysql-ddl.ts)"];
+  } else {
+    differences = await diffShippedMysqlAgainstModels();
+  }
+  if (differences.length === 0) {
+    console.log(`mysql: migrations/mysql matches prisma/mysql/outbox.prisma (${Date.now() - started} ms)`);
+    return true;
+  }
+  const next = `${String(Number(existing.at(-1)!.slice(0, 4)) + 1).padStart(4, "0")}_${name}.sql`;
+  console.log(
+    `mysql: the models differ from the shipped SQL:\n${differences.map((d) => `  - ${d}`).join("\n")}\n` +
+      `Write migrations/mysql/${next} by hand (the wasm schema engine has no MySQL connector; see scripts/gen-migration-sql.ts), then run \`npm run gen:sql -- --check --mysql\`.`,
+  );
+  return false;
+}
+
 function header(provider: Provider, name: string): string {
   return (
     `-- prisma-mail-outbox migration ${name} (${provider}).\n` +
@@ -324,8 +422,10 @@ async function main(argv: readonly string[]): Promise<number> {
     return 2;
   }
   const only = PROVIDERS.filter((p) => argv.includes(`--${p}`));
+  const mysql = argv.includes("--mysql");
   let outOfStep = false;
-  for (const provider of only.length > 0 ? only : PROVIDERS) {
+  if (mysql || only.length === 0) outOfStep = !(await mysqlStep(check, name));
+  for (const provider of only.length > 0 || mysql ? only : PROVIDERS) {
     const started = Date.now();
     const existing = await migrationFiles(provider);
     const dir = path.join(REPO_ROOT, "migrations", provider);
@@ -354,7 +454,8 @@ async function main(argv: readonly string[]): Promise<number> {
     await writeFile(path.join(dir, file), header(provider, file.replace(/\.sql$/, "")) + sql.trimEnd() + "\n");
     console.log(`${provider}: wrote migrations/${provider}/${file} (${Date.now() - started} ms)`);
   }
-  return check && outOfStep ? 1 : 0;
+  // Without --check the other providers write their next migration; MySQL's is written by hand.
+  return outOfStep ? 1 : 0;
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

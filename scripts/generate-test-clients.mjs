@@ -34,7 +34,7 @@ model User {
 
 const prismaCli = path.join(root, "node_modules", "prisma", "build", "index.js");
 
-for (const provider of ["sqlite", "postgresql"]) {
+for (const provider of ["sqlite", "postgresql", "mysql"]) {
   const dir = path.join(root, "test", "prisma", provider);
   const models = readFileSync(path.join(root, "prisma", provider, "outbox.prisma"), "utf8");
   const schema =

@@ -15,9 +15,13 @@ const USAGE = `Usage: npm run soak -- [options]
 
   --mails N            mails the producers enqueue per run, ~10% in rolled-back transactions (default ${DEFAULT_OPTIONS.mails})
   --minutes M          length of each run's fault phase; a settle phase follows (default ${DEFAULT_OPTIONS.minutes})
-  --db LIST            postgresql,sqlite (default both, run side by side)
+  --db LIST            postgresql, sqlite and/or mysql (MariaDB at TEST_MYSQL_URL, restarted during the run;
+                       needs root) (default postgresql,sqlite, run side by side)
   --seed N             seed of the fault plan and the producers' choices (default ${DEFAULT_OPTIONS.seed})
   --pg-relays N        relay processes on PostgreSQL (default ${DEFAULT_OPTIONS.pgRelays})
+  --mysql-relays N     relay processes on MariaDB (default ${DEFAULT_OPTIONS.mysqlRelays})
+  --mysql-down S       seconds MariaDB stays down in each restart (default ${DEFAULT_OPTIONS.mysqlDownMs / 1000})
+  --mysql-restarts N   MariaDB restarts per run (default one per 5 minutes of fault phase, at least one; 0: none)
   --concurrency N      hand-offs in flight per relay (default ${DEFAULT_OPTIONS.concurrency})
   --kill-every S       mean seconds between SIGKILLs of one relay (default ${DEFAULT_OPTIONS.killEveryMs / 1000})
   --pg-cluster C       "dedicated" (a cluster of the soak's own, created on first use) or VERSION/NAME, e.g. 15/main (default dedicated)
@@ -66,6 +70,9 @@ const { values } = parseArgs({
     db: { type: "string" },
     seed: { type: "string" },
     "pg-relays": { type: "string" },
+    "mysql-relays": { type: "string" },
+    "mysql-down": { type: "string" },
+    "mysql-restarts": { type: "string" },
     concurrency: { type: "string" },
     "kill-every": { type: "string" },
     "pg-cluster": { type: "string" },
@@ -86,7 +93,7 @@ if (values.help) {
   process.exit(0);
 }
 const databases = (values.db ?? "postgresql,sqlite").split(",").map((d) => d.trim()) as SoakDatabase[];
-for (const d of databases) if (d !== "postgresql" && d !== "sqlite") fail(`--db: expected postgresql and/or sqlite, got ${JSON.stringify(d)}`);
+for (const d of databases) if (d !== "postgresql" && d !== "sqlite" && d !== "mysql") fail(`--db: expected postgresql, sqlite and/or mysql, got ${JSON.stringify(d)}`);
 const postfix = values.postfix ?? "auto";
 if (postfix !== "auto" && postfix !== "off") fail(`--postfix: expected auto or off`);
 
@@ -97,6 +104,9 @@ const options: SoakOptions = {
   databases,
   seed: Math.round(num("seed", values.seed, DEFAULT_OPTIONS.seed)),
   pgRelays: Math.round(num("pg-relays", values["pg-relays"], DEFAULT_OPTIONS.pgRelays, 2)),
+  mysqlRelays: Math.round(num("mysql-relays", values["mysql-relays"], DEFAULT_OPTIONS.mysqlRelays, 2)),
+  mysqlDownMs: num("mysql-down", values["mysql-down"], DEFAULT_OPTIONS.mysqlDownMs / 1000) * 1000,
+  mysqlRestarts: values["mysql-restarts"] === undefined ? null : Math.round(num("mysql-restarts", values["mysql-restarts"], 0)),
   concurrency: Math.round(num("concurrency", values.concurrency, DEFAULT_OPTIONS.concurrency, 1)),
   killEveryMs: num("kill-every", values["kill-every"], DEFAULT_OPTIONS.killEveryMs / 1000, 3) * 1000,
   pgCluster: values["pg-cluster"] ?? DEFAULT_OPTIONS.pgCluster,
@@ -111,13 +121,15 @@ const options: SoakOptions = {
 };
 
 // Interrupted: take the relay processes down (the MTA process follows its parent), start Postfix
-// again if the soak had stopped it, and stop the soak's own PostgreSQL cluster.
+// again if the soak had stopped it, start MariaDB again if a restart was under way, and stop the
+// soak's own PostgreSQL cluster.
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.once(signal, () => {
     process.stderr.write(`soak: ${signal}: stopping relays, starting Postfix again if it was stopped\n`);
     killAllRelays();
     void (async () => {
       if (existsSync("/usr/sbin/postfix")) await (await import("../test/support/postfix.js")).startPostfix().catch(() => {});
+      if (options.databases.includes("mysql")) await (await import("./mysql.js")).ensureMysqlRunning().catch(() => {});
       if (options.pgCluster === "dedicated" && options.databases.includes("postgresql")) {
         const pg = await import("./pg.js");
         const version = pg.postgresVersion();

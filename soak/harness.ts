@@ -2,10 +2,12 @@
  * The soak: producers, relay processes, a faulty MTA and database faults at once, for a while;
  * then a settle phase without faults, and the audit (soak/audit.ts).
  *
- * One run per database (PostgreSQL, SQLite), side by side, each with its own outbox, faulty MTA
- * process and relays. On PostgreSQL the run also restarts the server once and kills relay
- * backends; a stretch with Postfix (`sendmail-bs:` and `sendmail:`, daemon stopped and started)
- * runs next to the first run when Postfix is installed (soak/postfix-stretch.ts).
+ * One run per database (PostgreSQL, SQLite, MariaDB), side by side, each with its own outbox, faulty
+ * MTA process and relays. On PostgreSQL the run also restarts the server once and kills relay
+ * backends; on MariaDB it restarts the server (soak/mysql.ts) once per five minutes of fault
+ * phase, at least once, and measures how long the relays take to record outcomes again. A stretch
+ * with Postfix (`sendmail-bs:` and `sendmail:`, daemon stopped and started) runs next to the first
+ * run when Postfix is installed (soak/postfix-stretch.ts).
  */
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -18,11 +20,12 @@ import { attemptSummary, prepareDatabase, readRows, statusCounts } from "./facts
 import { DEFAULT_RATES, DEFAULT_REJECT_RATE, expDelay, NO_FAULTS, seeded, type FaultRates } from "./faults.js";
 import { startFaultyMta, type FaultyMta } from "./mta.js";
 import { prepareCluster, restartCluster, stopCluster, terminateRelayBackends, waitForPostgres, type PgCluster } from "./pg.js";
+import { createSoakDatabase, dropSoakDatabase, ensureMysqlRunning, mysqlVersion, restartMysql, restartUnavailable } from "./mysql.js";
 import { newLedger, runProducers, type OutboxClient } from "./producers.js";
 import { memoryOf, RelaySlot } from "./relays.js";
 import { postfixStretch, type PostfixStretchResult } from "./postfix-stretch.js";
 
-export type SoakDatabase = "postgresql" | "sqlite";
+export type SoakDatabase = "postgresql" | "sqlite" | "mysql";
 
 export interface SoakOptions {
   /** Mails the producers enqueue per run (about 90% commit). */
@@ -41,6 +44,12 @@ export interface SoakOptions {
   readonly pgDatabase?: string;
   /** Relay processes on PostgreSQL (SQLite always has one). */
   readonly pgRelays: number;
+  /** Relay processes on MariaDB. */
+  readonly mysqlRelays: number;
+  /** How long MariaDB stays down in each restart, ms (after its clean shutdown). */
+  readonly mysqlDownMs: number;
+  /** MariaDB restarts per run; null: one per five minutes of fault phase, at least one. */
+  readonly mysqlRestarts: number | null;
   /** Hand-offs in flight per relay. */
   readonly concurrency: number;
   /** Mean time between SIGKILLs of one relay, ms. */
@@ -69,6 +78,9 @@ export const DEFAULT_OPTIONS: Omit<SoakOptions, "log" | "workDir"> = {
   requireServices: process.env.MAIL_OUTBOX_REQUIRE_SERVICES === "1",
   pgCluster: "dedicated",
   pgRelays: 3,
+  mysqlRelays: 3,
+  mysqlDownMs: 3000,
+  mysqlRestarts: null,
   concurrency: 8,
   killEveryMs: 75_000,
   rates: DEFAULT_RATES,
@@ -160,6 +172,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       cluster = await prepareCluster(opts.pgCluster, opts.pgDatabase);
       opts.log(`PostgreSQL ${cluster.version}/${cluster.name} on port ${cluster.port}${cluster.ownedByUs ? " (the soak's own cluster)" : ""}`);
     }
+    if (opts.databases.includes("mysql")) {
+      await ensureMysqlRunning();
+      opts.log(`MariaDB ${await mysqlVersion()}${opts.mysqlRestarts === 0 ? "" : "; its run restarts it"}`);
+    }
     const runs = opts.databases.map((dialect, i) => runOne(opts, dialect, cluster, opts.seed * 1000 + i, i === 0 ? "with-postfix" : "plain", skipped));
     const outcomes = await Promise.all(runs);
     const results = outcomes.flatMap((o) => o.results);
@@ -168,6 +184,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     return { results, passed: results.length > 0 && results.every((r) => r.passed), skipped, details: outcomes.flatMap((o) => o.details) };
   } finally {
     clearInterval(stallWatch);
+    // Whatever happened, leave MariaDB running: other work on this machine shares it.
+    if (opts.databases.includes("mysql")) await ensureMysqlRunning(120_000).catch((err) => opts.log(`MariaDB did not come back: ${(err as Error).message}`));
     if (cluster) {
       // Whatever happened, leave PostgreSQL accepting connections (or stopped, if it is ours).
       await waitForPostgres(cluster.url, 60_000).catch((err) => opts.log(`PostgreSQL did not come back: ${(err as Error).message}`));
@@ -195,7 +213,9 @@ async function runOne(
           u.searchParams.set("schema", `soak_${runTag}`);
           return u.toString();
         })()
-      : `file:${path.join(dir, "outbox.db")}`;
+      : dialect === "mysql"
+        ? await createSoakDatabase(`soak_${runTag}`)
+        : `file:${path.join(dir, "outbox.db")}`;
   const ctx: RunContext = { label: dialect, dialect, url, runTag, cluster, dir, log: (l) => opts.log(`[${dialect}] ${l}`) };
   await prepareDatabase(url);
   ctx.log(`outbox ${url}; relay logs in ${dir}`);
@@ -211,13 +231,14 @@ async function runOne(
   const faultsOff = new AbortController();
   let phase: "faults" | "settle" | "done" = "faults";
   const unexpectedExits: string[] = [];
-  const relayCount = dialect === "postgresql" ? opts.pgRelays : 1;
+  const relayCount = dialect === "postgresql" ? opts.pgRelays : dialect === "mysql" ? opts.mysqlRelays : 1;
+  const relayPrefix = { postgresql: "pg", sqlite: "sqlite", mysql: "my" }[dialect];
   const names = "abcdefghij";
   const slots: RelaySlot[] = [];
   for (let i = 0; i < relayCount; i++) {
     const slot: RelaySlot = new RelaySlot(
       {
-        name: `${dialect === "postgresql" ? "pg" : "sqlite"}-${names[i]}`,
+        name: `${relayPrefix}-${names[i]}`,
         idPrefix: `soak-${runTag}-`,
         databaseUrl: url,
         transport: `${mta.url}?timeout=${SMTP_TIMEOUT_MS}&maxConnections=${opts.concurrency}`,
@@ -239,6 +260,8 @@ async function runOne(
   const kills: KillRecord[] = [];
   const dbRestarts: number[] = [];
   const dbRestartTimes: number[] = [];
+  /** MariaDB restarts: the outage, and how long until the relays recorded an outcome again. */
+  const mysqlRestarts: { at: number; stopMs: number; outageMs: number; relaysRecoveredMs: number | null; producersRecoveredMs: number | null }[] = [];
   let backendKills = 0;
   let backendKillRounds = 0;
   let refusals = 0;
@@ -260,7 +283,7 @@ async function runOne(
       runTag,
       mails: opts.mails,
       windowMs: D * 0.8,
-      workers: dialect === "postgresql" ? 6 : 3,
+      workers: dialect === "sqlite" ? 3 : 6,
       random: seeded(seed ^ 0xabc),
       signal: faultsOff.signal,
       ledger,
@@ -360,6 +383,44 @@ async function runOne(
       );
     }
 
+    if (dialect === "mysql") {
+      // The server restarted mid-run: once per five minutes of fault phase, at least once.
+      const restarts = opts.mysqlRestarts ?? Math.max(1, Math.round(D / 300_000));
+      const restartable = restarts > 0 ? await restartUnavailable() : null;
+      if (restarts === 0) {
+        skipped.push("MariaDB restarts: none asked for (--mysql-restarts 0)");
+      } else if (restartable !== null) {
+        if (opts.requireServices) throw new Error(`the MariaDB run cannot restart the server: ${restartable}`);
+        skipped.push(`MariaDB restarts: ${restartable}`);
+      } else {
+        tasks.push(
+          (async () => {
+            for (let i = 0; i < restarts; i++) {
+              if (!(await sleepUntil(t0 + (D * (i + 1)) / (restarts + 1), signal))) return;
+              const inFlightBound = slots.filter((s) => s.running).length * opts.concurrency;
+              dbRestarts.push(inFlightBound);
+              ctx.log("MariaDB: SIGTERM to mariadbd");
+              const r = await restartMysql(opts.mysqlDownMs);
+              const committedBefore = ledger.transactions.committed;
+              const sentBefore = (await statusCounts(url).catch(() => ({}) as Record<string, number>)).sent ?? 0;
+              ctx.log(`MariaDB restarted: clean shutdown ${r.stopMs} ms, ${r.outageMs} ms until it accepted connections again (${sentBefore} rows sent then)`);
+              // Recovery: from the moment the server answers again until the relays record an
+              // outcome (one more row sent than when it came back) and a producer's transaction commits.
+              let relaysRecoveredMs: number | null = null;
+              let producersRecoveredMs: number | null = null;
+              while (Date.now() - r.upAt < 60_000 && (relaysRecoveredMs === null || producersRecoveredMs === null)) {
+                if (producersRecoveredMs === null && ledger.transactions.committed > committedBefore) producersRecoveredMs = Date.now() - r.upAt;
+                if (relaysRecoveredMs === null && ((await statusCounts(url).catch(() => ({}) as Record<string, number>)).sent ?? 0) > sentBefore) relaysRecoveredMs = Date.now() - r.upAt;
+                await sleep(100);
+              }
+              mysqlRestarts.push({ at: Math.round((r.upAt - t0) / 1000), stopMs: r.stopMs, outageMs: r.outageMs, relaysRecoveredMs, producersRecoveredMs });
+              ctx.log(`after the restart: relays recorded outcomes again after ${relaysRecoveredMs ?? "(not within 60 s)"} ms, producers committed again after ${producersRecoveredMs ?? "(not within 60 s)"} ms`);
+            }
+          })(),
+        );
+      }
+    }
+
     if (postfixMode === "with-postfix" && opts.postfix !== "off") {
       postfix = postfixStretch({
         cluster,
@@ -394,6 +455,7 @@ async function runOne(
     await mta.configure({ ...mtaConfig, rates: NO_FAULTS });
     await mta.accept();
     if (cluster) await waitForPostgres(cluster.url);
+    if (dialect === "mysql") await ensureMysqlRunning();
     await producers;
     for (const slot of slots) await lock.run(slot, () => slot.start());
     ctx.log(
@@ -424,6 +486,10 @@ async function runOne(
     writeFileSync(path.join(dir, "mta-copies.jsonl"), report.copies.map((c) => JSON.stringify(c)).join("\n"));
     const rows = await readRows(url);
     if (refusals) notes.push(`MTA refusals ${refusals}`);
+    for (const r of mysqlRestarts) {
+      const later = (ms: number | null) => (ms === null ? "not within 60 s" : `${(ms / 1000).toFixed(1)} s later`);
+      notes.push(`restart at ${r.at} s: outage ${(r.outageMs / 1000).toFixed(1)} s, relays recording again ${later(r.relaysRecoveredMs)}, producers committing again ${later(r.producersRecoveredMs)}`);
+    }
     const result = audit({
       label: dialect,
       ledger,
@@ -463,6 +529,7 @@ async function runOne(
       attempts: await attemptSummary(url),
       kills,
       dbRestarts,
+      mysqlRestarts,
       backendKills,
       backendKillRounds,
       memory: slots.map((s) => memoryOf(s)),
@@ -490,6 +557,7 @@ async function runOne(
       ctx.log(`kept for inspection: ${url} and ${dir}`);
     }
   }
+  if (dialect === "mysql" && !keep) await dropSoakDatabase(`soak_${runTag}`).catch(() => {});
   if (dialect === "postgresql" && !keep && cluster) {
     await dropSchema(cluster.url, `soak_${runTag}`).catch(() => {});
     await dropSchema(cluster.url, `soak_${runTag}pf`).catch(() => {});

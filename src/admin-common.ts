@@ -135,12 +135,21 @@ export async function withDb<T>(dbOrUrl: DbOrUrl, fn: (db: Store) => Promise<T>)
   });
 }
 
-/** The message of an error, also for AggregateError (whose own message may be empty: "connect ECONNREFUSED" on ::1 and 127.0.0.1). */
+/**
+ * The message of an error, also for AggregateError (whose own message may be empty: "connect
+ * ECONNREFUSED" on ::1 and 127.0.0.1), in one line for the `mariadb` driver's errors: their message
+ * adds the connection id and the statement's SQL on more lines, the server's own words are
+ * `sqlMessage`; and its "pool timeout" when no connection could be made at all has the reason
+ * (access denied, unknown database, connection refused) only as its cause.
+ */
 export function errorMessage(err: unknown): string {
   if (err instanceof AggregateError && err.message === "") {
     const inner = err.errors.map((e) => errorMessage(e)).filter((m) => m !== "");
     if (inner.length > 0) return [...new Set(inner)].join("; ");
   }
+  const driver = err as { code?: unknown; sqlMessage?: unknown; cause?: unknown } | null;
+  if (err instanceof Error && driver?.code === "ER_GET_CONNECTION_TIMEOUT" && driver.cause instanceof Error) return errorMessage(driver.cause);
+  if (err instanceof Error && typeof driver?.sqlMessage === "string" && driver.sqlMessage !== "") return driver.sqlMessage.split("\n")[0]!.trim();
   if (err instanceof Error) return err.message || String((err as { code?: unknown }).code ?? err.name);
   return String(err);
 }

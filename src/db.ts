@@ -1,10 +1,10 @@
 /**
- * Open the store for a database URL: `file:./outbox.db` (SQLite, the embedded default) or
- * `postgresql://...` (PostgreSQL). This is the one place that picks a store; everything else
+ * Open the store for a database URL: `file:./outbox.db` (SQLite, the embedded default),
+ * `postgresql://...` (PostgreSQL) or `mysql://...` / `mariadb://...` (MySQL 8, MariaDB 10.6+). This is the one place that picks a store; everything else
  * talks to the `Store` interface (src/store.ts).
  *
  * The relay does not go through a generated Prisma client: it runs a handful of batched
- * statements on the driver that Prisma's own adapters use (`pg`, `better-sqlite3`), so the
+ * statements on the driver that Prisma's own adapters use (`pg`, `better-sqlite3`, `mariadb`), so the
  * sidecar needs no code from the application.
  */
 import { existsSync } from "node:fs";
@@ -15,16 +15,19 @@ import type { Store } from "./store.js";
 import { PostgresStore } from "./stores/postgres/store.js";
 import { parseMultiHostUrl, redactHostsUrl, withHosts } from "./stores/postgres/hosts.js";
 import { SqliteStore } from "./stores/sqlite/store.js";
+import { MysqlStore } from "./stores/mysql/store.js";
+import type { MysqlConnectionConfig } from "./stores/mysql/conn.js";
 
 export type { Store } from "./store.js";
 export { PostgresStore } from "./stores/postgres/store.js";
 export { SqliteStore } from "./stores/sqlite/store.js";
+export { MysqlStore } from "./stores/mysql/store.js";
 export { quoteIdent } from "./stores/postgres/schema-sql.js";
 export { fromSqliteTime, toSqliteTime } from "./stores/sqlite/time.js";
 /** Moved to src/redact.ts (the one redaction helper); re-exported here for existing callers. */
 export { redactUrl };
 
-export type Dialect = "postgresql" | "sqlite";
+export type Dialect = "postgresql" | "sqlite" | "mysql";
 
 export type DatabaseLocation =
   | { readonly dialect: "sqlite"; readonly filename: string }
@@ -34,19 +37,21 @@ export type DatabaseLocation =
       readonly schema: string;
       /** `?pgbouncer=true` (Prisma's parameter): the URL points at PgBouncer. */
       readonly pgbouncer: boolean;
-    };
+    }
+  | { readonly dialect: "mysql"; readonly config: MysqlConnectionConfig };
 
 /**
  * A store that `openDatabase` returns: every one is a {@link Store}. The shipped stores also
  * carry their driver handle (`pool` and `schema`; `db` and `filename`), told apart by `dialect`,
  * for tests and tools that run their own SQL beside the outbox. Library code takes a `Store`.
  */
-export type Db = PostgresStore | SqliteStore;
+export type Db = PostgresStore | SqliteStore | MysqlStore;
 export type PostgresDb = PostgresStore;
 export type SqliteDb = SqliteStore;
+export type MysqlDb = MysqlStore;
 
 export interface OpenDatabaseOptions {
-  /** PostgreSQL pool size. @default 4 */
+  /** PostgreSQL and MySQL pool size. @default 4 */
   readonly poolSize?: number;
   /** PostgreSQL `application_name`, shown in `pg_stat_activity`. @default "mail-outbox" */
   readonly applicationName?: string;
@@ -61,12 +66,12 @@ export interface OpenDatabaseOptions {
 
 /**
  * Parse a database URL into where it points.
- * @throws DatabaseConfigError when the URL is empty or names neither SQLite nor PostgreSQL.
+ * @throws DatabaseConfigError when the URL is empty or names none of SQLite, PostgreSQL, MySQL/MariaDB.
  */
 export function parseDatabaseUrl(url: string | undefined, cwd = process.cwd()): DatabaseLocation {
   if (url === undefined || url.trim() === "") {
     throw new DatabaseConfigError(
-      "No database URL: set DATABASE_URL (or pass --database-url) to file:./outbox.db for SQLite or postgresql://user@host/db for PostgreSQL.",
+      "No database URL: set DATABASE_URL (or pass --database-url) to file:./outbox.db for SQLite, postgresql://user@host/db for PostgreSQL or mysql://user@host/db for MySQL/MariaDB.",
     );
   }
   if (url.startsWith("file:")) {
@@ -101,9 +106,64 @@ export function parseDatabaseUrl(url: string | undefined, cwd = process.cwd()): 
     parsed.searchParams.delete("pgbouncer");
     return { dialect: "postgresql", connectionString: multi ? withHosts(parsed.toString(), multi) : parsed.toString(), schema, pgbouncer: bouncer === "true" };
   }
+  if (/^(mysql|mariadb):\/\//.test(url)) return { dialect: "mysql", config: parseMysqlUrl(url) };
   throw new DatabaseConfigError(
-    `Unsupported database URL ${JSON.stringify(redactUrl(url))}: use file:... for SQLite or postgresql://... for PostgreSQL.`,
+    `Unsupported database URL ${JSON.stringify(redactUrl(url))}: use file:... for SQLite, postgresql://... for PostgreSQL or mysql://... (also mariadb://...) for MySQL and MariaDB.`,
   );
+}
+
+/** Prisma's MySQL URL parameters that do not change where the outbox is (pool and timeout tuning of Prisma's own client). */
+const PRISMA_MYSQL_PARAMS = new Set(["connection_limit", "pool_timeout", "socket_timeout", "max_idle_connection_lifetime", "max_connection_lifetime", "statement_cache_size", "sslcert", "sslidentity", "sslpassword"]);
+
+/**
+ * A `mysql://user:password@host:3306/database` URL (Prisma's form; `mariadb://` too) as connection
+ * settings. Understood parameters: `socket`, `sslaccept` (`strict` or `accept_invalid_certs`),
+ * `ssl`, `connect_timeout` (seconds); Prisma's pool parameters are allowed and ignored; anything
+ * else is an error, so a typo does not pass silently.
+ */
+function parseMysqlUrl(url: string): MysqlConnectionConfig {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch (cause) {
+    throw new DatabaseConfigError(`The MySQL URL ${redactUrl(url)} is not a valid URL.`, { cause });
+  }
+  const database = decodeURIComponent(parsed.pathname.replace(/^\//, ""));
+  if (database === "" || database.includes("/")) {
+    throw new DatabaseConfigError(`The MySQL URL ${redactUrl(url)} names no database: write mysql://user@host:3306/<database>.`);
+  }
+  if (!/^[A-Za-z0-9_$-]{1,64}$/.test(database)) {
+    throw new DatabaseConfigError(`The database ${JSON.stringify(database)} in the MySQL URL is not a plain name (letters, digits, _, $ and -, at most 64).`);
+  }
+  let ssl: MysqlConnectionConfig["ssl"];
+  let socketPath: string | undefined;
+  let connectTimeoutMs = 10_000;
+  for (const [key, value] of parsed.searchParams) {
+    if (key === "socket") socketPath = value;
+    else if (key === "sslaccept") {
+      if (value !== "strict" && value !== "accept_invalid_certs") throw new DatabaseConfigError(`sslaccept=${JSON.stringify(value)} in the MySQL URL: write sslaccept=strict or sslaccept=accept_invalid_certs.`);
+      ssl = { rejectUnauthorized: value === "strict" };
+    } else if (key === "ssl") {
+      if (value !== "true" && value !== "false") throw new DatabaseConfigError(`ssl=${JSON.stringify(value)} in the MySQL URL: write ssl=true or leave it out.`);
+      ssl = value === "true" ? { rejectUnauthorized: true } : undefined;
+    } else if (key === "connect_timeout") {
+      const seconds = Number(value);
+      if (!Number.isFinite(seconds) || seconds <= 0) throw new DatabaseConfigError(`connect_timeout=${JSON.stringify(value)} in the MySQL URL: give a number of seconds above 0.`);
+      connectTimeoutMs = Math.round(seconds * 1000);
+    } else if (!PRISMA_MYSQL_PARAMS.has(key)) {
+      throw new DatabaseConfigError(`The MySQL URL parameter ${JSON.stringify(key)} is not one prisma-mail-outbox knows (socket, sslaccept, ssl, connect_timeout, and Prisma's pool parameters).`);
+    }
+  }
+  return {
+    host: parsed.hostname.replace(/^\[|\]$/g, "") || "localhost",
+    port: parsed.port === "" ? 3306 : Number(parsed.port),
+    user: decodeURIComponent(parsed.username) || "root",
+    password: parsed.password === "" ? undefined : decodeURIComponent(parsed.password),
+    database,
+    socketPath,
+    ssl,
+    connectTimeoutMs,
+  };
 }
 
 /**
@@ -127,6 +187,9 @@ export function databaseSchema(url: string | undefined): string | null {
 export async function openDatabase(url: string | undefined, options: OpenDatabaseOptions = {}): Promise<Db> {
   const location = parseDatabaseUrl(url);
   const displayUrl = redactHostsUrl(url ?? "");
+  if (location.dialect === "mysql") {
+    return new MysqlStore({ config: location.config, displayUrl, ...(options.poolSize !== undefined ? { poolSize: options.poolSize } : {}) });
+  }
   if (location.dialect === "sqlite") {
     return new SqliteStore({ filename: location.filename, displayUrl, ...(options.busyTimeoutMs !== undefined ? { busyTimeoutMs: options.busyTimeoutMs } : {}) });
   }

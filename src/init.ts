@@ -15,7 +15,8 @@ import { databaseSchema } from "./db.js";
 import { OptionsError } from "./errors.js";
 import { MIGRATIONS_TABLE, OUTBOX_TABLE_NAMES } from "./migrations.js";
 
-export type SchemaProvider = "postgresql" | "sqlite";
+/** The Prisma provider of the application's schema; `mysql` covers MySQL 8 and MariaDB 10.6+ (Prisma has one provider for both). */
+export type SchemaProvider = "postgresql" | "sqlite" | "mysql";
 
 export interface InitOptions {
   /**
@@ -79,7 +80,8 @@ const MODEL_NAMES = [
 
 /**
  * A complete `prisma.config.ts` that lists the outbox tables as external. Prisma's schema engine
- * wants the names schema-qualified on PostgreSQL (`public.mail_outbox`) and plain on SQLite, and
+ * wants the names schema-qualified on PostgreSQL (`public.mail_outbox`) and plain on SQLite and
+ * MySQL (which has no schemas inside a database), and
  * every Prisma command refuses `tables.external` without `experimental: { externalTables: true }`.
  *
  * @example
@@ -94,7 +96,9 @@ export function prismaConfigFor(provider: SchemaProvider, options: { readonly sc
   const naming =
     provider === "postgresql"
       ? `    // PostgreSQL: schema-qualified names (the schema is DATABASE_URL's ?schema=, default public).`
-      : `    // SQLite: plain table names.`;
+      : provider === "mysql"
+        ? `    // MySQL/MariaDB: plain table names (in the database of DATABASE_URL).`
+        : `    // SQLite: plain table names.`;
   return [
     `import { defineConfig, env } from "prisma/config";`,
     ``,
@@ -183,7 +187,7 @@ function upgradedSchema(text: string, models: string, missing: readonly string[]
  * @example
  * const r = await initSchema({ schemaPath: "prisma/schema.prisma" });
  * console.log(r.message + "\n" + r.nextSteps);
- * @throws OptionsError when the schema is missing, its provider is neither PostgreSQL nor SQLite, or `provider` contradicts it.
+ * @throws OptionsError when the schema is missing, its provider is not PostgreSQL, SQLite or MySQL, or `provider` contradicts it.
  */
 export async function initSchema(options: InitOptions): Promise<InitResult> {
   // First, as `mail-outbox init` always did: a malformed DATABASE_URL is reported before the schema is looked at.
@@ -191,8 +195,8 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
   if (typeof options?.schemaPath !== "string" || options.schemaPath.trim() === "") {
     throw new OptionsError("Expected `schemaPath` to name your Prisma schema, for example prisma/schema.prisma.");
   }
-  if (options.provider !== undefined && options.provider !== "postgresql" && options.provider !== "sqlite") {
-    throw new OptionsError(`Expected \`provider\` to be "postgresql" or "sqlite", got ${JSON.stringify(options.provider)}.`);
+  if (options.provider !== undefined && options.provider !== "postgresql" && options.provider !== "sqlite" && options.provider !== "mysql") {
+    throw new OptionsError(`Expected \`provider\` to be "postgresql", "sqlite" or "mysql", got ${JSON.stringify(options.provider)}.`);
   }
   const cwd = options.cwd ?? process.cwd();
   const target = path.resolve(cwd, options.schemaPath);
@@ -210,7 +214,7 @@ export async function initSchema(options: InitOptions): Promise<InitResult> {
   }
   const provider = options.provider ?? detected;
   if (provider === null) {
-    throw new OptionsError(`Cannot tell the database from ${target}: it has no datasource block with provider "postgresql" or "sqlite". Pass --provider postgresql or --provider sqlite.`);
+    throw new OptionsError(`Cannot tell the database from ${target}: it has no datasource block with provider "postgresql", "sqlite" or "mysql". Pass --provider postgresql, --provider sqlite or --provider mysql.`);
   }
 
   const relative = path.relative(cwd, target).split(path.sep).join("/");
@@ -300,7 +304,14 @@ function nextSteps(provider: SchemaProvider, prismaConfig: string): string {
       "     ). Without it the relay still finds mail by polling.",
     );
   }
-  const n = provider === "postgresql" ? 3 : 2;
+  if (provider === "mysql") {
+    lines.push(
+      "  2. MySQL/MariaDB: use the driver adapter @prisma/adapter-mariadb (for MySQL too). There is no LISTEN/NOTIFY:",
+      "     the relay polls, faster while there is mail. mail-outbox migrate takes a lock (GET_LOCK) so two init",
+      "     containers queue; MySQL commits each CREATE TABLE, so an interrupted migrate is finished by running it again.",
+    );
+  }
+  const n = provider === "sqlite" ? 2 : 3;
   lines.push(
     `  ${n}. npx prisma generate, then enqueue mail in your transactions with the mailOutbox() extension.`,
     `  ${n + 1}. Run the relay: DATABASE_URL=... MAIL_OUTBOX_TRANSPORT=smtp://127.0.0.1:25 exec node_modules/.bin/mail-outbox relay (not npx: it does not pass SIGTERM on)`,
@@ -325,7 +336,8 @@ function detectProvider(schema: string): SchemaProvider | null {
   if (provider === undefined) return null;
   if (provider === "postgresql" || provider === "postgres") return "postgresql";
   if (provider === "sqlite") return "sqlite";
-  throw new OptionsError(`The schema's datasource provider is ${JSON.stringify(provider)}; prisma-mail-outbox supports "postgresql" and "sqlite".`);
+  if (provider === "mysql") return "mysql";
+  throw new OptionsError(`The schema's datasource provider is ${JSON.stringify(provider)}; prisma-mail-outbox supports "postgresql", "sqlite" and "mysql" (MySQL and MariaDB).`);
 }
 
 async function prismaFiles(dir: string): Promise<string[]> {

@@ -77,7 +77,9 @@ export class Leases {
     if (now - this.lastRescue < Math.min(RESCUE_EVERY_MS, core.settings.leaseMs / 2)) return;
     this.lastRescue = now;
     try {
-      const rescued = await core.store!.rescue(core.settings.owner, core.settings.policy, 1000);
+      // Own rows not held here are orphans (a claim committed as its connection dropped, an
+      // outcome that could not be recorded): rescued like a dead relay's, also with one relay.
+      const rescued = await core.store!.rescue(core.settings.owner, core.settings.policy, 1000, [...this.ends.keys()]);
       core.outages.databaseUp();
       if (rescued.length > 0) {
         core.total.rescued += rescued.length;

@@ -47,6 +47,8 @@ type Step = "already" | "apply" | "baseline";
  * so the migration is recorded as a baseline if the tables already have the expected shape.
  */
 function plan(m: Migration, recorded: RecordedMigrations): "already" | "apply" | "check" {
+  // "started": MySQL, a migration interrupted halfway (see SchemaTransaction.recordStarted): resume it.
+  if (recorded.versions?.get(m.version) === "started") return "apply";
   if (recorded.versions?.has(m.version)) return "already";
   const firstKind = recorded.versions?.get("0001_init");
   const ownedByPrismaMigrate = firstKind === "baseline" || (firstKind === undefined && recorded.outboxExists);
@@ -69,9 +71,25 @@ function failed(version: string, where: string, cause: unknown): SchemaError {
   );
 }
 
+/** Where DDL is not transactional (MySQL), the statements before the failing one were kept. */
+function failedMidway(version: string, where: string, cause: unknown): SchemaError {
+  return new SchemaError(
+    `Migration ${version} failed on ${where}: ${(cause as Error)?.message ?? String(cause)}. This database commits each CREATE TABLE and ALTER TABLE on its own, so what the statements before the failing one created was kept, and the migration is recorded as started. Fix the cause and run migrate again: it continues where this run stopped, skipping what exists.`,
+    { cause },
+  );
+}
+
 function repairFailed(what: string, where: string, cause: unknown): SchemaError {
   return new SchemaError(
     `Recreating ${what} on ${where} failed and was rolled back (nothing of the repair was kept): ${(cause as Error)?.message ?? String(cause)}. Fix the cause (\`mail-outbox doctor\` lists what is wrong) and run migrate again.`,
+    { cause },
+  );
+}
+
+/** Where DDL is not transactional (MySQL), the repairs before the failing one were kept. */
+function repairFailedMidway(what: string, done: readonly string[], where: string, cause: unknown): SchemaError {
+  return new SchemaError(
+    `Recreating ${what} on ${where} failed: ${(cause as Error)?.message ?? String(cause)}. ${done.length > 0 ? `What was recreated before it was kept (${done.join(", ")}): this database commits each CREATE and ALTER on its own. ` : ""}Fix the cause (\`mail-outbox doctor\` lists what is wrong) and run migrate again.`,
     { cause },
   );
 }
@@ -102,6 +120,12 @@ function repairableMigrations(migrations: readonly Migration[], recorded: Record
  * processes (two init containers, two relays) can migrate at once: one waits, then finds the
  * work done. On SQLite each transaction is `BEGIN IMMEDIATE`, with the same effect.
  *
+ * **MySQL and MariaDB** commit each CREATE TABLE and ALTER TABLE on its own, so a migration
+ * cannot be rolled back: each step holds a named lock (`GET_LOCK`) for the database instead of a
+ * transaction, and a migration is recorded as `started` before its first statement. One that
+ * fails or is interrupted halfway keeps what it created; the next migrate resumes it, skipping
+ * the tables, indexes, foreign keys and columns that exist, and records it as applied.
+ *
  * **Tables created by Prisma Migrate.** If `mail_outbox` exists but `0001_init` was never
  * recorded (you copied the models from `prisma/<provider>/outbox.prisma` into your schema and
  * ran `prisma migrate`), migrate does not touch the tables: when their columns, types and
@@ -118,7 +142,8 @@ function repairableMigrations(migrations: readonly Migration[], recorded: Record
  *
  * @returns the versions run (`applied`), found recorded (`alreadyApplied`), recorded without
  *   running (`baselined`), and the lost objects recreated (`repaired`).
- * @throws SchemaError when a migration or a repair fails (it is rolled back), or when tables made
+ * @throws SchemaError when a migration or a repair fails (it is rolled back; on MySQL what ran
+ *   before the failing statement is kept and the next migrate resumes), or when tables made
  *   by Prisma Migrate do not have the expected columns.
  * @example
  * const db = await openDatabase(process.env.DATABASE_URL);
@@ -177,10 +202,11 @@ export async function migrate(db: Store, options: MigrateOptions = {}): Promise<
       const step = decide(m, await tx.read());
       if (step === "already") return step;
       if (step === "apply") {
+        await tx.recordStarted?.(m.version);
         try {
           await tx.exec(m.sql);
         } catch (err) {
-          throw failed(m.version, where, err);
+          throw tx.recordStarted ? failedMidway(m.version, where, err) : failed(m.version, where, err);
         }
         const broken = await tx.danglingForeignKeys();
         if (broken > 0) throw failed(m.version, where, new Error(`it leaves ${broken} rows whose foreign key points nowhere`));
@@ -198,7 +224,7 @@ export async function migrate(db: Store, options: MigrateOptions = {}): Promise<
       try {
         await tx.exec(x.sql);
       } catch (err) {
-        throw repairFailed(x.what, where, err);
+        throw tx.recordStarted ? repairFailedMidway(x.what, steps.slice(0, steps.indexOf(x)).map((y) => y.what), where, err) : repairFailed(x.what, where, err);
       }
     }
     const broken = steps.length > 0 ? await tx.danglingForeignKeys() : 0;

@@ -43,7 +43,7 @@ export interface Migration {
 const MIGRATIONS_DIR = new URL("../migrations/", import.meta.url);
 
 /**
- * The shipped migrations for a database (its Prisma provider: "postgresql", "sqlite"), in order. They are found relative to this module
+ * The shipped migrations for a database (its Prisma provider: "postgresql", "sqlite", "mysql"), in order. They are found relative to this module
  * (`../migrations/`), which holds from `src/` under tsx and from `dist/` in the published package.
  */
 export async function loadMigrations(provider: string): Promise<Migration[]> {
@@ -75,14 +75,18 @@ export interface Catalog {
   readonly columns: Map<string, string>;
   /** "table.column" -> the migration that adds it to its table (`ALTER TABLE ... ADD COLUMN`); absent for columns created with their table. */
   readonly addedColumns: Map<string, string>;
-  readonly indexes: Map<string, { sql: string; version: string }>;
-  /** constraint name -> ALTER TABLE ... ADD CONSTRAINT ... FOREIGN KEY (PostgreSQL) */
+  /** index -> its CREATE INDEX; `withTable`: also created by its table's CREATE TABLE (MySQL). */
+  readonly indexes: Map<string, { sql: string; version: string; withTable?: boolean }>;
+  /** constraint name -> ALTER TABLE ... ADD CONSTRAINT ... FOREIGN KEY (PostgreSQL, MySQL) */
   readonly foreignKeys: Map<string, { sql: string; version: string }>;
   /** Idempotent migrations with the triggers and functions they create. */
   readonly idempotent: { readonly migration: Migration; readonly triggers: { name: string; table: string }[]; readonly functions: string[] }[];
+  /** The migrations are MySQL's (backquoted names, indexes inside CREATE TABLE). */
+  readonly mysql: boolean;
 }
 
-function statements(sql: string): string[] {
+/** A migration's statements, comment lines left out (each ends in `;` at the end of a line). */
+export function statements(sql: string): string[] {
   return sql
     .split("\n")
     .filter((line) => !line.trimStart().startsWith("--"))
@@ -93,7 +97,8 @@ function statements(sql: string): string[] {
 }
 
 export function catalog(migrations: readonly Migration[]): Catalog {
-  const c: Catalog = { tables: new Map(), columns: new Map(), addedColumns: new Map(), indexes: new Map(), foreignKeys: new Map(), idempotent: [] };
+  const mysql = migrations.some((m) => /^CREATE TABLE `/m.test(m.sql));
+  const c: Catalog = { tables: new Map(), columns: new Map(), addedColumns: new Map(), indexes: new Map(), foreignKeys: new Map(), idempotent: [], mysql };
   for (const m of migrations) {
     if (m.applyOnBaseline) {
       const triggers = [...m.sql.matchAll(/CREATE\s+TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?"?(\w+)"?[\s\S]*?\sON\s+"?(\w+)"?/gi)].map((x) => ({ name: x[1]!, table: x[2]! }));
@@ -103,7 +108,9 @@ export function catalog(migrations: readonly Migration[]): Catalog {
     }
     for (const stmt of statements(m.sql)) {
       let x: RegExpExecArray | null;
-      if ((x = /^CREATE TABLE "(\w+)" \(([\s\S]*)\)$/.exec(stmt))) {
+      if (mysql) {
+        mysqlStatement(c, stmt, m.version);
+      } else if ((x = /^CREATE TABLE "(\w+)" \(([\s\S]*)\)$/.exec(stmt))) {
         const table = x[1]!;
         c.tables.set(table, { sql: stmt, version: m.version });
         for (const line of x[2]!.split("\n")) {
@@ -121,6 +128,32 @@ export function catalog(migrations: readonly Migration[]): Catalog {
     }
   }
   return c;
+}
+
+/**
+ * One statement of a MySQL migration, in the form Prisma prints for MySQL: unique keys and indexes
+ * are lines of their CREATE TABLE (recorded here as the CREATE INDEX that recreates one alone),
+ * foreign keys are `ALTER TABLE ... ADD CONSTRAINT` after the tables.
+ */
+function mysqlStatement(c: Catalog, stmt: string, version: string): void {
+  let x: RegExpExecArray | null;
+  if ((x = /^CREATE TABLE `(\w+)` \(([\s\S]*)\)[^)]*$/.exec(stmt))) {
+    const table = x[1]!;
+    c.tables.set(table, { sql: stmt, version });
+    for (const line of x[2]!.split("\n")) {
+      const col = /^\s*`(\w+)`\s+(.+?),?\s*$/.exec(line);
+      if (col) c.columns.set(`${table}.${col[1]}`, `\`${col[1]}\` ${col[2]}`);
+      const index = /^\s*(UNIQUE )?INDEX `(\w+)`\s*(\(.*\)),?\s*$/.exec(line);
+      if (index) c.indexes.set(index[2]!, { sql: `CREATE ${index[1] ?? ""}INDEX \`${index[2]}\` ON \`${table}\`${index[3]}`, version, withTable: true });
+    }
+  } else if ((x = /^ALTER TABLE `(\w+)` ADD COLUMN\s+(`(\w+)` .+)$/s.exec(stmt))) {
+    c.columns.set(`${x[1]}.${x[3]}`, x[2]!);
+    c.addedColumns.set(`${x[1]}.${x[3]}`, version);
+  } else if ((x = /^CREATE (?:UNIQUE )?INDEX `(\w+)`/.exec(stmt))) {
+    c.indexes.set(x[1]!, { sql: stmt, version });
+  } else if ((x = /^ALTER TABLE `\w+` ADD CONSTRAINT `(\w+)` FOREIGN KEY/.exec(stmt))) {
+    c.foreignKeys.set(x[1]!, { sql: stmt, version });
+  }
 }
 
 /**

@@ -27,6 +27,13 @@ const DB_BACKOFF_START_MS = 250;
 const BUSY_BACKOFF_CAP_MS = 500;
 /** `runOnce()` gives up after this many database failures in a row (about 8 s). */
 const ONCE_GIVE_UP_AFTER = 5;
+/**
+ * Adaptive polling (stores without wake-ups whose empty claim is cheap: `adaptivePolling`): the
+ * wait after a claim that found mail. It doubles with each wait that passes without a wake-up,
+ * up to `pollIntervalMs`, so mail arriving in a burst is claimed within this, and an idle relay
+ * looks once per `pollIntervalMs`.
+ */
+const QUICK_POLL_MS = 10;
 /** The pauses and rates are read at most this often (and at least once per poll interval). */
 const OPS_READ_MAX_MS = 1000;
 const NO_OPS: RelayOpsView = { pausedBy: null, honoured: [], excludeSenderDomains: [], buckets: [] };
@@ -38,6 +45,8 @@ export class ClaimLoop {
   readonly active = new Map<string, Promise<void>>();
   private wake: (() => void) | null = null;
   private wakePending = false;
+  /** Adaptive polling: the next wait between claims (see QUICK_POLL_MS). */
+  private pollWaitMs = QUICK_POLL_MS;
   private transporter: Transporter | null = null;
   private sendRaw: RawSend | null = null;
   /** `performance.now()` at the loop's last turn (0: never turned): the relay's liveness. */
@@ -68,21 +77,39 @@ export class ClaimLoop {
     }
   }
 
-  private waitForKick(ms: number): Promise<void> {
+  /** Wait `ms` or until kicked; whether it was kicked. */
+  private waitForKick(ms: number): Promise<boolean> {
     if (this.wakePending) {
       this.wakePending = false;
-      return Promise.resolve();
+      return Promise.resolve(true);
     }
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.wake = null;
-        resolve();
+        resolve(false);
       }, ms);
       this.wake = () => {
         clearTimeout(timer);
-        resolve();
+        resolve(true);
       };
     });
+  }
+
+  /**
+   * The wait between claims when nothing is known to be due. With `adaptivePolling` (MySQL: no
+   * wake-ups): QUICK_POLL_MS after a claim that found mail, doubled after each wait nobody cut
+   * short, up to `pollIntervalMs`. Otherwise `pollIntervalMs` (wake-ups come by NOTIFY, or SQLite
+   * polls at its pace).
+   */
+  private async waitForPoll(claimed: number): Promise<void> {
+    const { settings, store } = this.core;
+    if (!store?.adaptivePolling) {
+      await this.waitForKick(settings.pollIntervalMs);
+      return;
+    }
+    if (claimed > 0) this.pollWaitMs = Math.min(QUICK_POLL_MS, settings.pollIntervalMs);
+    const kicked = await this.waitForKick(this.pollWaitMs);
+    if (!kicked) this.pollWaitMs = Math.min(this.pollWaitMs * 2, settings.pollIntervalMs);
   }
 
   /** Settles when every hand-off in flight has. */
@@ -220,7 +247,8 @@ export class ClaimLoop {
         continue;
       }
       if (claimed > 0 && claimed === limit) continue; // more may be due
-      await this.waitForKick(kind === "once" ? 50 : settings.pollIntervalMs);
+      if (kind === "once") await this.waitForKick(50);
+      else await this.waitForPoll(claimed);
     }
   }
 

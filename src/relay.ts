@@ -79,7 +79,16 @@ export interface RelayOptions {
   readonly batchSize?: number;
   /** How long a claim holds a row before another relay may take it over; renewed every third of it. @default 30_000 */
   readonly leaseMs?: number;
-  /** How often to look for due mail when nothing wakes the relay. @default 1000 */
+  /**
+   * How often to look for due mail when nothing wakes the relay. On MySQL/MariaDB, which have no
+   * wake-ups (no LISTEN/NOTIFY), the relay polls adaptively and this is the longest wait: 10 ms
+   * after a claim that found mail, doubling while none is due (10, 20, 40 ... this), so mail
+   * that keeps coming waits at most that little, and an idle relay looks once per this interval
+   * with one indexed read. A full batch is claimed again at once, and a freed hand-off slot
+   * claims at once, on every database. Lower it for a shorter wait of the first mail after a
+   * quiet spell (it waits up to this long), at the cost of more reads.
+   * @default 1000
+   */
   readonly pollIntervalMs?: number;
   /** Upper bound on one hand-off, a backstop behind the transport's own timeouts. @default 120_000 */
   readonly handoffTimeoutMs?: number;

@@ -141,7 +141,17 @@ const INDEXES: Readonly<Record<string, { readonly table: string; readonly unique
 
 /** The table a foreign key of the catalog belongs to (`ALTER TABLE "t" ADD CONSTRAINT ...`). */
 function foreignKeyTable(sql: string): string | undefined {
-  return /^ALTER TABLE "(\w+)"/.exec(sql)?.[1];
+  return /^ALTER TABLE ["`](\w+)["`]/.exec(sql)?.[1];
+}
+
+/** A table or column name quoted as the catalog's migrations quote it (MySQL: backquotes). */
+function quoted(cat: Catalog, name: string): string {
+  return cat.mysql ? `\`${name}\`` : `"${name}"`;
+}
+
+/** The statement that drops a foreign key (MySQL drops one by `DROP FOREIGN KEY`). */
+function dropForeignKey(cat: Catalog, table: string, fk: string): string {
+  return `ALTER TABLE ${quoted(cat, table)} DROP ${cat.mysql ? "FOREIGN KEY" : "CONSTRAINT"} ${quoted(cat, fk)}`;
 }
 
 /** The columns (name, type as the store's database names it, nullable) that a migrated database has. */
@@ -182,7 +192,8 @@ export const MIGRATE = "run `mail-outbox migrate`";
 
 export function ownerOf(recorded: RecordedMigrations): ProblemContext["owner"] {
   const first = recorded.versions?.get("0001_init");
-  if (first === "applied") return "migrate";
+  // "started": MySQL, mail-outbox migrate was interrupted in 0001_init and resumes it.
+  if (first === "applied" || first === "started") return "migrate";
   if (first === "baseline" || recorded.outboxExists) return "prisma";
   return "fresh";
 }
@@ -230,8 +241,8 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
           fix: repairable
             ? MIGRATE
             : prisma && addableColumn(definition)
-              ? prismaFix(provider, `ALTER TABLE "${table}" ADD COLUMN ${definition}`)
-              : `add it by hand, giving existing rows a value: ALTER TABLE "${table}" ADD COLUMN ${definition ?? `"${column}" ${type}`} DEFAULT <value>, then drop the default (see ${models}); or, if the outbox holds nothing you need, drop its tables (${[...OUTBOX_TABLE_NAMES].reverse().join(", ")}) and ${MIGRATE}`,
+              ? prismaFix(provider, `ALTER TABLE ${quoted(cat, table)} ADD COLUMN ${definition}`)
+              : `add it by hand, giving existing rows a value: ALTER TABLE ${quoted(cat, table)} ADD COLUMN ${definition ?? `${quoted(cat, column)} ${type}`} DEFAULT <value>, then drop the default (see ${models}); or, if the outbox holds nothing you need, drop its tables (${[...OUTBOX_TABLE_NAMES].reverse().join(", ")}) and ${MIGRATE}`,
           repairable,
           blocksRelay,
         });
@@ -252,7 +263,7 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
           kind: "column",
           table,
           message: `column ${table}.${column} is NOT NULL but the outbox writes NULL into it`,
-          fix: ctx.store.dropNotNullFix(table, column, models),
+          fix: ctx.store.dropNotNullFix(table, column, models, cat.columns.get(`${table}.${column}`)),
           repairable: false,
           blocksRelay,
         });
@@ -290,7 +301,7 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
         : prisma && fk !== undefined && !live.constraints.has(fk)
           ? prismaFix(provider, cat.foreignKeys.get(fk)?.sql)
           : fk !== undefined
-          ? `drop the constraint ${fk} (ALTER TABLE "mail_outbox_attempt" DROP CONSTRAINT "${fk}"), then ${MIGRATE}`
+          ? `drop the constraint ${fk} (${dropForeignKey(cat, "mail_outbox_attempt", fk)}), then ${MIGRATE}`
           : `recreate mail_outbox_attempt as ${models} describes it (SQLite adds a foreign key only with the table)`,
       repairable,
       blocksRelay: false,
@@ -311,7 +322,7 @@ export function shapeProblems(ctx: ProblemContext, live: LiveShape): SchemaProbl
         : prisma && fk !== undefined && !live.constraints.has(fk)
           ? prismaFix(provider, cat.foreignKeys.get(fk)?.sql)
           : fk !== undefined
-            ? `drop the constraint ${fk} (ALTER TABLE "${table}" DROP CONSTRAINT "${fk}"), then ${MIGRATE}`
+            ? `drop the constraint ${fk} (${dropForeignKey(cat, table, fk)}), then ${MIGRATE}`
             : `recreate ${table} as ${models} describes it (SQLite adds a foreign key only with the table)`,
       repairable,
       blocksRelay: false,
@@ -360,11 +371,13 @@ export function repairPlan(cat: Catalog, live: LiveShape): { what: string; sql: 
       const key = `${table}.${column}`;
       const definition = cat.columns.get(key);
       const missing = recreated ? cat.addedColumns.has(key) : !have.has(column);
-      if (missing && addableColumn(definition)) plan.push({ what: `column ${table}.${column}`, sql: `ALTER TABLE "${table}" ADD COLUMN ${definition}` });
+      if (missing && addableColumn(definition)) plan.push({ what: `column ${table}.${column}`, sql: `ALTER TABLE ${quoted(cat, table)} ADD COLUMN ${definition}` });
     }
   }
   for (const [name, { table }] of Object.entries(INDEXES)) {
     const create = cat.indexes.get(name);
+    // A table recreated above has the indexes its CREATE TABLE declares (MySQL).
+    if (create?.withTable && !live.tables.has(table)) continue;
     if (tables.has(table) && !live.indexes.has(name) && create) plan.push({ what: `index ${name} (${create.version})`, sql: create.sql });
   }
   // A table created above gets its foreign key here (PostgreSQL) or with the table (SQLite).
@@ -419,7 +432,7 @@ export async function checkSchema(db: Store): Promise<string[]> {
 /** Migrations missing from a database that mail-outbox migrate manages. */
 function pending(migrations: readonly Migration[], recorded: RecordedMigrations): SchemaProblem[] {
   if (recorded.versions === null || recorded.versions.size === 0) return [];
-  const missing = migrations.filter((m) => !recorded.versions!.has(m.version)).map((m) => m.version);
+  const missing = migrations.filter((m) => !recorded.versions!.has(m.version) || recorded.versions!.get(m.version) === "started").map((m) => m.version);
   return missing.length === 0
     ? []
     : [{ kind: "migration", table: MIGRATIONS_TABLE, message: `migrations ${missing.join(", ")} have not been applied`, fix: MIGRATE, repairable: true, blocksRelay: false }];

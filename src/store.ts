@@ -113,10 +113,10 @@ export type LeaseExpiryPolicy = "resend" | "hold" | "verify";
 
 /**
  * What a database error means, by the driver's code: "unavailable" (connection lost, server down
- * or starting: try again later), "busy" (SQLite's SQLITE_BUSY/SQLITE_LOCKED: another connection
- * holds the lock; try again soon, it passes quickly), "refused" (the server answered but will not let us
- * in: wrong password, no such database), "schema" (an outbox table or column is missing),
- * "conflict" (a unique key is taken), or "other".
+ * or starting: try again later), "busy" (SQLite's SQLITE_BUSY/SQLITE_LOCKED, MySQL's lock wait
+ * timeout and deadlock: another connection holds the lock; try again soon, it passes quickly),
+ * "refused" (the server answered but will not let us in: wrong password, no such database),
+ * "schema" (an outbox table or column is missing), "conflict" (a unique key is taken), or "other".
  */
 export type DatabaseErrorKind = "unavailable" | "busy" | "refused" | "schema" | "conflict" | "other";
 
@@ -146,10 +146,13 @@ export interface RelayStore {
   /**
    * Move up to `limit` rows whose lease expired (their relay died) to pending (policy "resend")
    * or held ("hold"), or to dead when their attempts are used up, marked as an uncertain
-   * hand-off. Never the rows of `self`: a relay that was only slow (a long GC pause, a blocked
-   * event loop) still holds its hand-offs and renews or records them itself.
+   * hand-off. Never the rows of `self` that it still `held`: a relay that was only slow (a long GC
+   * pause, a blocked event loop) still holds its hand-offs and renews or records them itself. Its
+   * rows it does not hold are orphans (a claim whose COMMIT went through while its connection
+   * dropped, an outcome it could not record) and are rescued like any other's; without `held`,
+   * none of `self`'s rows are.
    */
-  rescue(self: string, policy: LeaseExpiryPolicy, limit: number): Promise<RescuedMail[]>;
+  rescue(self: string, policy: LeaseExpiryPolicy, limit: number, held?: readonly string[]): Promise<RescuedMail[]>;
   /**
    * Wake-ups at commit of new mail: PostgreSQL LISTEN on a dedicated connection the store opens
    * (notifications for other schemas' outboxes ignored). Resolves once listening (check for
@@ -158,6 +161,13 @@ export interface RelayStore {
    * Resolves to null where the database has no notifications (SQLite): poll.
    */
   listen(onWake: () => void, onLost: (err: unknown) => void): Promise<Listener | null>;
+  /**
+   * Where `listen` gives no wake-ups: true when a claim that finds nothing is a cheap read on a
+   * server (MySQL/MariaDB), so the relay polls adaptively: again soon after finding mail, the
+   * wait doubling up to `pollIntervalMs` while none is due. Absent or false: the relay polls
+   * every `pollIntervalMs` (SQLite, whose every claim takes the database's one write lock).
+   */
+  readonly adaptivePolling?: boolean;
   /** Problems with the outbox tables, as `inspectSchema` (migrate.ts) reports them. */
   inspectSchema(): Promise<SchemaProblem[]>;
   /** What a database error means (see {@link DatabaseErrorKind}); use this instead of looking at codes. */
@@ -528,7 +538,7 @@ export interface LiveShape {
 
 /** What `mail_outbox_migrations` records. */
 export interface RecordedMigrations {
-  /** version -> kind ("applied" | "baseline"); null when the migrations table does not exist. */
+  /** version -> kind ("applied" | "baseline", or "started" on MySQL: see `recordStarted`); null when the migrations table does not exist. */
   readonly versions: ReadonlyMap<string, string> | null;
   readonly outboxExists: boolean;
 }
@@ -545,12 +555,19 @@ export interface SchemaTransaction {
   exec(sql: string): Promise<void>;
   ensureMigrationsTable(): Promise<void>;
   record(version: string, kind: "applied" | "baseline"): Promise<void>;
+  /**
+   * Only where DDL is not transactional (MySQL commits each CREATE TABLE): record `version` as
+   * "started" before its statements run, so a migration interrupted halfway is resumed by the
+   * next migrate (its `exec` skips what exists) instead of being taken for Prisma Migrate's
+   * tables; `record` then marks it applied. Absent: a failed step is rolled back as a whole.
+   */
+  recordStarted?(version: string): Promise<void>;
   /** Rows whose foreign key points nowhere (0 where the database enforces keys at once). */
   danglingForeignKeys(): Promise<number>;
 }
 
 export interface SchemaStore {
-  /** The Prisma provider ("postgresql", "sqlite"): names `migrations/<provider>/` and `prisma/<provider>/outbox.prisma`. */
+  /** The Prisma provider ("postgresql", "sqlite", "mysql"): names `migrations/<provider>/` and `prisma/<provider>/outbox.prisma`. */
   readonly provider: string;
   /** How this database names each kind of column (as its catalog reports them). */
   readonly columnTypes: Readonly<Record<ColumnKind, string>>;
@@ -559,11 +576,16 @@ export interface SchemaStore {
   /**
    * Run `fn` in one transaction that other migrating processes wait for (PostgreSQL: an advisory
    * lock per schema, the schema created if needed; SQLite: BEGIN IMMEDIATE, foreign keys off).
-   * Rolled back when `fn` throws.
+   * Rolled back when `fn` throws. MySQL: a named lock (GET_LOCK) per database and no transaction,
+   * since each DDL statement commits on its own (see `SchemaTransaction.recordStarted`).
    */
   schemaTransaction<T>(fn: (tx: SchemaTransaction) => Promise<T>): Promise<T>;
-  /** How to drop NOT NULL from a column by hand, for `doctor`'s fix. */
-  dropNotNullFix(table: string, column: string, models: string): string;
+  /**
+   * How to drop NOT NULL from a column by hand, for `doctor`'s fix. `definition`: the column as
+   * the shipped migrations define it (`` `lease_owner` VARCHAR(255) NULL ``), for databases whose
+   * statement restates the type (MySQL's MODIFY).
+   */
+  dropNotNullFix(table: string, column: string, models: string, definition?: string): string;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import { cancelMails, getStatus, listMails, mailFates, parseMailRef, purgeMails,
 import type { DeliveryEventInput } from "../src/store.js";
 import { NotFoundError, OptionsError, UnsafeOperationError } from "../src/errors.js";
 import { parseDuration } from "../src/duration.js";
-import { needPostgres } from "./support/services.js";
-import { freshPostgres, freshSqlite } from "./support/db.js";
+import { needMysql, needPostgres } from "./support/services.js";
+import { freshMysql, freshPostgres, freshSqlite, insertRow, sqliteOf } from "./support/db.js";
 
 // ---- fixtures -----------------------------------------------------------------------------
 
@@ -34,11 +34,12 @@ async function open(fx: { url: string; cleanup(): Promise<void> }): Promise<Fixt
   };
 }
 
-type Dialect = "sqlite" | "postgresql";
+type Dialect = "sqlite" | "postgresql" | "mysql";
 
 async function fixture(t: TestContext, dialect: Dialect): Promise<Fixture | null> {
   if (dialect === "postgresql" && !(await needPostgres(t))) return null;
-  const fx = await open(dialect === "sqlite" ? await freshSqlite() : await freshPostgres());
+  if (dialect === "mysql" && !(await needMysql(t))) return null;
+  const fx = await open(dialect === "sqlite" ? await freshSqlite() : dialect === "mysql" ? await freshMysql() : await freshPostgres());
   t.after(() => fx.cleanup());
   return fx;
 }
@@ -104,6 +105,10 @@ async function seed(db: Db, m: SeedMail = {}): Promise<{ id: string; messageId: 
     updated_at: m.updatedAt ?? createdAt,
     sent_at: m.sentAt ?? null,
   };
+  if (db.dialect === "mysql") {
+    await insertRow(db, "mail_outbox", v);
+    return { id, messageId };
+  }
   const cols = Object.keys(v);
   if (db.dialect === "postgresql") {
     const jsonCols = new Set(["envelope_to", "metadata", "accepted", "rejected"]);
@@ -113,7 +118,7 @@ async function seed(db: Db, m: SeedMail = {}): Promise<{ id: string; messageId: 
     );
   } else {
     const vals = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? toSqliteTime(x) : x]));
-    db.db.prepare(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
+    sqliteOf(db).db.prepare(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
   }
   return { id, messageId };
 }
@@ -137,28 +142,31 @@ async function seedAttempt(
     error: a.error ?? null,
     queue_id: a.queueId ?? null,
   };
+  if (db.dialect === "mysql") return insertRow(db, "mail_outbox_attempt", v);
   const cols = Object.keys(v);
   if (db.dialect === "postgresql") {
     await db.pool.query(`INSERT INTO mail_outbox_attempt (${cols.join(", ")}) VALUES (${cols.map((_, i) => `$${i + 1}`).join(", ")})`, Object.values(v));
   } else {
     const vals = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? toSqliteTime(x) : x]));
-    db.db.prepare(`INSERT INTO mail_outbox_attempt (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
+    sqliteOf(db).db.prepare(`INSERT INTO mail_outbox_attempt (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
   }
 }
 
 /** Everything in both tables, for "nothing changed" comparisons. */
 async function dump(db: Db): Promise<string> {
+  if (db.dialect === "mysql") return JSON.stringify([await db.pool.query("SELECT * FROM mail_outbox ORDER BY id"), await db.pool.query("SELECT * FROM mail_outbox_attempt ORDER BY id")]);
   if (db.dialect === "postgresql") {
     const a = await db.pool.query("SELECT * FROM mail_outbox ORDER BY id");
     const b = await db.pool.query("SELECT * FROM mail_outbox_attempt ORDER BY id");
     return JSON.stringify([a.rows, b.rows]);
   }
-  return JSON.stringify([db.db.prepare("SELECT * FROM mail_outbox ORDER BY id").all(), db.db.prepare("SELECT * FROM mail_outbox_attempt ORDER BY id").all()]);
+  return JSON.stringify([sqliteOf(db).db.prepare("SELECT * FROM mail_outbox ORDER BY id").all(), sqliteOf(db).db.prepare("SELECT * FROM mail_outbox_attempt ORDER BY id").all()]);
 }
 
 async function rowCount(db: Db, table: "mail_outbox" | "mail_outbox_attempt"): Promise<number> {
+  if (db.dialect === "mysql") return Number(((await db.pool.query(`SELECT count(*) AS n FROM ${table}`)) as { n: number }[])[0]!.n);
   if (db.dialect === "postgresql") return Number((await db.pool.query(`SELECT count(*)::int AS n FROM ${table}`)).rows[0].n);
-  return (db.db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+  return (sqliteOf(db).db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
 }
 
 // ---- pure parsing -------------------------------------------------------------------------
@@ -176,7 +184,7 @@ describe("mail references typed by an operator", () => {
 
 // ---- against both databases ---------------------------------------------------------------
 
-for (const dialect of ["sqlite", "postgresql"] as const) {
+for (const dialect of ["sqlite", "postgresql", "mysql"] as const) {
   describe(`operator functions on ${dialect}`, () => {
     test("status counts every status (zeros included), uncertain rows, the oldest due mail, the next attempt and expired leases", async (t) => {
       const fx = await fixture(t, dialect);
@@ -490,7 +498,13 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       const fx = await fixture(t, dialect);
       if (!fx) return;
       const n = 2500;
-      if (fx.db.dialect === "postgresql") {
+      if (fx.db.dialect === "mysql") {
+        await fx.db.pool.batch(
+          `INSERT INTO mail_outbox (id, message_id, status, envelope_from, envelope_to, subject, raw, size, attempts, max_attempts, send_at, next_attempt_at, created_at, updated_at)
+           VALUES (?, ?, 'dead', 'a@example.test', '["b@example.test"]', 'bulk', x'00', 1, 5, 5, NOW(3), NOW(3), NOW(3), NOW(3))`,
+          Array.from({ length: n }, (_, i) => [newId(), `<bulk-${i}@example.test>`]),
+        );
+      } else if (fx.db.dialect === "postgresql") {
         await fx.db.pool.query(
           `INSERT INTO mail_outbox (id, message_id, status, envelope_from, envelope_to, raw, size, attempts, max_attempts, send_at, next_attempt_at, created_at, updated_at)
            SELECT gen_random_uuid(), '<bulk-' || g || '@example.test>', 'dead', 'a@example.test', '["b@example.test"]', '\\x00', 1, 5, 5, now(), now(), now(), now()
@@ -498,11 +512,11 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
           [n],
         );
       } else {
-        const ins = fx.db.db.prepare(
+        const ins = sqliteOf(fx.db).db.prepare(
           `INSERT INTO mail_outbox (id, message_id, status, envelope_from, envelope_to, raw, size, attempts, max_attempts, send_at, next_attempt_at, created_at, updated_at)
            VALUES (@id, @mid, 'dead', 'a@example.test', '["b@example.test"]', x'00', 1, 5, 5, @t, @t, @t, @t)`,
         );
-        fx.db.db.transaction(() => {
+        sqliteOf(fx.db).db.transaction(() => {
           for (let i = 0; i < n; i++) {
             const id = newId();
             ins.run({ id, mid: `<bulk-${i}@example.test>`, t: toSqliteTime(T0) });

@@ -1,16 +1,17 @@
 /**
  * The benchmark's quick variant (small counts), so `npm run bench` cannot rot: every contender
- * (our relay on PostgreSQL and SQLite, graphile-worker, pg-boss) must deliver every mail, once,
+ * (our relay on PostgreSQL, SQLite and MariaDB, graphile-worker, pg-boss) must deliver every mail, once,
  * in every phase. Speed is not checked here; BENCHMARKS.md holds a full run.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { needPostgres } from "./support/services.js";
+import { needMysql, needPostgres } from "./support/services.js";
 import { PHASES, QUICK, runBench } from "../bench/run.js";
 import { CONTENDERS } from "../bench/stores.js";
 
 test("every contender in the quick benchmark hands every mail to the sink exactly once", { timeout: 180_000 }, async (t) => {
   if (!(await needPostgres(t))) return;
+  if (!(await needMysql(t))) return;
   const lines: string[] = [];
   const r = await runBench({ counts: QUICK, phases: PHASES, sink: "smtp-server", contenders: CONTENDERS, profile: false, log: (l) => (lines.push(l), process.env.BENCH_TEST_VERBOSE ? console.error(l) : undefined) });
   assert.deepEqual(r.failures, [], lines.join("\n"));

@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { main } from "../src/cli.js";
 import { openDatabase, toSqliteTime, type Db, type SqliteDb } from "../src/db.js";
 import { newId } from "../src/ids.js";
-import { freshPostgres, freshSqlite } from "./support/db.js";
+import { freshPostgres, freshSqlite, sqliteOf } from "./support/db.js";
 import { needPostgres } from "./support/services.js";
 import { startTestSmtp } from "../testkit/smtp.js";
 
@@ -130,7 +130,7 @@ async function seed(db: Db, s: Seed = {}): Promise<{ id: string; messageId: stri
     );
   } else {
     const vals = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? toSqliteTime(x) : x]));
-    db.db.prepare(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
+    sqliteOf(db).db.prepare(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
   }
   return { id, messageId, raw };
 }
@@ -141,7 +141,7 @@ async function dump(db: Db): Promise<string> {
     const b = await db.pool.query("SELECT * FROM mail_outbox_attempt ORDER BY id");
     return JSON.stringify([a.rows, b.rows]);
   }
-  return JSON.stringify([db.db.prepare("SELECT * FROM mail_outbox ORDER BY id").all(), db.db.prepare("SELECT * FROM mail_outbox_attempt ORDER BY id").all()]);
+  return JSON.stringify([sqliteOf(db).db.prepare("SELECT * FROM mail_outbox ORDER BY id").all(), sqliteOf(db).db.prepare("SELECT * FROM mail_outbox_attempt ORDER BY id").all()]);
 }
 
 /** Every line of a log stream, parsed as JSON; fails on a line that is not JSON (plain text in a JSON log). */
@@ -573,9 +573,11 @@ describe("init", () => {
 
       const lite = path.join(dir, "lite.prisma");
       await writeFile(lite, `datasource db {\n  provider = "sqlite"\n}\n`);
-      const mysql = path.join(dir, "mysql.prisma");
-      await writeFile(mysql, `datasource db {\n  provider = "mysql"\n}\n`);
-      assert.equal((await cli(["init", "--schema", mysql])).code, 2);
+      const sqlserver = path.join(dir, "sqlserver.prisma");
+      await writeFile(sqlserver, `datasource db {\n  provider = "sqlserver"\n}\n`);
+      const unsupported = await cli(["init", "--schema", sqlserver]);
+      assert.equal(unsupported.code, 2);
+      assert.match(unsupported.stderr, /sqlserver/);
       assert.equal((await cli(["init", "--schema", path.join(dir, "missing.prisma")])).code, 2);
       const contradiction = await cli(["init", "--schema", lite, "--provider", "postgresql"]);
       assert.equal(contradiction.code, 2);

@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { createRelay, mailOutbox, openDatabase } from "../src/index.js";
-import { freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
+import { freshPostgres, freshSqlite, prismaClientFor, sqliteOf, pgOf } from "./support/db.js";
 import { startTestSmtp } from "../testkit/smtp.js";
 import { needPostgres } from "./support/services.js";
 
@@ -48,7 +48,7 @@ async function uncertainMessageIds(url: string): Promise<Set<string>> {
   const db = await openDatabase(url);
   try {
     const sql = "SELECT message_id FROM mail_outbox WHERE uncertain_handoffs > 0";
-    const list = db.dialect === "postgresql" ? (await db.pool.query(sql)).rows : db.db.prepare(sql).all();
+    const list = db.dialect === "postgresql" ? (await pgOf(db).pool.query(sql)).rows : sqliteOf(db).db.prepare(sql).all();
     return new Set((list as { message_id: string }[]).map((r) => r.message_id));
   } finally {
     await db.close();
@@ -59,7 +59,7 @@ async function statusCounts(url: string): Promise<Record<string, number>> {
   const db = await openDatabase(url);
   try {
     const sql = "SELECT status, count(*) AS n FROM mail_outbox GROUP BY status";
-    const list = db.dialect === "postgresql" ? (await db.pool.query(sql)).rows : db.db.prepare(sql).all();
+    const list = db.dialect === "postgresql" ? (await pgOf(db).pool.query(sql)).rows : sqliteOf(db).db.prepare(sql).all();
     return Object.fromEntries((list as { status: string; n: number | string }[]).map((r) => [r.status, Number(r.n)]));
   } finally {
     await db.close();

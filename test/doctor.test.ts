@@ -15,9 +15,9 @@ import { main } from "../src/cli.js";
 import { openDatabase } from "../src/db.js";
 import { doctor, findPostconf, type DoctorReport } from "../src/doctor.js";
 import { migrate } from "../src/migrate.js";
-import { dropSchema, freshSqlite, postgresUrl, prismaClientFor, uniqueSchemaName } from "./support/db.js";
+import { dropSchema, freshSqlite, mysqlAdmin, mysqlUrl, postgresUrl, prismaClientFor, uniqueSchemaName } from "./support/db.js";
 import { mailOutbox } from "../src/index.js";
-import { needPostfix, needPostgres, PG_ADMIN_URL, POSTFIX_SENDMAIL } from "./support/services.js";
+import { needMysql, needPostfix, needPostgres, PG_ADMIN_URL, POSTFIX_SENDMAIL } from "./support/services.js";
 
 async function cli(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
   const out: string[] = [];
@@ -129,6 +129,40 @@ describe("doctor and migrate on PostgreSQL: the notify trigger", () => {
       await listener.end();
       await db.close();
     }
+  });
+});
+
+describe("doctor and migrate on MariaDB", () => {
+  it("a dropped index is flagged by doctor and recreated by migrate; a missing NOT NULL column fails the check, blocks the relay and is left to the operator", async (t) => {
+    if (!(await needMysql(t))) return;
+    const database = uniqueSchemaName("doc");
+    await mysqlAdmin([`CREATE DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci`]);
+    t.after(() => mysqlAdmin([`DROP DATABASE IF EXISTS \`${database}\``]));
+    const env = { DATABASE_URL: mysqlUrl(database), MAIL_OUTBOX_TRANSPORT: "sendmail:/bin/true" };
+    const created = await cli(["migrate"], env);
+    assert.equal(created.code, 0, created.stderr);
+    assert.match(created.stdout, /^applied 0001_init/m);
+    const fine = await cli(["doctor", "--postconf", "/nonexistent/postconf"], env);
+    assert.equal(fine.code, 0, fine.stdout);
+    assert.match(fine.stdout, /^ok {4}database {3}reachable: mysql:\/\/.* \(mysql\)$/m);
+
+    await mysqlAdmin([`DROP INDEX mail_outbox_lease_idx ON \`${database}\`.mail_outbox`]);
+    const flagged = JSON.parse((await cli(["doctor", "--json", "--postconf", "/nonexistent/postconf"], env)).stdout) as DoctorReport;
+    assert.equal(byName(flagged, "schema")?.message, "index mail_outbox_lease_idx on mail_outbox is missing");
+    assert.equal(byName(flagged, "schema")?.fix, "run `mail-outbox migrate`");
+    const repaired = await cli(["migrate"], env);
+    assert.equal(repaired.code, 0, repaired.stderr);
+    assert.match(repaired.stdout, /^recreated index mail_outbox_lease_idx \(0001_init\)/m);
+    assert.equal((await cli(["doctor", "--postconf", "/nonexistent/postconf"], env)).code, 0);
+
+    await mysqlAdmin([`ALTER TABLE \`${database}\`.mail_outbox DROP COLUMN max_attempts`]);
+    const broken = JSON.parse((await cli(["doctor", "--json", "--postconf", "/nonexistent/postconf"], env)).stdout) as DoctorReport;
+    const schema = byName(broken, "schema");
+    assert.equal(broken.ok, false);
+    assert.equal(schema?.message, "column mail_outbox.max_attempts is missing (expected int NOT NULL)");
+    assert.deepEqual(schema?.problems?.map((p) => [p.repairable, p.blocksRelay]), [[false, true]]);
+    assert.match(schema?.fix ?? "", /^add it by hand, giving existing rows a value: ALTER TABLE `mail_outbox` ADD COLUMN `max_attempts` INTEGER NOT NULL DEFAULT <value>/);
+    assert.deepEqual(JSON.parse((await cli(["migrate", "--json"], env)).stdout).repaired, [], "migrate does not choose values for existing rows");
   });
 });
 

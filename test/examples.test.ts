@@ -13,8 +13,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { listMails, type MailRecord } from "../src/index.js";
-import { dropSchema, postgresUrl, uniqueSchemaName } from "./support/db.js";
-import { needPostfix, needPostgres } from "./support/services.js";
+import { dropSchema, mysqlAdmin, mysqlUrl, postgresUrl, uniqueSchemaName } from "./support/db.js";
+import { needMysql, needPostfix, needPostgres } from "./support/services.js";
 import { startTestSmtp } from "../testkit/smtp.js";
 import { waitForLog } from "./support/postfix.js";
 
@@ -197,5 +197,50 @@ test("the PostgreSQL sidecar example runs the relay as its own process, sends th
     assert.deepEqual(orders.rows.map((r) => r.customer), ["Ann Lee", "Bob Ortiz"]);
   } finally {
     await client.end();
+  }
+});
+
+test("the MariaDB example goes through the quick start: migrate, signups in transactions, the relay as its own process (polling), mail-outbox list", TIMEOUT, async (t) => {
+  if (!(await needMysql(t))) return;
+  // The example creates its database (CREATE DATABASE IF NOT EXISTS); the test drops it.
+  const database = uniqueSchemaName("example_signup");
+  const url = mysqlUrl(database);
+  t.after(() => mysqlAdmin([`DROP DATABASE IF EXISTS \`${database}\``]));
+  const run = await npmRun("example:mariadb", { DATABASE_URL: url });
+  assertExitedZero(run);
+
+  assert.match(run.stdout, new RegExp(`CREATE DATABASE IF NOT EXISTS \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci`));
+  assert.match(run.stdout, /\$ mail-outbox migrate\n\s+applied 0001_init/);
+  assert.match(run.stdout, /relay {2}\| \S+ INFO relay started/);
+  assert.match(run.stdout, /FAILED\s+Carol Diaz <carol@example\.com>\s+card declined: transaction rolled back, with its welcome mail <[^>]+>/);
+  assert.match(run.stdout, /again\s+Ann Lee <ann@example\.com>\s+user #1: welcome mail already in the outbox \(DuplicateIdempotencyKeyError, caught\); the transaction committed/);
+  assert.match(run.stdout, /all 3 sent/);
+  assert.match(run.stdout, /relay {2}\| stopped: claimed 3, sent 3/);
+  assert.match(run.stdout, /relay exited with code 0/);
+
+  const committed = [...run.stdout.matchAll(/welcome mail (<[^>]+>) committed/g)].map((m) => m[1]!);
+  assert.equal(committed.length, 3, run.stdout);
+  const rolledBack = [...run.stdout.matchAll(/rolled back, with its welcome mail (<[^>]+>)/g)].map((m) => m[1]!);
+  assert.equal(rolledBack.length, 1);
+  // The example's MTA took the three committed mails, once each.
+  const accepted = [...run.stdout.matchAll(/MTA {4}accepted (<[^>]+>)/g)].map((m) => m[1]!);
+  assert.deepEqual(sorted(accepted), sorted(committed));
+  // `mail-outbox list` printed them as sent.
+  const listed = run.stdout.slice(run.stdout.indexOf("$ mail-outbox list"));
+  assert.equal([...listed.matchAll(/^\s+[0-9a-f-]{36}\s+sent\s/gm)].length, 3, listed);
+
+  // The database agrees: three sent rows with the MTA's queue ids, nothing of the rolled-back signup, three users.
+  const rows = await listMails(url, { limit: 100 });
+  assert.deepEqual(sorted(rows.map((r) => r.messageId)), sorted(committed));
+  assert.ok(rows.every((r) => r.status === "sent" && r.mtaQueueId !== null));
+  assert.ok(!rows.some((r) => rolledBack.includes(r.messageId)));
+  const { default: mariadb } = await import("mariadb");
+  const u = new URL(url);
+  const conn = await mariadb.createConnection({ host: u.hostname, port: Number(u.port || 3306), user: decodeURIComponent(u.username), database });
+  try {
+    const users = (await conn.query("SELECT email FROM `User` ORDER BY id")) as { email: string }[];
+    assert.deepEqual(users.map((r) => r.email), ["ann@example.com", "bob@example.com", "dan@example.com"]);
+  } finally {
+    await conn.end();
   }
 });

@@ -24,7 +24,7 @@ import { EventEmitter } from "node:events";
 import { main } from "../src/cli/main.js";
 import { followLog, type FollowLogCounts, type FollowLogOptions } from "../src/fate/follow-log.js";
 import type { FateEvent } from "../src/fate/watch.js";
-import { freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
+import { freshPostgres, freshSqlite, prismaClientFor, sqliteOf } from "./support/db.js";
 import { startProxy, type Proxy } from "./support/tcp-proxy.js";
 import { PG_ADMIN_URL, POSTFIX_SENDMAIL, needPostfix, needPostgres } from "./support/services.js";
 import { POSTFIX_LOG } from "./support/postfix.js";
@@ -193,7 +193,7 @@ async function setup(t: TestContext, dialect: "sqlite" | "postgresql", options: 
         const r = await store.pool.query(`SELECT count(*)::int AS n FROM ${store.schema === "public" ? "" : `"${store.schema}".`}mail_outbox_delivery`);
         return (r.rows[0] as { n: number }).n;
       }
-      return (store.db.prepare("SELECT count(*) AS n FROM mail_outbox_delivery").get() as { n: number }).n;
+      return (sqliteOf(store).db.prepare("SELECT count(*) AS n FROM mail_outbox_delivery").get() as { n: number }).n;
     },
   };
 }

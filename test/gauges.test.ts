@@ -16,7 +16,7 @@ import { openDatabase, toSqliteTime, type Db } from "../src/db.js";
 import { newId } from "../src/ids.js";
 import { OptionsError } from "../src/errors.js";
 import { GAUGES_LOCK } from "../src/relay-ops.js";
-import { freshPostgres, freshSqlite } from "./support/db.js";
+import { freshPostgres, freshSqlite, sqliteOf } from "./support/db.js";
 import { startProxy } from "./support/tcp-proxy.js";
 import { PG_ADMIN_URL, needPostgres } from "./support/services.js";
 import { startTestSmtp } from "../testkit/smtp.js";
@@ -59,7 +59,7 @@ async function seed(db: Db, r: SeedRow): Promise<string> {
     await db.pool.query(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c, i) => `$${i + 1}${c === "envelope_to" ? "::jsonb" : ""}`).join(", ")})`, Object.values(v));
   } else {
     const vals = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? toSqliteTime(x) : x]));
-    db.db.prepare(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
+    sqliteOf(db).db.prepare(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
   }
   return id;
 }

@@ -23,7 +23,7 @@ import { EX_DATAERR, EX_NOPERM, EX_TEMPFAIL } from "../src/cli/ingest.js";
 import { main } from "../src/cli/main.js";
 import { createTransporter, rawSendMailOptions } from "../src/transport.js";
 import type { FateEvent } from "../src/fate/watch.js";
-import { freshPostgres, freshSqlite, openFixture } from "./support/db.js";
+import { freshPostgres, freshSqlite, openFixture, sqliteOf } from "./support/db.js";
 import { needPostfix, needPostgres, POSTFIX_SENDMAIL } from "./support/services.js";
 import { POSTFIX_LOG, TEST_MAILDIR } from "./support/postfix.js";
 
@@ -68,7 +68,7 @@ async function seedSent(db: Db, envelopeTo: string[], envelopeFrom = "outbox-tes
     await db.pool.query(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c, i) => `$${i + 1}${json.has(c) ? "::jsonb" : ""}`).join(", ")})`, Object.values(v));
   } else {
     const vals = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? toSqliteTime(x) : x]));
-    db.db.prepare(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
+    sqliteOf(db).db.prepare(`INSERT INTO mail_outbox (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
   }
   return { id, messageId, raw, envelopeFrom, envelopeTo };
 }

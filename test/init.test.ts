@@ -45,7 +45,7 @@ function prismaGenerate(dir: string): Promise<{ code: number; out: string }> {
 }
 
 /** A new application directory: node_modules (this repository's), and a schema with a User model. */
-async function app(t: { after(fn: () => Promise<void>): void }, provider: "postgresql" | "sqlite"): Promise<string> {
+async function app(t: { after(fn: () => Promise<void>): void }, provider: "postgresql" | "sqlite" | "mysql"): Promise<string> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "mail-outbox-app-"));
   t.after(() => rm(dir, { recursive: true, force: true }));
   await mkdir(path.join(dir, "prisma"));
@@ -175,6 +175,30 @@ describe("the prisma.config.ts for the mail-outbox migrate route", () => {
       assert.match(old.out, /requires `experimental\.externalTables`/);
     });
   }
+
+  test("`mail-outbox init` on a MySQL schema (provider \"mysql\", for MySQL and MariaDB) adds the MySQL models, prints plain table names, and the real `prisma generate` builds the client", async (t) => {
+    const dir = await app(t, "mysql");
+    const init = await run(process.execPath, ["--import", TSX, path.join(ROOT, "src/cli.ts"), "init"], dir, { DATABASE_URL: "mysql://app@127.0.0.1:3306/app" });
+    assert.equal(init.code, 0, init.out);
+    assert.match(init.out, /MySQL\/MariaDB: use the driver adapter @prisma\/adapter-mariadb/);
+    const text = await readFile(path.join(dir, "prisma", "schema.prisma"), "utf8");
+    const models = await readFile(path.join(ROOT, "prisma", "mysql", "outbox.prisma"), "utf8");
+    assert.ok(text.endsWith(models), "the models of prisma/mysql/outbox.prisma, as they are");
+    assert.match(text, /messageId\s+String\s+@unique @map\("message_id"\) @db\.VarChar\(512\)/);
+    const config = configIn(init.out);
+    assert.ok(config.includes(`external: [${OUTBOX_TABLES.map((n) => JSON.stringify(n)).join(", ")}]`), config);
+    await writeFile(path.join(dir, "prisma.config.ts"), config);
+    const generated = await prismaGenerate(dir);
+    assert.equal(generated.code, 0, generated.out);
+    assert.ok(existsSync(path.join(dir, "prisma", "generated", "models", "OutboxLock.ts")), "the client has the outbox models");
+
+    // --provider mysql where the schema has no datasource yet; a contradicting --provider is refused.
+    const bare = path.join(dir, "bare.prisma");
+    await writeFile(bare, "");
+    assert.equal((await initSchema({ schemaPath: bare, provider: "mysql" })).provider, "mysql");
+    assert.match(await readFile(bare, "utf8"), /@db\.LongBlob/);
+    await assert.rejects(initSchema({ schemaPath: path.join(dir, "prisma", "schema.prisma"), provider: "sqlite" }), /datasource says mysql, but provider sqlite was asked for/);
+  });
 
   test("the README's prisma.config.ts works with the real `prisma generate`", async (t) => {
     const readme = await readFile(path.join(ROOT, "README.md"), "utf8");

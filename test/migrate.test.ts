@@ -11,7 +11,7 @@ import type { Db } from "../src/db.js";
 import { SchemaError } from "../src/errors.js";
 import { checkSchema, inspectSchema, loadMigrations, migrate, MIGRATIONS_TABLE, type Migration } from "../src/migrate.js";
 import { needPostgres, PG_ADMIN_URL } from "./support/services.js";
-import { dropSchema, postgresUrl, uniqueSchemaName } from "./support/db.js";
+import { dropSchema, postgresUrl, uniqueSchemaName, pgOf } from "./support/db.js";
 
 /** The operations tables (pauses, rate limits, leases): required by the relay. */
 const OPS_TABLES = ["mail_outbox_pause", "mail_outbox_rate", "mail_outbox_lock"] as const;
@@ -40,18 +40,18 @@ async function open(t: TestContext, url: string): Promise<Db> {
 
 async function exec(db: Db, sql: string): Promise<void> {
   if (db.dialect === "sqlite") db.db.exec(sql);
-  else await db.pool.query(sql);
+  else await pgOf(db).pool.query(sql);
 }
 
 async function tableExists(db: Db, table: string): Promise<boolean> {
   if (db.dialect === "sqlite") return db.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(table) !== undefined;
-  const r = await db.pool.query(`SELECT to_regclass(format('%I.%I', $1::text, $2::text)) AS t`, [db.schema, table]);
+  const r = await pgOf(db).pool.query(`SELECT to_regclass(format('%I.%I', $1::text, $2::text)) AS t`, [pgOf(db).schema, table]);
   return r.rows[0].t !== null;
 }
 
 async function count(db: Db, sql: string): Promise<number> {
   if (db.dialect === "sqlite") return Number((db.db.prepare(sql).get() as { n: number }).n);
-  return Number((await db.pool.query(sql)).rows[0].n);
+  return Number((await pgOf(db).pool.query(sql)).rows[0].n);
 }
 
 /** The table migrations (not the idempotent ones Prisma's models cannot describe), as `prisma migrate dev` creates the tables from the copied models. */
@@ -65,7 +65,7 @@ async function insertMail(db: Db): Promise<void> {
   const values = [randomUUID(), `<${randomUUID()}@test>`, "a@example.com", JSON.stringify(["b@example.com"]), Buffer.from("raw"), 3, 5, now, now];
   const cols = "id, message_id, envelope_from, envelope_to, raw, size, max_attempts, send_at, next_attempt_at";
   if (db.dialect === "sqlite") db.db.prepare(`INSERT INTO mail_outbox (${cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(...values);
-  else await db.pool.query(`INSERT INTO mail_outbox (${cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, values);
+  else await pgOf(db).pool.query(`INSERT INTO mail_outbox (${cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, values);
 }
 
 /**

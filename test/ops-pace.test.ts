@@ -14,8 +14,8 @@ import { OptionsError } from "../src/errors.js";
 import { listPaces, removePace, setPace, transportKey } from "../src/ops.js";
 import { parseRate } from "../src/cli/ops.js";
 import { main } from "../src/cli/main.js";
-import { conformanceStores, freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
-import { needPostgres } from "./support/services.js";
+import { conformanceStores, freshMysql, freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
+import { needMysql, needPostgres } from "./support/services.js";
 import { startTestSmtp } from "../testkit/smtp.js";
 
 /** How long "nothing more was handed over" is watched: many poll intervals. */
@@ -78,11 +78,12 @@ it("mail-outbox pace set | ls | rm, as text and JSON; status lists the limit", a
   assert.equal((await cli(["pace", "ls"], env)).stdout, "no rate limits\n");
 });
 
-for (const dialect of ["sqlite", "postgresql"] as const) {
+for (const dialect of ["sqlite", "postgresql", "mysql"] as const) {
   describe(`a pace shared by two relays on ${dialect}`, () => {
     it("burst 5 that never refills: two relays together hand over exactly 5 mails, unused tokens are given back, the rest waits until the pace is removed", async (t: TestContext) => {
       if (dialect === "postgresql" && !(await needPostgres(t))) return;
-      const fx = dialect === "sqlite" ? await freshSqlite(t) : await freshPostgres(t);
+      if (dialect === "mysql" && !(await needMysql(t))) return;
+      const fx = dialect === "sqlite" ? await freshSqlite(t) : dialect === "postgresql" ? await freshPostgres(t) : await freshMysql(t);
       const smtp = await startTestSmtp();
       t.after(() => smtp.close());
       const prisma: any = (await prismaClientFor(fx.url, t)).$extends(mailOutbox({ defaultFrom: "app@example.com" }));

@@ -16,8 +16,8 @@ import { createRelay, mailOutbox, openDatabase } from "../src/index.js";
 import { OptionsError } from "../src/errors.js";
 import { listPauses, parseScope, pauseRelays, relayOpsView, resumeRelays, transportKey } from "../src/ops.js";
 import { main } from "../src/cli/main.js";
-import { conformanceStores, freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
-import { needPostgres } from "./support/services.js";
+import { conformanceStores, freshMysql, freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
+import { needMysql, needPostgres } from "./support/services.js";
 import { startTestSmtp, type TestSmtp } from "../testkit/smtp.js";
 
 const CLI = fileURLToPath(new URL("../src/cli.ts", import.meta.url));
@@ -187,11 +187,12 @@ async function statusCounts(url: string): Promise<Record<string, number>> {
 
 const fromDomain = (smtp: TestSmtp, domain: string) => smtp.messages.filter((m) => m.envelopeFrom.endsWith(`@${domain}`)).length;
 
-for (const dialect of ["sqlite", "postgresql"] as const) {
+for (const dialect of ["sqlite", "postgresql", "mysql"] as const) {
   describe(`pause and resume across two relay processes on ${dialect}`, () => {
     it("pause stops both relays within a poll interval while mail is due, /readyz names the pause, resume drains; a sender pause holds only its domain; a transport pause names the MTA", async (t: TestContext) => {
       if (dialect === "postgresql" && !(await needPostgres(t))) return;
-      const fx = dialect === "sqlite" ? await freshSqlite(t) : await freshPostgres(t);
+      if (dialect === "mysql" && !(await needMysql(t))) return;
+      const fx = dialect === "sqlite" ? await freshSqlite(t) : dialect === "postgresql" ? await freshPostgres(t) : await freshMysql(t);
       const smtp = await startTestSmtp();
       t.after(() => smtp.close());
       const prisma: any = (await prismaClientFor(fx.url, t)).$extends(mailOutbox({ defaultFrom: "app@fast.example" }));

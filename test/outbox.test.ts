@@ -5,7 +5,7 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mailOutbox, createRelay, InvalidMailError, DuplicateIdempotencyKeyError, openDatabase, type Relay } from "../src/index.js";
-import { freshSqlite, freshPostgres, prismaClientFor } from "./support/db.js";
+import { freshSqlite, freshPostgres, prismaClientFor, sqliteOf, pgOf } from "./support/db.js";
 import { startTestSmtp, type TestSmtp } from "../testkit/smtp.js";
 import { needPostgres } from "./support/services.js";
 import { expectEnqueued, expectNotEnqueued } from "../src/testing.js";
@@ -24,7 +24,7 @@ async function rows(url: string) {
     if (db.dialect === "postgresql") {
       return (await db.pool.query("SELECT id, message_id, status, attempts, mta_queue_id, mta_response, last_error FROM mail_outbox ORDER BY id")).rows as Row[];
     }
-    return db.db.prepare("SELECT id, message_id, status, attempts, mta_queue_id, mta_response, last_error FROM mail_outbox ORDER BY id").all() as Row[];
+    return sqliteOf(db).db.prepare("SELECT id, message_id, status, attempts, mta_queue_id, mta_response, last_error FROM mail_outbox ORDER BY id").all() as Row[];
   } finally {
     await db.close();
   }
@@ -35,7 +35,7 @@ async function userCount(url: string): Promise<number> {
   const db = await openDatabase(url);
   try {
     if (db.dialect === "postgresql") return Number((await db.pool.query(`SELECT count(*) AS n FROM "User"`)).rows[0].n);
-    return Number((db.db.prepare(`SELECT count(*) AS n FROM "User"`).get() as { n: number }).n);
+    return Number((sqliteOf(db).db.prepare(`SELECT count(*) AS n FROM "User"`).get() as { n: number }).n);
   } finally {
     await db.close();
   }
@@ -159,7 +159,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
         const db = await openDatabase(fx.url);
         try {
           const sql = "SELECT status, accepted, rejected, envelope_to FROM mail_outbox WHERE message_id = " + (db.dialect === "postgresql" ? "$1" : "?");
-          const row: any = db.dialect === "postgresql" ? (await db.pool.query(sql, [mail.messageId])).rows[0] : db.db.prepare(sql).get(mail.messageId);
+          const row: any = db.dialect === "postgresql" ? (await pgOf(db).pool.query(sql, [mail.messageId])).rows[0] : sqliteOf(db).db.prepare(sql).get(mail.messageId);
           const parse = (v: unknown) => (typeof v === "string" ? JSON.parse(v) : v);
           assert.equal(row.status, "sent");
           assert.deepEqual(parse(row.accepted), ["glad@example.com", "grey@example.com"]);

@@ -15,7 +15,7 @@ import path from "node:path";
 import { randomUUID } from "node:crypto";
 import { pino } from "pino";
 import { createRelay, mailOutbox, migrate, openDatabase, OptionsError, DatabaseUnavailableError, SchemaNotReadyError, replayMails } from "../src/index.js";
-import { freshSqlite, freshPostgres, prismaClientFor, postgresUrl, uniqueSchemaName, dropSchema } from "./support/db.js";
+import { freshSqlite, freshPostgres, prismaClientFor, postgresUrl, uniqueSchemaName, dropSchema, sqliteOf } from "./support/db.js";
 import { startTestSmtp } from "../testkit/smtp.js";
 import { needPostgres } from "./support/services.js";
 import { Registry } from "prom-client";
@@ -30,7 +30,7 @@ async function query<T>(url: string, sql: string): Promise<T[]> {
   const db = await openDatabase(url);
   try {
     if (db.dialect === "postgresql") return (await db.pool.query(sql)).rows as T[];
-    const stmt = db.db.prepare(sql);
+    const stmt = sqliteOf(db).db.prepare(sql);
     return stmt.reader ? (stmt.all() as T[]) : (stmt.run(), []);
   } finally {
     await db.close();
@@ -319,7 +319,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
       const db = await openDatabase(url);
       await migrate(db);
       if (db.dialect === "postgresql") await db.pool.query("ALTER TABLE mail_outbox ALTER COLUMN envelope_to TYPE text");
-      else db.db.exec("ALTER TABLE mail_outbox DROP COLUMN mta_queue_id; ALTER TABLE mail_outbox ADD COLUMN mta_queue_id INTEGER");
+      else sqliteOf(db).db.exec("ALTER TABLE mail_outbox DROP COLUMN mta_queue_id; ALTER TABLE mail_outbox ADD COLUMN mta_queue_id INTEGER");
       await db.close();
       const relay = createRelay({ databaseUrl: url, transport: "smtp://127.0.0.1:25", ...quiet });
       await assert.rejects(relay.start(), (err: unknown) => {
@@ -390,7 +390,7 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
         const dropper = await openDatabase(fx.url);
         // CASCADE: mail_outbox_delivery refers to mail_outbox (its foreign key goes, the table stays).
         if (dropper.dialect === "postgresql") await dropper.pool.query("DROP TABLE mail_outbox_attempt, mail_outbox CASCADE");
-        else dropper.db.exec("DROP TABLE mail_outbox_attempt; DROP TABLE mail_outbox");
+        else sqliteOf(dropper).db.exec("DROP TABLE mail_outbox_attempt; DROP TABLE mail_outbox");
         await dropper.close();
         await until("a warning", () => warnings.length > 0);
         const report = warnings[0];

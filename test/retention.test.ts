@@ -17,8 +17,8 @@ import { OptionsError } from "../src/errors.js";
 import { RETENTION_LOCK, opsSettings } from "../src/relay-ops.js";
 import { main } from "../src/cli/main.js";
 import { retentionFlags } from "../src/cli/relay.js";
-import { freshPostgres, freshSqlite } from "./support/db.js";
-import { needPostgres } from "./support/services.js";
+import { freshMysql, freshPostgres, freshSqlite, insertRow, sqliteOf, pgOf } from "./support/db.js";
+import { needMysql, needPostgres } from "./support/services.js";
 import { startTestSmtp } from "../testkit/smtp.js";
 
 const DAY = 86_400_000;
@@ -56,19 +56,25 @@ async function seed(db: Db, status: string, daysAgo: number): Promise<string> {
 }
 
 async function insert(db: Db, table: string, v: Record<string, unknown>): Promise<void> {
+  if (db.dialect === "mysql") return insertRow(db, table, v);
   const cols = Object.keys(v);
   if (db.dialect === "postgresql") {
     await db.pool.query(`INSERT INTO ${table} (${cols.join(", ")}) VALUES (${cols.map((c, i) => `$${i + 1}${c === "envelope_to" ? "::jsonb" : ""}`).join(", ")})`, Object.values(v));
   } else {
     const vals = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? toSqliteTime(x) : x]));
-    db.db.prepare(`INSERT INTO ${table} (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
+    sqliteOf(db).db.prepare(`INSERT INTO ${table} (${cols.join(", ")}) VALUES (${cols.map((c) => `@${c}`).join(", ")})`).run(vals);
   }
 }
 
 async function ids(db: Db, table: "mail_outbox" | "mail_outbox_attempt"): Promise<string[]> {
   const col = table === "mail_outbox" ? "id" : "email_id";
   const sql = `SELECT ${col} AS id FROM ${table}`;
-  const rows = db.dialect === "postgresql" ? (await db.pool.query<{ id: string }>(sql)).rows : (db.db.prepare(sql).all() as { id: string }[]);
+  const rows =
+    db.dialect === "mysql"
+      ? ((await db.pool.query(sql)) as { id: string }[])
+      : db.dialect === "postgresql"
+        ? (await pgOf(db).pool.query<{ id: string }>(sql)).rows
+        : (sqliteOf(db).db.prepare(sql).all() as { id: string }[]);
   return rows.map((r) => String(r.id)).sort();
 }
 
@@ -102,11 +108,12 @@ async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 15_00
 
 const RULES = { sent: "30d", cancelled: "30d", dead: "90d" } as const;
 
-for (const dialect of ["sqlite", "postgresql"] as const) {
+for (const dialect of ["sqlite", "postgresql", "mysql"] as const) {
   describe(`retention on ${dialect}`, () => {
     it("of two relays only the lease holder purges: old sent, cancelled and dead mail with its attempts goes, young, pending and held mail stays; counted and logged", async (t: TestContext) => {
       if (dialect === "postgresql" && !(await needPostgres(t))) return;
-      const fx = dialect === "sqlite" ? await freshSqlite(t) : await freshPostgres(t);
+      if (dialect === "mysql" && !(await needMysql(t))) return;
+      const fx = dialect === "sqlite" ? await freshSqlite(t) : dialect === "mysql" ? await freshMysql(t) : await freshPostgres(t);
       const db = await openDatabase(fx.url);
       t.after(() => db.close());
       const { purge, keep } = await seedTable(db);
@@ -149,7 +156,8 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
 
     it("maxPerTurn caps a turn; the rest goes in the next turns", async (t: TestContext) => {
       if (dialect === "postgresql" && !(await needPostgres(t))) return;
-      const fx = dialect === "sqlite" ? await freshSqlite(t) : await freshPostgres(t);
+      if (dialect === "mysql" && !(await needMysql(t))) return;
+      const fx = dialect === "sqlite" ? await freshSqlite(t) : dialect === "mysql" ? await freshMysql(t) : await freshPostgres(t);
       const db = await openDatabase(fx.url);
       t.after(() => db.close());
       for (let i = 0; i < 7; i++) await seed(db, "sent", 40);
@@ -168,7 +176,8 @@ for (const dialect of ["sqlite", "postgresql"] as const) {
 
     it("purge --retention applies the same rules once, with --dry-run first", async (t: TestContext) => {
       if (dialect === "postgresql" && !(await needPostgres(t))) return;
-      const fx = dialect === "sqlite" ? await freshSqlite(t) : await freshPostgres(t);
+      if (dialect === "mysql" && !(await needMysql(t))) return;
+      const fx = dialect === "sqlite" ? await freshSqlite(t) : dialect === "mysql" ? await freshMysql(t) : await freshPostgres(t);
       const db = await openDatabase(fx.url);
       t.after(() => db.close());
       const { keep } = await seedTable(db);

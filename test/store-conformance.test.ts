@@ -19,7 +19,7 @@ import { newId } from "../src/ids.js";
 import { cancelMails, purgeMails, replayMails } from "../src/admin.js";
 import { TRANSITIONS, type Transition } from "../src/states.js";
 import type { Outcome, Store } from "../src/store.js";
-import { conformanceStores, insertRow as insert, freshSqlite } from "./support/db.js";
+import { conformanceStores, insertRow as insert, freshSqlite, sqliteOf, pgOf, mysqlUrl } from "./support/db.js";
 
 /** Opens a fresh migrated store for one test (closed after it), or null when the database is not available (skipped). */
 type StoreFactory = (t: TestContext) => Promise<Db | null>;
@@ -80,7 +80,8 @@ async function seed(db: Db, m: Seed = {}): Promise<string> {
 
 async function query<T>(db: Db, sql: string): Promise<T[]> {
   if (db.dialect === "postgresql") return (await db.pool.query(sql)).rows as T[];
-  return db.db.prepare(sql).all() as T[];
+  if (db.dialect === "mysql") return [...((await db.pool.query(sql)) as T[])];
+  return sqliteOf(db).db.prepare(sql).all() as T[];
 }
 
 async function statusOf(db: Db): Promise<Map<string, string>> {
@@ -269,6 +270,24 @@ function storeConformance(name: string, open: StoreFactory): void {
       assert.equal((await mail(db, live)).status, "sending");
       // Rescued rows are due at once.
       assert.deepEqual((await step(db, "claim", () => db.claim("relay-a", 10, 60_000))).map((c) => c.id), [expired]);
+    });
+
+    it("rescue also moves the relay's own expired rows that it no longer holds (orphans), never the ones it holds", async (t) => {
+      const db = await open(t);
+      if (!db) return;
+      const past = new Date(Date.now() - MINUTE);
+      const held = await seed(db, { status: "sending", attempts: 1, leaseOwner: "relay-a", leaseExpiresAt: past });
+      const orphan = await seed(db, { status: "sending", attempts: 1, leaseOwner: "relay-a", leaseExpiresAt: past });
+      const other = await seed(db, { status: "sending", attempts: 1, leaseOwner: "dead-relay", leaseExpiresAt: past });
+      const rescued = await step(db, "rescue", () => db.rescue("relay-a", "resend", 10, [held]));
+      assert.deepEqual(rescued.map((r) => r.id).sort(), [orphan, other].sort());
+      assert.deepEqual(rescued.find((r) => r.id === orphan)?.previousOwner, "relay-a");
+      assert.equal((await mail(db, held)).status, "sending");
+      const o = await mail(db, orphan);
+      assert.deepEqual([o.status, o.uncertainHandoffs, o.leaseOwner], ["pending", 1, null]);
+      // Holding nothing: every own expired row is an orphan.
+      const another = await seed(db, { status: "sending", attempts: 1, leaseOwner: "relay-a", leaseExpiresAt: past });
+      assert.deepEqual((await step(db, "rescue", () => db.rescue("relay-a", "resend", 10, []))).map((r) => r.id).sort(), [another, held].sort());
     });
 
     it("rescue under the policy hold moves expired rows to held, and to dead when their attempts are used up", async (t) => {
@@ -549,7 +568,8 @@ function storeConformance(name: string, open: StoreFactory): void {
       assert.deepEqual(await db.inspectSchema(), []);
       await db.ping();
       if (db.dialect === "postgresql") await db.pool.query("DROP TABLE mail_outbox_attempt");
-      else db.db.exec("DROP TABLE mail_outbox_attempt");
+      else if (db.dialect === "mysql") await db.pool.query("DROP TABLE mail_outbox_attempt");
+      else sqliteOf(db).db.exec("DROP TABLE mail_outbox_attempt");
       const problems = await db.inspectSchema();
       assert.ok(problems.some((p) => p.kind === "table" && p.table === "mail_outbox_attempt" && p.blocksRelay));
       const err = await db.listAttempts(newId()).then(
@@ -569,7 +589,7 @@ function storeConformance(name: string, open: StoreFactory): void {
         (err) => (lost = err),
       );
       if (listener === null) {
-        assert.equal(db.dialect, "sqlite");
+        assert.notEqual(db.dialect, "postgresql", "PostgreSQL has LISTEN; SQLite and MySQL have none");
         return;
       }
       try {
@@ -587,8 +607,9 @@ function storeConformance(name: string, open: StoreFactory): void {
 /** A second store on the same database (another connection or pool). */
 async function reopen(db: Db): Promise<Store> {
   if (db.dialect === "sqlite") return openDatabase(`file:${db.filename}`);
-  const u = new URL(String((db.pool.options as { connectionString?: string }).connectionString));
-  u.searchParams.set("schema", db.schema);
+  if (db.dialect === "mysql") return openDatabase(mysqlUrl(db.database));
+  const u = new URL(String((pgOf(db).pool.options as { connectionString?: string }).connectionString));
+  u.searchParams.set("schema", pgOf(db).schema);
   return openDatabase(u.toString());
 }
 

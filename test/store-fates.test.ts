@@ -19,7 +19,7 @@ import { purgeMails } from "../src/admin.js";
 import { TRANSITIONS, type Transition } from "../src/states.js";
 import type { DeliveryEventInput, DeliveryEventKind, DeliveryEventRecord, Fate, MailFilter } from "../src/store.js";
 import type { JsonValue } from "../src/types.js";
-import { conformanceStores, insertRow as insert, freshPostgres } from "./support/db.js";
+import { conformanceStores, insertRow as insert, freshPostgres, sqliteOf, pgOf } from "./support/db.js";
 import { needPostgres, PG_ADMIN_URL } from "./support/services.js";
 
 type StoreFactory = (t: TestContext) => Promise<Db | null>;
@@ -83,17 +83,24 @@ async function seedAttempt(db: Db, emailId: string, queueId: string | null, star
 
 async function exec(db: Db, sql: string): Promise<void> {
   if (db.dialect === "postgresql") await db.pool.query(sql);
-  else db.db.exec(sql);
+  else if (db.dialect === "mysql") await db.pool.query(sql);
+  else sqliteOf(db).db.exec(sql);
 }
 
 async function count(db: Db, sql: string): Promise<number> {
   if (db.dialect === "postgresql") return Number((await db.pool.query(sql)).rows[0].n);
-  return Number((db.db.prepare(sql).get() as { n: number }).n);
+  if (db.dialect === "mysql") return Number(((await db.pool.query(sql)) as { n: number }[])[0]!.n);
+  return Number((sqliteOf(db).db.prepare(sql).get() as { n: number }).n);
 }
 
 async function statusOf(db: Db): Promise<Map<string, string>> {
   const sql = "SELECT id, status FROM mail_outbox";
-  const rows = db.dialect === "postgresql" ? (await db.pool.query<{ id: string; status: string }>(sql)).rows : (db.db.prepare(sql).all() as { id: string; status: string }[]);
+  const rows =
+    db.dialect === "postgresql"
+      ? (await pgOf(db).pool.query<{ id: string; status: string }>(sql)).rows
+      : db.dialect === "mysql"
+        ? ((await db.pool.query(sql)) as { id: string; status: string }[])
+        : (sqliteOf(db).db.prepare(sql).all() as { id: string; status: string }[]);
   return new Map(rows.map((r) => [r.id, r.status]));
 }
 

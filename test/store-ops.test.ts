@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import type { Db } from "../src/db.js";
 import { newId } from "../src/ids.js";
 import { OptionsError } from "../src/errors.js";
-import { conformanceStores, insertRow, postgresUrl } from "./support/db.js";
+import { conformanceStores, insertRow, mysqlUrl, postgresUrl, sqliteOf } from "./support/db.js";
 
 const MINUTE = 60_000;
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -149,10 +149,10 @@ function opsConformance(name: string, open: (t: TestContext) => Promise<Db | nul
       const db = await open(t);
       if (db === null) return;
       await db.setRate("transport:shared", 0.001, 10);
-      if (db.dialect === "postgresql") {
+      if (db.dialect === "postgresql" || db.dialect === "mysql") {
         // 20 takes at once over the pool's connections, and 20 more from a second store.
         const { openDatabase } = await import("../src/db.js");
-        const second = await openDatabase(postgresUrl(db.schema), { poolSize: 4 });
+        const second = await openDatabase(db.dialect === "mysql" ? mysqlUrl(db.database) : postgresUrl(db.schema), { poolSize: 4 });
         t.after(() => second.close());
         const takes = await Promise.all(Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? db : second).takeTokens(["transport:shared"], 1)));
         assert.equal(takes.reduce((n, x) => n + x.granted, 0), 10);
@@ -161,7 +161,7 @@ function opsConformance(name: string, open: (t: TestContext) => Promise<Db | nul
         // Two processes on the same file, started together, each taking one token 20 times.
         const start = Date.now() + 2000;
         const code = `await new Promise((r) => setTimeout(r, ${start} - Date.now()));\nlet n = 0;\nfor (let i = 0; i < 20; i++) n += (await db.takeTokens(["transport:shared"], 1)).granted;\nconsole.log(n);`;
-        const url = `file:${db.filename}`;
+        const url = `file:${sqliteOf(db).filename}`;
         const [a, b] = await Promise.all([child(url, code), child(url, code)]);
         assert.equal(Number(a) + Number(b), 10, `granted ${a.trim()} + ${b.trim()}`);
       }

@@ -33,9 +33,11 @@ async function loggingClient(url: string): Promise<{ client: any; queries: strin
   if (location.dialect === "sqlite") {
     const [{ PrismaClient }, { PrismaBetterSqlite3 }] = await Promise.all([import("./prisma/sqlite/generated/client.js"), import("@prisma/adapter-better-sqlite3")]);
     client = new PrismaClient({ adapter: new PrismaBetterSqlite3({ url: `file:${location.filename}` }), log: [...log] });
-  } else {
+  } else if (location.dialect === "postgresql") {
     const [{ PrismaClient }, { PrismaPg }] = await Promise.all([import("./prisma/postgresql/generated/client.js"), import("@prisma/adapter-pg")]);
     client = new PrismaClient({ adapter: new PrismaPg({ connectionString: location.connectionString }, { schema: location.schema }), log: [...log] });
+  } else {
+    throw new Error("this test helper covers SQLite and PostgreSQL");
   }
   client.$on("query", (e: { query: string }) => queries.push(e.query));
   return { client, queries };

@@ -28,7 +28,7 @@ import {
   transportKind,
   TRACER_NAME,
 } from "../src/tracing.js";
-import { freshSqlite, freshPostgres, prismaClientFor } from "./support/db.js";
+import { freshSqlite, freshPostgres, prismaClientFor, sqliteOf } from "./support/db.js";
 import { needPostgres } from "./support/services.js";
 import { startTestSmtp, type StartTestSmtpOptions } from "../testkit/smtp.js";
 
@@ -68,7 +68,7 @@ async function storedTraceContext(url: string, id: string): Promise<string | nul
   const db = await openDatabase(url);
   try {
     if (db.dialect === "postgresql") return ((await db.pool.query("SELECT trace_context FROM mail_outbox WHERE id = $1", [id])).rows[0] as { trace_context: string | null }).trace_context;
-    return (db.db.prepare("SELECT trace_context FROM mail_outbox WHERE id = ?").get(id) as { trace_context: string | null }).trace_context;
+    return (sqliteOf(db).db.prepare("SELECT trace_context FROM mail_outbox WHERE id = ?").get(id) as { trace_context: string | null }).trace_context;
   } finally {
     await db.close();
   }

@@ -12,8 +12,8 @@ import { openDatabase, type Db } from "../src/db.js";
 import { OptionsError } from "../src/errors.js";
 import { createDashboardHandler, PAGE_CSP, PREVIEW_CSP, serveDashboard, type DashboardServer, type ServeDashboardOptions } from "../src/ui/index.js";
 import { escapeHtml, html, raw } from "../src/ui/html.js";
-import { freshPostgres, freshSqlite } from "./support/db.js";
-import { needPostgres } from "./support/services.js";
+import { freshMysql, freshPostgres, freshSqlite } from "./support/db.js";
+import { needMysql, needPostgres } from "./support/services.js";
 import { hostileMail, seedAttempt, seedMail, XSS } from "./support/ui-fixtures.js";
 
 describe("html template", () => {
@@ -48,6 +48,16 @@ const databases: readonly { name: string; open: (t: TestContext) => Promise<Fx |
     open: async (t) => {
       if (!(await needPostgres(t))) return null;
       const fx = await freshPostgres(t);
+      const db = await openDatabase(fx.url);
+      t.after(() => db.close());
+      return { url: fx.url, db };
+    },
+  },
+  {
+    name: "MariaDB",
+    open: async (t) => {
+      if (!(await needMysql(t))) return null;
+      const fx = await freshMysql(t);
       const db = await openDatabase(fx.url);
       t.after(() => db.close());
       return { url: fx.url, db };

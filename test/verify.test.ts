@@ -25,7 +25,7 @@ import { decideVerify, DEFAULT_VERIFY_WINDOW_MS, postfixRunning, VERIFY_MARGIN_M
 import { followLog } from "../src/fate/follow-log.js";
 import type { Db } from "../src/db.js";
 import type { VerifyCandidate } from "../src/store.js";
-import { freshPostgres, freshSqlite, prismaClientFor } from "./support/db.js";
+import { freshPostgres, freshSqlite, prismaClientFor, sqliteOf } from "./support/db.js";
 import { needPostfix, needPostgres } from "./support/services.js";
 import { deliveredCount, findDelivered, POSTFIX_LOG, TEST_ADDRESS } from "./support/postfix.js";
 
@@ -256,7 +256,7 @@ async function rowOf(store: Db, messageId: string): Promise<{ status: string; un
   const row =
     store.dialect === "postgresql"
       ? (await store.pool.query(sql, [messageId])).rows[0]
-      : store.db.prepare(sql.replace("$1", "?")).get(messageId);
+      : sqliteOf(store).db.prepare(sql.replace("$1", "?")).get(messageId);
   const r = row as { status: string; uncertain_handoffs: number | string; mta_queue_id: string | null };
   return { status: r.status, uncertain: Number(r.uncertain_handoffs), queueId: r.mta_queue_id };
 }

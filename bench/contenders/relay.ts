@@ -1,14 +1,15 @@
-/** Our relay, on PostgreSQL or SQLite, with hooks on its own events and on the statement that records outcomes. */
+/** Our relay, on PostgreSQL, SQLite or MariaDB, with hooks on its own events and on the statement that records outcomes. */
 import type pg from "pg";
 import type Database from "better-sqlite3";
-import { openDatabase, toSqliteTime, type Db } from "../../src/db.js";
+import { openDatabase, toSqliteTime, type Db, type MysqlStore } from "../../src/db.js";
 import { createRelay } from "../../src/relay.js";
 import { COMPLETE_ACCEPTED } from "../../src/stores/sqlite/relay-sql.js";
 import { rawWith, type MailTemplate } from "../mail.js";
 import type { CommonSettings, Hooks, Producer, Running } from "./types.js";
+import { sqliteOf } from "../../test/support/db.js";
 
 export interface RelaySettings extends Omit<CommonSettings, "concurrency"> {
-  /** `postgresql://...?schema=...` or `file:...` */
+  /** `postgresql://...?schema=...`, `file:...` or `mysql://.../<database>` */
   readonly url: string;
   readonly relayId: string;
   /** Unset: the relay's default (sized by the transport's capacity). */
@@ -64,10 +65,26 @@ function hookSqlite(database: Database.Database, hooks: Hooks): void {
   }) as unknown as typeof database.transaction;
 }
 
+/**
+ * MariaDB: the completion is several statements in one transaction (./src/stores/mysql/relay-sql.ts);
+ * count the rows `complete` reports changed once it has resolved, which is after its COMMIT.
+ */
+function hookMysql(db: MysqlStore, hooks: Hooks): void {
+  const complete = db.complete.bind(db);
+  Object.assign(db, {
+    complete: async (...args: Parameters<typeof complete>) => {
+      const changed = await complete(...args);
+      hooks.recorded(changed);
+      return changed;
+    },
+  });
+}
+
 export async function startRelay(s: RelaySettings, hooks: Hooks): Promise<Running> {
   const db: Db = await openDatabase(s.url, { applicationName: `mail-outbox bench ${s.relayId}` });
   if (db.dialect === "postgresql") hookPostgres(db.pool, hooks);
-  else hookSqlite(db.db, hooks);
+  else if (db.dialect === "mysql") hookMysql(db, hooks);
+  else hookSqlite(sqliteOf(db).db, hooks);
   const relay = createRelay({
     db,
     transport: s.smtpUrl,
@@ -104,7 +121,17 @@ export async function relayProducer(url: string, t: MailTemplate, connections: n
       close: () => db.close(),
     };
   }
-  const insert = db.db.prepare(sql.replace(/\$\d/g, "?"));
+  if (db.dialect === "mysql") {
+    const text = sql.replace(/\$\d/g, "?");
+    return {
+      async enqueue(mid) {
+        const at = new Date();
+        await db.pool.query(text, [mid.slice(1, 37), mid, t.envelopeFrom, to, t.subject, rawWith(t, mid), t.size, at, at, at, at]);
+      },
+      close: () => db.close(),
+    };
+  }
+  const insert = sqliteOf(db).db.prepare(sql.replace(/\$\d/g, "?"));
   return {
     async enqueue(mid) {
       const at = toSqliteTime(new Date());

@@ -64,7 +64,7 @@ export async function main(argv: readonly string[], io: CliIO = { stdout: proces
     .showHelpAfterError("(mail-outbox help <command> shows its usage)")
     // Every command's help also lists --database-url, --transport and --json (inherited by the subcommands added below).
     .configureHelp({ showGlobalOptions: true })
-    .option("--database-url <url>", "file:./outbox.db or postgresql://user@host/db (default: env DATABASE_URL)")
+    .option("--database-url <url>", "file:./outbox.db, postgresql://user@host/db or mysql://user@host/db (default: env DATABASE_URL)")
     .option("--transport <spec>", "smtp://host:port, sendmail:/usr/sbin/sendmail, sendmail-bs:... (default: env MAIL_OUTBOX_TRANSPORT)")
     .option("--json", "print JSON instead of text");
   // The order here is the order of `mail-outbox --help`.

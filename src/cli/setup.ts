@@ -15,8 +15,8 @@ export function addSetupCommands(program: Command, cli: Cli): void {
     .command("init")
     .description("add the outbox models to your Prisma schema; prints the next steps and a prisma.config.ts for `mail-outbox migrate`")
     .addOption(new Option("--schema <path>", "your schema.prisma (or multi-file schema folder)").default("prisma/schema.prisma", "prisma/schema.prisma"))
-    .addOption(new Option("--provider <provider>", "database of the schema (default: from its datasource)").choices(["postgresql", "sqlite"]))
-    .action(async (opts: { schema: string; provider?: "postgresql" | "sqlite" }, cmd: Command) => {
+    .addOption(new Option("--provider <provider>", "database of the schema (default: from its datasource)").choices(["postgresql", "sqlite", "mysql"]))
+    .action(async (opts: { schema: string; provider?: "postgresql" | "sqlite" | "mysql" }, cmd: Command) => {
       // DATABASE_URL's PostgreSQL schema (?schema=) qualifies the table names in the printed prisma.config.ts.
       const databaseUrl = cli.databaseUrl(cmd);
       const result = await initSchema({

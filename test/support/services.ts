@@ -46,6 +46,19 @@ export async function needPostgres(t: TestContext): Promise<boolean> {
   return needService(t, "PostgreSQL", await pgReason);
 }
 
+/** MySQL/MariaDB: the server tests create their databases on (root may create databases). */
+export const MYSQL_ADMIN_URL = process.env.TEST_MYSQL_URL ?? "mysql://root@127.0.0.1:3306/test";
+
+let mysqlReason: Promise<string | null> | undefined;
+/** MySQL or MariaDB at TEST_MYSQL_URL (default mysql://root@127.0.0.1:3306/test; .ci/run starts MariaDB). */
+export async function needMysql(t: TestContext): Promise<boolean> {
+  mysqlReason ??= (async () => {
+    const u = new URL(MYSQL_ADMIN_URL);
+    return (await tcpReachable(u.hostname, Number(u.port || 3306))) ? null : `nothing listens on ${u.hostname}:${u.port || 3306} (start MariaDB: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd)`;
+  })();
+  return needService(t, "MySQL/MariaDB", await mysqlReason);
+}
+
 /** Where Postfix's programs are, when it is installed. */
 export const POSTFIX_SENDMAIL = "/usr/sbin/sendmail";
 export const POSTFIX = "/usr/sbin/postfix";

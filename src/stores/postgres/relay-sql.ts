@@ -176,7 +176,8 @@ RETURNING id`;
 export const RESCUE = `
 WITH expired AS (
   SELECT id, lease_owner FROM mail_outbox
-  WHERE status = 'sending' AND lease_expires_at < now() AND lease_owner IS DISTINCT FROM $4
+  WHERE status = 'sending' AND lease_expires_at < now()
+    AND (lease_owner IS DISTINCT FROM $4 OR NOT (id = ANY($5::uuid[])))
   ORDER BY lease_expires_at
   LIMIT $2
   FOR UPDATE SKIP LOCKED
@@ -283,11 +284,12 @@ export function postgresRelayStatements(pool: pg.Pool): RelayStatements {
       return rows.map((r) => r.id);
     },
 
-    async rescue(self, policy: LeaseExpiryPolicy, limit) {
+    async rescue(self, policy: LeaseExpiryPolicy, limit, held) {
       const { rows } = await pool.query<{ id: string; message_id: string; status: RescuedMail["status"]; previous_owner: string | null }>({
         name: "mail_outbox_rescue",
         text: RESCUE,
-        values: [policy === "resend" ? "pending" : "held", limit, LEASE_EXPIRED_MESSAGE, self],
+        // No `held`: NULL, and `id = ANY(NULL)` is never false, so none of self's rows.
+        values: [policy === "resend" ? "pending" : "held", limit, LEASE_EXPIRED_MESSAGE, self, held === undefined ? null : [...held]],
       });
       return rows.map((r) => ({ id: r.id, messageId: r.message_id, status: r.status, previousOwner: r.previous_owner }));
     },

@@ -89,7 +89,8 @@ WHERE id = @id AND status = 'sending' AND lease_owner = @owner`;
 
 export const FIND_EXPIRED = `
 SELECT id, message_id, lease_owner, attempts, max_attempts FROM mail_outbox
-WHERE status = 'sending' AND lease_expires_at < @now AND lease_owner IS NOT @self
+WHERE status = 'sending' AND lease_expires_at < @now
+  AND (lease_owner IS NOT @self OR (@held IS NOT NULL AND id NOT IN (SELECT value FROM json_each(@held))))
 ORDER BY lease_expires_at
 LIMIT @limit`;
 
@@ -109,7 +110,7 @@ export function sqliteRelayStatements(db: Database.Database): RelayStatements {
   const release = db.prepare(RELEASE);
   const insertAttempt = db.prepare(INSERT_ATTEMPT);
   const renew = db.prepare(RENEW);
-  const findExpired = db.prepare<{ now: string; limit: number; self: string }, { id: string; message_id: string; lease_owner: string | null; attempts: number; max_attempts: number }>(FIND_EXPIRED);
+  const findExpired = db.prepare<{ now: string; limit: number; self: string; held: string | null }, { id: string; message_id: string; lease_owner: string | null; attempts: number; max_attempts: number }>(FIND_EXPIRED);
   const rescueOne = db.prepare(RESCUE_ONE);
 
   const completeAll = db.transaction((owner: string, relayName: string, outcomes: readonly Outcome[]) => {
@@ -159,10 +160,10 @@ export function sqliteRelayStatements(db: Database.Database): RelayStatements {
     return ids.filter((id) => renew.run({ id, owner, leaseExpiresAt }).changes === 1);
   });
 
-  const rescueAll = db.transaction((self: string, policy: LeaseExpiryPolicy, limit: number) => {
+  const rescueAll = db.transaction((self: string, policy: LeaseExpiryPolicy, limit: number, held: string | null) => {
     const now = toSqliteTime(new Date());
     const out: RescuedMail[] = [];
-    for (const row of findExpired.all({ now, limit, self })) {
+    for (const row of findExpired.all({ now, limit, self, held })) {
       const status = row.attempts >= row.max_attempts ? "dead" : policy === "resend" ? "pending" : "held";
       if (rescueOne.run({ id: row.id, status, error: LEASE_EXPIRED_MESSAGE, now }).changes !== 1) continue;
       insertAttempt.run({
@@ -204,8 +205,8 @@ export function sqliteRelayStatements(db: Database.Database): RelayStatements {
     async renew(owner, ids, leaseMs) {
       return ids.length === 0 ? [] : renewAll(owner, ids, leaseMs);
     },
-    async rescue(self, policy, limit) {
-      return rescueAll(self, policy, limit);
+    async rescue(self, policy, limit, held) {
+      return rescueAll(self, policy, limit, held === undefined ? null : JSON.stringify(held));
     },
   };
 }
