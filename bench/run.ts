@@ -4,7 +4,7 @@
  * and writes BENCHMARKS.md; `--quick` runs small counts (the CI variant in test/bench.test.ts).
  *
  *   node --import tsx bench/run.ts [--quick] [--only drain,latency,...] [--sink smtp-sink|smtp-server]
- *                                  [--profile] [--no-write] [--out BENCHMARKS.md] [--fates-mails N]
+ *                                  [--profile] [--no-write] [--out BENCHMARKS.md] [--fates-mails N] [--drain-mails N]
  *
  * Standalone benchmarks, named alone with `--only` (they print their own figures): scaleout
  * (relays against an MTA with 10-50 ms per transaction), enqueue-compare (enqueue against
@@ -697,6 +697,8 @@ function parseArgs(argv: readonly string[]) {
   if (fatesMails !== undefined && !(Number.isInteger(Number(fatesMails)) && Number(fatesMails) > 0)) throw new Error(`--fates-mails: expected a positive integer, got ${fatesMails}`);
   const contenders = value("--contenders")?.split(",").filter(Boolean) as ContenderName[] | undefined;
   for (const c of contenders ?? []) if (!CONTENDERS.includes(c)) throw new Error(`unknown contender ${c}; contenders: ${CONTENDERS.join(", ")}`);
+  const drainMails = value("--drain-mails");
+  if (drainMails !== undefined && !(Number.isInteger(Number(drainMails)) && Number(drainMails) > 0)) throw new Error(`--drain-mails: expected a positive integer, got ${drainMails}`);
   const sink = (value("--sink") ?? "auto") as BenchOptions["sink"];
   const write = !has("--no-write") && !quick && !only && !contenders;
   return {
@@ -709,6 +711,7 @@ function parseArgs(argv: readonly string[]) {
     // The fates section is written whenever the fates phase ran in full (it is opt-in: `--only fates`).
     writeFates: !has("--no-write") && !quick,
     fatesMails: fatesMails === undefined ? undefined : Number(fatesMails),
+    drainMails: drainMails === undefined ? undefined : Number(drainMails),
     out: value("--out") ?? path.join(root, "BENCHMARKS.md"),
   };
 }
@@ -743,7 +746,7 @@ async function main(): Promise<void> {
   const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`;
   const counts = args.quick ? QUICK : FULL;
   const results = await runBench({
-    counts: args.fatesMails === undefined ? counts : { ...counts, fatesMails: args.fatesMails },
+    counts: { ...counts, ...(args.fatesMails === undefined ? {} : { fatesMails: args.fatesMails }), ...(args.drainMails === undefined ? {} : { drainMails: args.drainMails }) },
     phases: args.only ?? PHASES,
     sink: args.sink,
     contenders: args.contenders ?? CONTENDERS,

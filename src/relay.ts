@@ -524,7 +524,10 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
       await this.loop.run("once");
     } finally {
       clearInterval(renew);
-      if (this.mode === "once") this.mode = "idle";
+      if (this.mode === "once") {
+        this.closeTransportConnections();
+        this.mode = "idle";
+      }
     }
     const after = this.counts();
     return {
@@ -535,6 +538,20 @@ class RelayImpl extends EventEmitter implements Relay, RelayCore {
       released: after.released - before.released,
       rescued: after.rescued - before.rescued,
     };
+  }
+
+  /**
+   * After runOnce(): close the connections of the transport the relay made (its pooled SMTP
+   * connections would keep the process alive until the MTA drops them), so a program that ran
+   * runOnce() exits without stop(). A fresh transporter, which connects only when it sends,
+   * takes its place for another runOnce(). A transporter given in `transport` is the caller's.
+   */
+  private closeTransportConnections(): void {
+    if (!this.ownsTransporter || this.transporter === null) return;
+    const used = this.transporter;
+    this.transporter = createTransporter(this.opts.transport);
+    this.loop.useTransport(this.transporter, transportCapabilities(this.transporter).sendRaw ?? null);
+    used.close();
   }
 
   async stop(options: { readonly deadlineMs?: number } = {}): Promise<RelayCounts> {

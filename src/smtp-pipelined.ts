@@ -7,6 +7,11 @@
  * It carries messages that are already composed (`raw`), which is all the relay sends. A server
  * that does not offer PIPELINING gets one command at a time and one transaction per connection.
  *
+ * Cost per message (the relay's hot path): one write system call (what a turn of the event loop
+ * wrote to a connection goes out as one buffer), replies parsed out of one reused read buffer
+ * (`onread`: no readable stream, no buffer per read), one promise for the pipelined group's
+ * replies and one for the final reply. bench/transport-only.ts measures it without a database.
+ *
  * It implements nodemailer's transport interface (`name`, `version`, `send`, `verify`, `close`,
  * `isIdle`), so `createTransporter` can hand it out like any transport, and declares its
  * `capabilities` (see `TransportCapabilities` in src/transport.ts): `sendRaw(envelope, raw)`,
@@ -39,7 +44,7 @@ import { encodeXText } from "nodemailer/lib/shared";
 import { EightBitMimeError } from "./errors.js";
 import { eightBitAt, toSmtpData } from "./wire.js";
 
-import { dsnRequestOf, nodemailerDsn, type NodemailerDsn, type RawEnvelope, type RawSend, type RawSendResult } from "./transport.js";
+import { dsnRequestOf, nodemailerDsn, type DsnRequest, type NodemailerDsn, type RawEnvelope, type RawSend, type RawSendResult } from "./transport.js";
 
 export interface PipelinedSmtpOptions {
   readonly host: string;
@@ -72,28 +77,56 @@ interface Reply {
   readonly text: string;
 }
 
-/** Whether `line` reads as an SMTP reply line: `/^[2-5]\d\d(?:[ -]|$)/`, without a regular expression. */
-function isReplyLine(line: string): boolean {
-  const c0 = line.charCodeAt(0);
-  const c1 = line.charCodeAt(1);
-  const c2 = line.charCodeAt(2);
-  if (!(c0 >= 50 && c0 <= 53 && c1 >= 48 && c1 <= 57 && c2 >= 48 && c2 <= 57)) return false;
-  if (line.length === 3) return true;
-  const c3 = line.charCodeAt(3);
-  return c3 === 32 || c3 === 45;
+/** What waits for the next reply: replies come back in the order of the commands. */
+interface ReplyWaiter {
+  ok(reply: Reply): void;
+  err(error: Error): void;
 }
+
+/**
+ * One waiter for a pipelined group of `n` commands: it is queued once per command and settles
+ * one promise with the `n` replies, instead of a promise per reply (the hot path's groups are
+ * MAIL FROM, RCPT TO and DATA of every mail).
+ */
+class ReplyGroup implements ReplyWaiter {
+  readonly replies: Reply[] = [];
+  constructor(
+    private readonly n: number,
+    private readonly resolve: (replies: Reply[]) => void,
+    readonly err: (error: Error) => void,
+  ) {}
+
+  ok(reply: Reply): void {
+    this.replies.push(reply);
+    if (this.replies.length === this.n) this.resolve(this.replies);
+  }
+}
+
+/** Bytes of the buffer a connection reads into (reused for every read: replies are parsed out of it at once). */
+const READ_BUFFER_BYTES = 16 * 1024;
+
+const noop = (): void => {};
 
 function smtpError(message: string, code: string, responseCode?: number, response?: string): Error {
   return Object.assign(new Error(message), { code, ...(responseCode !== undefined ? { responseCode, response } : {}) });
 }
 
+function flushConnection(c: Connection): void {
+  c.flush();
+}
+
 class Connection {
   private readonly socket: net.Socket;
-  private buffer = "";
+  /** Bytes of a reply line that has not ended yet (copied: the read buffer is reused). */
+  private carry: Buffer | null = null;
   private lines: string[] = [];
-  private readonly waiting: { resolve: (r: Reply) => void; reject: (e: Error) => void }[] = [];
-  /** Settles when the transaction before the next one has put its last bytes on the wire. */
-  private turn: Promise<void> = Promise.resolve();
+  private readonly waiting: ReplyWaiter[] = [];
+  /** Writes gathered in this turn of the event loop, sent as one buffer when its microtasks are done. */
+  private out: (string | Buffer)[] = [];
+  /** Whether a transaction holds the turn to write (its commands are out, its message not yet). */
+  private turnTaken = false;
+  /** Transactions waiting for the turn, in order. */
+  private readonly turns: (() => void)[] = [];
   /** Whether writes are being gathered for one segment, sent when the current microtasks are done. */
   corked = false;
   broken: Error | null = null;
@@ -118,11 +151,23 @@ class Connection {
   readonly opened: Promise<void>;
 
   constructor(private readonly o: PipelinedSmtpOptions) {
-    const socket = net.connect({ host: o.host, port: o.port });
+    // `onread`: replies are parsed out of one reused buffer, without the readable stream's
+    // machinery and a new buffer per read ('data' events are not emitted; 'end', 'close' and
+    // 'error' are).
+    const socket = net.connect({
+      host: o.host,
+      port: o.port,
+      onread: {
+        buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
+        callback: (n: number, buf: Uint8Array) => {
+          this.onData(buf as Buffer, n);
+          return true;
+        },
+      },
+    });
     this.socket = socket;
     this.socket.setNoDelay(true);
     this.socket.setTimeout(o.socketTimeoutMs, () => this.fail(smtpError("Timeout", "ETIMEDOUT")));
-    this.socket.on("data", (d: Buffer) => this.onData(d.toString("latin1")));
     this.socket.on("error", (e: Error & { code?: string }) => this.fail(smtpError(e.message, e.code === "ECONNREFUSED" ? "ECONNREFUSED" : "ESOCKET")));
     this.socket.on("close", () => this.fail(smtpError("Connection closed", "ECONNECTION")));
     const timer = setTimeout(() => this.fail(smtpError("Connection timeout", "ETIMEDOUT")), o.connectionTimeoutMs);
@@ -153,26 +198,41 @@ class Connection {
 
   private fail(e: Error): void {
     this.broken ??= e;
-    for (const w of this.waiting.splice(0)) w.reject(e);
+    this.out = [];
+    for (const w of this.waiting.splice(0)) w.err(e);
     this.socket.destroy();
   }
 
-  private onData(chunk: string): void {
-    // Hot path (a reply or more per mail): lines found by index, no regular expression per line.
-    const data = this.buffer === "" ? chunk : this.buffer + chunk;
+  /**
+   * Hot path (a read or more per mail): reply lines found by index in the read buffer, checked
+   * byte by byte (no string per chunk, no regular expression per line).
+   */
+  private onData(buf: Buffer, n: number): void {
+    let data = buf.subarray(0, n);
+    if (this.carry !== null) {
+      data = Buffer.concat([this.carry, data]);
+      this.carry = null;
+    }
+    const length = data.length;
     let start = 0;
     let i: number;
-    while ((i = data.indexOf("\n", start)) >= 0) {
-      const end = i > start && data.charCodeAt(i - 1) === 13 ? i - 1 : i;
-      const line = data.slice(start, end);
+    while (start < length && (i = data.indexOf(10, start)) >= 0) {
+      const end = i > start && data[i - 1] === 13 ? i - 1 : i;
+      const lineStart = start;
       start = i + 1;
-      if (!isReplyLine(line)) {
+      // An SMTP reply line: /^[2-5]\d\d(?:[ -]|$)/.
+      const c0 = data[lineStart]!;
+      const c1 = data[lineStart + 1]!;
+      const c2 = data[lineStart + 2]!;
+      const c3 = end - lineStart > 3 ? data[lineStart + 3]! : 32;
+      if (end - lineStart < 3 || c0 < 50 || c0 > 53 || c1 < 48 || c1 > 57 || c2 < 48 || c2 > 57 || (c3 !== 32 && c3 !== 45)) {
         // Not an SMTP reply: the connection cannot be trusted to pair replies with commands.
-        this.buffer = "";
+        const line = data.toString("latin1", lineStart, end);
         this.fail(smtpError(`Invalid reply from the server: ${JSON.stringify(line.slice(0, 200))}`, "EPROTOCOL"));
         return;
       }
-      if (line.charCodeAt(3) === 45 /* "-": more lines follow */) {
+      const line = data.toString("latin1", lineStart, end);
+      if (c3 === 45 /* "-": more lines follow */) {
         this.lines.push(line);
         continue;
       }
@@ -183,36 +243,59 @@ class Connection {
         this.lines = [];
       }
       const w = this.waiting.shift();
-      if (w) w.resolve({ code: Number(line.slice(0, 3)), text });
+      if (w) w.ok({ code: (c0 - 48) * 100 + (c1 - 48) * 10 + (c2 - 48), text });
       else {
-        this.buffer = "";
         this.fail(smtpError(`Unexpected reply: ${text}`, "EPROTOCOL"));
         return;
       }
     }
-    this.buffer = start === data.length ? "" : data.slice(start);
+    // The rest of a line that has not ended: copied, since the read buffer is used again.
+    if (start < length) this.carry = Buffer.from(data.subarray(start));
   }
 
   private reply(): Promise<Reply> {
     if (this.broken) return Promise.reject(this.broken);
-    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
+    return new Promise((resolve, reject) => this.waiting.push({ ok: resolve, err: reject }));
   }
 
   /**
    * Write now, but let whatever else is written before the current microtasks finish go out in
    * the same segment: the next transaction's MAIL FROM, RCPT TO and DATA follow a message's final
-   * dot in one write (RFC 2920 allows the message content to start a group).
+   * dot in one write (RFC 2920 allows the message content to start a group). The pieces go out as
+   * one buffer in one `write` (one system call, none of the stream's writev bookkeeping).
    */
   private write(data: string | Buffer): void {
+    this.out.push(data);
     if (!this.corked) {
       this.corked = true;
-      this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
+      process.nextTick(flushConnection, this);
     }
-    this.socket.write(data);
+  }
+
+  /** Send what `write` gathered. */
+  flush(): void {
+    this.corked = false;
+    const out = this.out;
+    if (out.length === 0) return;
+    this.out = [];
+    if (this.broken) return;
+    if (out.length === 1) {
+      this.socket.write(out[0]!);
+      return;
+    }
+    let size = 0;
+    for (const piece of out) size += typeof piece === "string" ? Buffer.byteLength(piece) : piece.length;
+    const segment = Buffer.allocUnsafe(size);
+    let at = 0;
+    for (const piece of out) at += typeof piece === "string" ? segment.write(piece, at) : piece.copy(segment, at);
+    this.socket.write(segment);
+  }
+
+  /** Hand the turn to write to the next transaction waiting for it, or free it. */
+  private passTurn(): void {
+    const next = this.turns.shift();
+    if (next) next();
+    else this.turnTaken = false;
   }
 
   /**
@@ -224,21 +307,19 @@ class Connection {
     this.started++;
     this.inflight++;
     this.unsent++;
-    const before = this.turn;
-    let done!: () => void;
-    this.turn = new Promise((resolve) => (done = resolve));
     let passed = false;
     const pass = () => {
       if (!passed) {
         passed = true;
         this.unsent--;
-        done();
+        this.passTurn();
       }
     };
     try {
-      await before;
+      if (this.turnTaken) await new Promise<void>((resolve) => this.turns.push(resolve));
+      else this.turnTaken = true;
       if (this.broken) throw this.broken;
-      return await this.transaction(envelope, raw, this.pipelining ? pass : () => {});
+      return await this.transaction(envelope, raw, this.pipelining ? pass : noop);
     } finally {
       this.inflight--;
       pass();
@@ -255,44 +336,54 @@ class Connection {
       if (eightBit >= 0 && !this.eightBitMime) throw new EightBitMimeError(`${this.o.host}:${this.o.port}`, eightBit);
       const dsn = this.dsn ? (envelope.dsn ?? null) : null;
       const mailFrom = `MAIL FROM:<${envelope.from}>${eightBit >= 0 ? " BODY=8BITMIME" : ""}${dsn ? ` RET=${dsn.ret} ENVID=${encodeXText(dsn.envid)}` : ""}\r\n`;
-      const rcptParams = (t: string) => (dsn ? ` NOTIFY=${dsn.notify.join(",")}${/^[\x21-\x7e]+$/.test(t) ? ` ORCPT=rfc822;${encodeXText(t)}` : ""}` : "");
-      const envelopeLines = [mailFrom, ...envelope.to.map((t) => `RCPT TO:<${t}>${rcptParams(t)}\r\n`)];
       let replies: Reply[];
       let data: Reply;
       let commandsAt = 0;
       if (this.pipelining) {
+        // One string for the group: MAIL FROM, every RCPT TO, DATA.
+        let group = mailFrom;
+        for (const t of envelope.to) group += rcptLine(t, dsn);
+        group += "DATA\r\n";
         commandsAt = performance.now();
-        replies = await this.commands([...envelopeLines, "DATA\r\n"]);
-        data = replies.pop()!;
+        replies = await this.group(group, envelope.to.length + 2);
+        data = replies[replies.length - 1]!;
+        replies = replies.slice(0, -1);
       } else {
         // One at a time: stop at a refused MAIL FROM, and send DATA only if a recipient was accepted.
-        const [mailReply] = await this.commands([envelopeLines[0]!]);
-        replies = mailReply!.code >= 400 ? [mailReply!] : [mailReply!, ...(await this.commands(envelopeLines.slice(1)))];
-        data = replies.length > 1 && replies.slice(1).some((r) => r.code < 300) ? (await this.commands(["DATA\r\n"]))[0]! : { code: 0, text: "DATA not sent" };
+        const mailReply = await this.command(mailFrom);
+        replies = [mailReply];
+        if (mailReply.code < 400) for (const t of envelope.to) replies.push(await this.command(rcptLine(t, dsn)));
+        data = replies.length > 1 && replies.slice(1).some((r) => r.code < 300) ? await this.command("DATA\r\n") : { code: 0, text: "DATA not sent" };
       }
-      const [mail, ...rest] = replies;
-      if (mail!.code >= 400) {
+      const mail = replies[0]!;
+      if (mail.code >= 400) {
         if (data.code === 354) await this.abortData();
-        throw smtpError(`Mail command failed: ${mail!.text}`, "EENVELOPE", mail!.code, mail!.text);
+        throw smtpError(`Mail command failed: ${mail.text}`, "EENVELOPE", mail.code, mail.text);
       }
-      const accepted: string[] = [];
-      const rejectedErrors: RawSendResult["rejectedErrors"] = [];
-      rest.forEach((r, i) => {
-        const recipient = envelope.to[i]!;
-        if (r.code < 300) accepted.push(recipient);
-        else rejectedErrors.push({ recipient, response: r.text, responseCode: r.code });
-      });
-      const rejected = { rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors };
+      // The common case, every recipient accepted: no lists of refusals built.
+      let accepted: readonly string[] = envelope.to;
+      const rejectedErrors: { recipient: string; response: string; responseCode: number }[] = [];
+      if (replies.some((r, i) => i > 0 && r.code >= 300)) {
+        const taken: string[] = [];
+        for (let i = 1; i < replies.length; i++) {
+          const r = replies[i]!;
+          const recipient = envelope.to[i - 1]!;
+          if (r.code < 300) taken.push(recipient);
+          else rejectedErrors.push({ recipient, response: r.text, responseCode: r.code });
+        }
+        accepted = taken;
+      }
+      const rejected = () => ({ rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors });
       if (accepted.length === 0) {
         if (data.code === 354) await this.abortData();
         // A deferred (4xx) recipient makes the whole failure transient, as with nodemailer.
         const first = rejectedErrors.find((e) => e.responseCode < 500) ?? rejectedErrors[0]!;
-        throw Object.assign(smtpError(`Can't send mail - all recipients were rejected: ${first.response}`, "EENVELOPE", first.responseCode, first.response), rejected);
+        throw Object.assign(smtpError(`Can't send mail - all recipients were rejected: ${first.response}`, "EENVELOPE", first.responseCode, first.response), rejected());
       }
       if (data.code !== 354) {
         // Some recipient was accepted: the DATA reply decides (a 451 here is "try later", whatever a
         // refused recipient said).
-        throw Object.assign(smtpError(`Data command failed: ${data.text}`, "EENVELOPE", data.code, data.text), rejected);
+        throw Object.assign(smtpError(`Data command failed: ${data.text}`, "EENVELOPE", data.code, data.text), rejected());
       }
       const final = this.reply();
       // Lone CR/LF normalised to CRLF and dot-stuffed (src/wire.ts): no bare CR before a "." can
@@ -306,7 +397,7 @@ class Connection {
       const end = await final;
       if (this.pipelining) this.quick = bodyAt - commandsAt < QUICK_REPLY_MS && performance.now() - bodyAt < QUICK_REPLY_MS;
       if (end.code !== 250) throw smtpError(`Message failed: ${end.text}`, "EMESSAGE", end.code, end.text);
-      return { response: end.text, accepted, rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors };
+      return { response: end.text, accepted: [...accepted], rejected: rejectedErrors.map((e) => e.recipient), rejectedErrors };
     } catch (err) {
       // Refused before the message went out: reset the transaction before the connection is used
       // again (a MAIL FROM it accepted would otherwise make the next one a "nested MAIL command").
@@ -322,21 +413,22 @@ class Connection {
     }
   }
 
-  /** Send commands and collect one reply each: in one write when pipelining, else one at a time. */
-  private async commands(lines: readonly string[]): Promise<Reply[]> {
-    if (this.pipelining) {
-      const replies = lines.map(() => this.reply());
-      for (const r of replies) r.catch(() => {});
-      this.write(lines.join(""));
-      return Promise.all(replies);
-    }
-    const out: Reply[] = [];
-    for (const line of lines) {
-      const r = this.reply();
-      this.write(line);
-      out.push(await r);
-    }
-    return out;
+  /** Send a pipelined group of `n` commands in one write; its `n` replies, in order. */
+  private group(commands: string, n: number): Promise<Reply[]> {
+    if (this.broken) return Promise.reject(this.broken);
+    const replies = new Promise<Reply[]>((resolve, reject) => {
+      const group = new ReplyGroup(n, resolve, reject);
+      for (let i = 0; i < n; i++) this.waiting.push(group);
+    });
+    this.write(commands);
+    return replies;
+  }
+
+  /** Send one command and wait for its reply. */
+  private command(line: string): Promise<Reply> {
+    const r = this.reply();
+    this.write(line);
+    return r;
   }
 
   /** After 354 with no recipient left: end the empty message at once and reset, as nodemailer does. */
@@ -347,9 +439,17 @@ class Connection {
   }
 
   close(): void {
+    // Whatever was gathered goes out before QUIT.
+    if (this.corked) this.flush();
     if (!this.broken) this.socket.end("QUIT\r\n");
     this.broken ??= smtpError("Connection closed", "ECONNECTION");
   }
+}
+
+/** An RCPT TO line, with the DSN parameters when asked for and offered. */
+function rcptLine(to: string, dsn: DsnRequest | null): string {
+  if (!dsn) return `RCPT TO:<${to}>\r\n`;
+  return `RCPT TO:<${to}> NOTIFY=${dsn.notify.join(",")}${/^[\x21-\x7e]+$/.test(to) ? ` ORCPT=rfc822;${encodeXText(to)}` : ""}\r\n`;
 }
 
 /** Transactions one connection carries at once when the server pipelines. */
@@ -379,35 +479,45 @@ export function createPipelinedSmtpTransport(
     if (w) w();
   };
 
+  /**
+   * A connection with room for one more transaction, from those open: `ready` (one to use now),
+   * else the least busy pipelining one with room (used when no new connection may be opened).
+   */
+  const pick = (): { ready: Connection | null; best: Connection | null } => {
+    let best: Connection | null = null;
+    // (Deleting the current entry of a Set while iterating it is safe.)
+    for (const c of conns) {
+      if (!usable(c)) {
+        retire(c);
+        continue;
+      }
+      // A connection to a quick server that writes anyway, in this turn of the event loop
+      // (corked) or with a message still waiting for its 354: the transaction's commands ride in
+      // that segment instead of a write of their own (on loopback the write system call is most
+      // of the client's CPU per mail: 1.27 writes per mail became 1.05). Stacking transactions
+      // costs nothing when the server answers in a few ms; a slow one gets them spread over idle
+      // connections as before, where they overlap its delays.
+      if (c.quick && c.pipelining && c.inflight < depth && (c.corked || c.unsent > 0)) return { ready: c, best };
+      if (c.inflight === 0) return { ready: c, best };
+      if (c.pipelining && c.inflight < depth && (!best || c.inflight < best.inflight)) best = c;
+    }
+    return { ready: null, best };
+  };
+
   /** A connection with room for one more transaction: an idle one, a new one, or the least busy pipelining one. */
   const acquire = async (): Promise<Connection> => {
     for (;;) {
       if (closed) throw smtpError("The transport is closed", "ECONNECTION");
-      let best: Connection | null = null;
-      // (Deleting the current entry of a Set while iterating it is safe.)
-      for (const c of conns) {
-        if (!usable(c)) {
-          retire(c);
-          continue;
-        }
-        // A connection to a quick server that writes anyway, in this turn of the event loop
-        // (corked) or with a message still waiting for its 354: the transaction's commands ride in
-        // that segment instead of a write of their own (on loopback the write system call is most
-        // of the client's CPU per mail: 1.27 writes per mail became 1.05). Stacking transactions
-        // costs nothing when the server answers in a few ms; a slow one gets them spread over idle
-        // connections as before, where they overlap its delays.
-        if (c.quick && c.pipelining && c.inflight < depth && (c.corked || c.unsent > 0)) return c;
-        if (c.inflight === 0) return c;
-        if (c.pipelining && c.inflight < depth && (!best || c.inflight < best.inflight)) best = c;
-      }
+      const { ready, best } = pick();
+      if (ready) return ready;
       if (conns.size + opening.size < o.maxConnections) {
         const conn = new Connection(o);
-        const ready = conn.opened.then(() => conn);
-        opening.add(ready);
+        const opened = conn.opened.then(() => conn);
+        opening.add(opened);
         try {
-          await ready;
+          await opened;
         } finally {
-          opening.delete(ready);
+          opening.delete(opened);
           wake();
         }
         if (closed) {
@@ -428,7 +538,8 @@ export function createPipelinedSmtpTransport(
 
   const sendRaw = async (envelope: RawEnvelope, raw: Buffer): Promise<RawSendResult> => {
     if (fallback) return viaFallback(envelope, raw);
-    const c = await acquire();
+    // Most hand-offs find a connection at once: no await for those.
+    const c = (!closed && pick().ready) || (await acquire());
     try {
       return await c.send(envelope, raw);
     } catch (err) {

@@ -6,6 +6,7 @@
  */
 import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import { createTransporter, createRelay, mailOutbox, TransportConfigError, describeTransport } from "../src/index.js";
 import { classifyError } from "../src/classify.js";
 import { startScriptedSmtp, startTestSmtp, type StartTestSmtpOptions, type TestSmtp } from "../testkit/smtp.js";
@@ -190,6 +191,68 @@ describe("pipelining SMTP transport", async () => {
     } finally {
       t.close();
       await peer.close();
+    }
+  });
+
+  it("reads replies that arrive in pieces: a line split across reads, a multi-line reply, several replies in one read", async () => {
+    // A peer of its own that writes every reply a few bytes at a time (each piece its own TCP
+    // segment), then answers the next group in one piece: the client must join lines across reads
+    // (its read buffer is reused for every read) and split several replies out of one.
+    const received: string[] = [];
+    const server = net.createServer((socket) => {
+      let pending = Promise.resolve();
+      const say = (text: string, pieces: number) => {
+        pending = pending.then(async () => {
+          const size = Math.max(1, Math.ceil(text.length / pieces));
+          for (let i = 0; i < text.length; i += size) {
+            socket.write(text.slice(i, i + size));
+            await new Promise((r) => setTimeout(r, 2));
+          }
+        });
+      };
+      say("220 pieces ESMTP\r\n", 7);
+      let inData = false;
+      let buffer = "";
+      socket.on("data", (d: Buffer) => {
+        buffer += d.toString("latin1");
+        // Every reply to this read in one string, written in 3 pieces: replies share pieces and
+        // lines are cut in the middle.
+        let out = "";
+        const reply = (text: string) => (out += text);
+        let i: number;
+        while ((i = buffer.indexOf("\r\n")) >= 0) {
+          const line = buffer.slice(0, i);
+          buffer = buffer.slice(i + 2);
+          if (inData) {
+            if (line === ".") {
+              inData = false;
+              reply(`250 2.0.0 Ok: queued as PIECES${received.length}\r\n`);
+            } else received.push(line);
+            continue;
+          }
+          if (line.startsWith("EHLO")) reply("250-pieces.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 DSN\r\n");
+          else if (line.startsWith("MAIL")) reply("250 2.1.0 Ok\r\n");
+          else if (line.startsWith("RCPT")) reply("250 2.1.5 Ok\r\n");
+          else if (line === "DATA") {
+            inData = true;
+            reply("354 go ahead\r\n");
+          } else if (line === "QUIT") reply("221 bye\r\n");
+        }
+        if (out !== "") say(out, 3);
+      });
+      socket.on("error", () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as net.AddressInfo).port;
+    const t = createTransporter(`smtp://127.0.0.1:${port}?maxConnections=1`);
+    try {
+      const send = rawSender(t);
+      const results = await Promise.all([1, 2, 3].map((n) => send({ from: "a@example.com", to: ["x@example.com"] }, rawMessage(`pieces-${n}`, `body ${n}`))));
+      assert.ok(results.every((r) => /^250 2\.0\.0 Ok: queued as PIECES\d+$/.test(r.response)), JSON.stringify(results.map((r) => r.response)));
+      assert.deepEqual(received.filter((l) => l.startsWith("Message-ID")), ["Message-ID: <pieces-1@example.com>", "Message-ID: <pieces-2@example.com>", "Message-ID: <pieces-3@example.com>"]);
+    } finally {
+      t.close();
+      await new Promise((r) => server.close(r));
     }
   });
 

@@ -80,6 +80,19 @@ function hookMysql(db: MysqlStore, hooks: Hooks): void {
   });
 }
 
+/** A nodemailer transport object that accepts every raw send at once (see BENCH_NULL_TRANSPORT). */
+function nullTransport() {
+  const sendRaw = (envelope: { to: readonly string[] }) => Promise.resolve({ response: "250 2.0.0 Ok: queued as NULL", accepted: [...envelope.to], rejected: [], rejectedErrors: [] });
+  return {
+    name: "null",
+    version: "1",
+    capabilities: { capacity: 40, sendRaw },
+    send(_mail: unknown, callback: (err: Error | null, info: unknown) => void) {
+      callback(new Error("the null transport takes raw sends only"), null);
+    },
+  };
+}
+
 export async function startRelay(s: RelaySettings, hooks: Hooks): Promise<Running> {
   const db: Db = await openDatabase(s.url, { applicationName: `mail-outbox bench ${s.relayId}` });
   if (db.dialect === "postgresql") hookPostgres(db.pool, hooks);
@@ -87,7 +100,9 @@ export async function startRelay(s: RelaySettings, hooks: Hooks): Promise<Runnin
   else hookSqlite(sqliteOf(db).db, hooks);
   const relay = createRelay({
     db,
-    transport: s.smtpUrl,
+    // BENCH_NULL_TRANSPORT=1: a transport that takes every mail at once, without a socket, to see
+    // what the relay and its database cost without SMTP (an analysis aid; the sink sees nothing).
+    transport: process.env.BENCH_NULL_TRANSPORT ? nullTransport() : s.smtpUrl,
     relayId: s.relayId,
     ...(s.concurrency !== undefined ? { concurrency: s.concurrency } : {}),
     ...(s.batchSize !== undefined ? { batchSize: s.batchSize } : {}),

@@ -174,9 +174,11 @@ export async function releaseMigrationLock(conn: mariadb.PoolConnection, name: s
  */
 export async function schemaTransaction<T>(pool: mariadb.Pool, database: string, fn: (tx: SchemaTransaction) => Promise<T>): Promise<T> {
   const conn = await pool.getConnection().catch((err: unknown) => {
-    // The pool reports "pool timeout"; what the server said is the cause. Unlike a PostgreSQL
-    // schema, the database is not created here: its character set and owner are the operator's choice.
-    if ((err as { cause?: { errno?: number } }).cause?.errno === ER_BAD_DB_ERROR) {
+    // What the server said (the pool reports a refusal at once, conn.ts), or the cause of the
+    // pool's "pool timeout". Unlike a PostgreSQL schema, the database is not created here: its
+    // character set and owner are the operator's choice.
+    const e = err as { errno?: number; cause?: { errno?: number } };
+    if (e.errno === ER_BAD_DB_ERROR || e.cause?.errno === ER_BAD_DB_ERROR) {
       throw new SchemaError(
         `The database ${database} does not exist on the server: create it (CREATE DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci), then run migrate again.`,
         { cause: err },
