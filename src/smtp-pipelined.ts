@@ -362,7 +362,7 @@ class Connection {
       }
       // The common case, every recipient accepted: no lists of refusals built.
       let accepted: readonly string[] = envelope.to;
-      const rejectedErrors: { recipient: string; response: string; responseCode: number }[] = [];
+      const rejectedErrors: RawSendResult["rejectedErrors"] = [];
       if (replies.some((r, i) => i > 0 && r.code >= 300)) {
         const taken: string[] = [];
         for (let i = 1; i < replies.length; i++) {
@@ -404,9 +404,7 @@ class Connection {
       // After the final dot the transaction is over whatever the reply, and the next one may
       // already be on the wire: no RSET then.
       if (!bodySent && !this.broken && (err as { responseCode?: number }).responseCode !== undefined) {
-        const r = this.reply();
-        this.write("RSET\r\n");
-        const reset = await r.catch(() => null);
+        const reset = await this.command("RSET\r\n").catch(() => null);
         if (!reset || reset.code !== 250) this.fail(smtpError("RSET failed", "EPROTOCOL"));
       }
       throw err;
@@ -433,9 +431,7 @@ class Connection {
 
   /** After 354 with no recipient left: end the empty message at once and reset, as nodemailer does. */
   private async abortData(): Promise<void> {
-    const r = this.reply();
-    this.write(".\r\n");
-    await r.catch(() => {});
+    await this.command(".\r\n").catch(() => {});
   }
 
   close(): void {

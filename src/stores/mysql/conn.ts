@@ -336,18 +336,17 @@ class OutboxPool extends EventEmitter implements mariadb.Pool {
   // Escaping asks the driver's pool (the server's version and settings): opened for it if need be,
   // then closed when idle like after a statement.
   escape(value: any): string {
-    const done = this.use();
-    try {
-      return this.driver().escape(value);
-    } finally {
-      done();
-    }
+    return this.withDriver((pool) => pool.escape(value));
   }
 
   escapeId(identifier: string): string {
+    return this.withDriver((pool) => pool.escapeId(identifier));
+  }
+
+  private withDriver<T>(fn: (pool: mariadb.Pool) => T): T {
     const done = this.use();
     try {
-      return this.driver().escapeId(identifier);
+      return fn(this.driver());
     } finally {
       done();
     }
